@@ -1,0 +1,3 @@
+// Precompiled header shared by all targets (see CMakeLists.txt). Only heavy, stable headers.
+#pragma once
+#include <torch/torch.h>

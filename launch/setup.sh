@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages, the pinned LibTorch, then a CMake build in build/.
+# Safe to run again: each step checks what is already there. Usage: launch/setup.sh
+#   MOE_NO_APT=1      skip the Debian packages (machines without apt, e.g. the GPU box's bundle)
+#   MOE_BUILD_TYPE=X  CMake build type (default Release)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+TORCH_VERSION=2.11.0
+# The PyPI torch wheel is a CUDA build. Its CPU library (libtorch_cpu.so) still needs exactly two
+# CUDA runtime libraries at load time, libcudart.so.13 and libcupti.so.13; these two wheels carry
+# them at the path the wheel's RPATH names. Nothing else of the CUDA stack is installed.
+CPU_RUNTIME_WHEELS=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-dev
+              libboost-program-options-dev libgtest-dev libgmock-dev
+              libsentencepiece-dev sentencepiece fortunes)
+
+log() { echo "[setup] $*"; }
+
+install_debian_packages() {
+  [ "${MOE_NO_APT:-0}" = 1 ] && { log "MOE_NO_APT=1: skipping Debian packages"; return; }
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { log "Debian packages: all present"; return; }
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# Prints the CMake prefix of a LibTorch $TORCH_VERSION: the machine's own torch if it has that
+# version (the GPU box), else the project-local one in .deps/torch, installed on first use.
+torch_cmake_prefix() {
+  local sys
+  if sys="$(python3 -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1); " 2>/dev/null \
+            && python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)"; then
+    log "using the installed torch $TORCH_VERSION" >&2; echo "$sys"; return
+  fi
+  local prefix="$root/.deps/torch"
+  if [ ! -d "$prefix/torch-$TORCH_VERSION.dist-info" ] || [ ! -d "$prefix/nvidia/cu13/lib" ]; then
+    log "installing LibTorch $TORCH_VERSION (PyPI wheel, no dependencies) into .deps/torch" >&2
+    rm -rf "$prefix"
+    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$prefix" \
+      "torch==$TORCH_VERSION" "${CPU_RUNTIME_WHEELS[@]}" >&2
+  fi
+  echo "$prefix/torch/share/cmake"
+}
+
+configure_and_build() {
+  local prefix="$1" build="$root/build"
+  if [ ! -f "$build/build.ninja" ] || ! grep -q "$prefix" "$build/CMakeCache.txt" 2>/dev/null; then
+    log "configuring build/"
+    cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${MOE_BUILD_TYPE:-Release}" \
+      -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+  fi
+  log "building (first build takes several minutes on 2 cores)"
+  cmake --build "$build" -j"$(nproc)"
+}
+
+install_debian_packages
+configure_and_build "$(torch_cmake_prefix)"
+log "done: binaries in build/bin"

@@ -1,0 +1,74 @@
+#include "model/attention.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "common/check.h"
+#include "model/functional.h"
+
+namespace moe::model {
+
+namespace nn = torch::nn;
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : num_heads_(c.num_attention_heads),
+      num_kv_heads_(c.num_key_value_heads),
+      head_dim_(c.head_dim()),
+      dropout_(c.dropout),
+      flash_(c.flash_attn) {
+  const auto h = c.hidden_size;
+  q_proj = register_module("q_proj", nn::Linear(nn::LinearOptions(h, num_heads_ * head_dim_).bias(false)));
+  k_proj = register_module("k_proj", nn::Linear(nn::LinearOptions(h, num_kv_heads_ * head_dim_).bias(false)));
+  v_proj = register_module("v_proj", nn::Linear(nn::LinearOptions(h, num_kv_heads_ * head_dim_).bias(false)));
+  o_proj = register_module("o_proj", nn::Linear(nn::LinearOptions(num_heads_ * head_dim_, h).bias(false)));
+  resid_dropout = register_module("resid_dropout", nn::Dropout(c.dropout));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                     const torch::Tensor& attn_mask, LayerKVCache* cache) {
+  const auto b = x.size(0), t = x.size(1);
+  auto q = q_proj(x).view({b, t, num_heads_, head_dim_});
+  auto k = k_proj(x).view({b, t, num_kv_heads_, head_dim_});
+  auto v = v_proj(x).view({b, t, num_kv_heads_, head_dim_});
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  if (cache != nullptr) {
+    if (cache->length() > 0) {
+      k = torch::cat({cache->k, k}, 1);
+      v = torch::cat({cache->v, v}, 1);
+    }
+    cache->k = k;
+    cache->v = v;
+  }
+  MOE_CHECK(attn_mask.defined() || t == 1 || k.size(1) == t,
+            "attention over a non-empty KV cache with ", t, " new tokens needs an explicit mask");
+  const auto n_rep = num_heads_ / num_kv_heads_;
+  // [B, heads, T, D] for the kernel.
+  const auto out = attend(q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2),
+                          repeat_kv(v, n_rep).transpose(1, 2), attn_mask);
+  return resid_dropout(o_proj(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_})));
+}
+
+torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& attn_mask) {
+  const double p = is_training() ? dropout_ : 0.0;
+  const bool causal = !attn_mask.defined() && q.size(2) > 1;
+  if (flash_) {
+    return at::scaled_dot_product_attention(q, k, v, attn_mask.defined() ? std::optional<at::Tensor>(attn_mask)
+                                                                         : std::nullopt,
+                                            p, causal);
+  }
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+  if (causal) {
+    const auto t = q.size(2);
+    scores = scores.masked_fill(torch::ones({t, t}, q.options().dtype(torch::kBool)).triu(1), -INFINITY);
+  } else if (attn_mask.defined()) {
+    scores = scores.masked_fill(attn_mask.logical_not(), -INFINITY);
+  }
+  auto probs = torch::softmax(scores.to(compute_dtype(q.scalar_type())), -1).to(q.scalar_type());
+  probs = torch::dropout(probs, p, is_training());
+  return torch::matmul(probs, v);
+}
+
+}  // namespace moe::model

@@ -1,0 +1,29 @@
+#include "model/block.h"
+
+#include <torch/torch.h>
+
+namespace moe::model {
+
+BlockImpl::BlockImpl(const ModelConfig& c, int64_t id) : layer_id(id) {
+  self_attn = register_module("self_attn", Attention(c));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  if (c.use_moe) {
+    moe_mlp = register_module("mlp", MoEFeedForward(c));
+  } else {
+    dense_mlp = register_module("mlp", FeedForward(c));
+  }
+}
+
+BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                               const torch::Tensor& attn_mask, LayerKVCache* cache) {
+  const auto h = x + self_attn(input_layernorm(x), cos, sin, attn_mask, cache);
+  const auto normed = post_attention_layernorm(h);
+  if (moe_mlp) {
+    auto moe = moe_mlp(normed);
+    return {h + moe.hidden, moe.aux_loss, moe.tokens_per_expert};
+  }
+  return {h + dense_mlp(normed), torch::zeros({}, h.options()), {}};
+}
+
+}  // namespace moe::model

@@ -1,0 +1,36 @@
+// One transformer layer (MiniMind2's MiniMindBlock): pre-norm attention and pre-norm feed-forward,
+// each with a residual; the feed-forward is dense or MoE.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/attention.h"
+#include "model/feed_forward.h"
+#include "model/moe_feed_forward.h"
+#include "model/rms_norm.h"
+
+namespace moe::model {
+
+struct BlockOutput {
+  torch::Tensor hidden;             // [B, T, hidden]
+  torch::Tensor aux_loss;           // scalar, 0 for a dense layer
+  torch::Tensor tokens_per_expert;  // [E] int64 for a MoE layer, undefined for a dense one
+};
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const ModelConfig& config, int64_t layer_id);
+  /// See AttentionImpl::forward for cos, sin, attn_mask and cache.
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                      const torch::Tensor& attn_mask = {}, LayerKVCache* cache = nullptr);
+
+  Attention self_attn = nullptr;
+  RMSNorm input_layernorm = nullptr, post_attention_layernorm = nullptr;
+  FeedForward dense_mlp = nullptr;  // registered as "mlp" when !use_moe
+  MoEFeedForward moe_mlp = nullptr;  // registered as "mlp" when use_moe
+
+  int64_t layer_id;
+};
+TORCH_MODULE(Block);
+
+}  // namespace moe::model

@@ -1,0 +1,126 @@
+#include "model/causal_lm.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "common/check.h"
+#include "model/functional.h"
+
+namespace moe::model {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Mask for T new tokens after `past` cached ones, [B or 1, 1, T, past + T], true = may attend.
+// Undefined when plain causal attention is exact (no padding, nothing cached).
+torch::Tensor attention_mask_for(const torch::Tensor& padding, int64_t past, int64_t t, const torch::Device& device) {
+  if (!padding.defined() && past == 0) return {};
+  const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  const auto query_pos = torch::arange(past, past + t, opts).unsqueeze(1);  // [T, 1]
+  const auto key_pos = torch::arange(past + t, opts).unsqueeze(0);          // [1, past + T]
+  auto allowed = (key_pos <= query_pos).unsqueeze(0);                        // [1, T, past + T]
+  if (padding.defined()) {
+    // A padded query may see itself, so that no softmax row is empty (its output is never used).
+    allowed = allowed.logical_and(padding.to(torch::kBool).unsqueeze(1)).logical_or(key_pos == query_pos);
+  }
+  return allowed.unsqueeze(1);
+}
+
+}  // namespace
+
+MiniMindModelImpl::MiniMindModelImpl(const ModelConfig& c) : config_(c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Block(c, i));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  auto rope = rope_tables(c.head_dim(), c.max_position_embeddings, c.rope_theta, torch::get_default_dtype_as_scalartype());
+  freqs_cos = register_buffer("freqs_cos", rope.cos);
+  freqs_sin = register_buffer("freqs_sin", rope.sin);
+}
+
+MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_ids,
+                                                     const torch::Tensor& attention_mask, KVCache* cache) {
+  const auto b = input_ids.size(0), t = input_ids.size(1);
+  const int64_t past = cache ? cache->length() : 0;
+  MOE_CHECK(past + t <= config_.max_position_embeddings, "sequence of ", past + t,
+            " positions exceeds max_position_embeddings ", config_.max_position_embeddings);
+  torch::Tensor padding = attention_mask;
+  if (cache && (cache->attention_mask.defined() || attention_mask.defined())) {
+    // The cache remembers the padding of past positions; new tokens default to real.
+    if (!padding.defined()) padding = torch::ones({b, t}, input_ids.options());
+    if (padding.size(1) == t && past > 0) {
+      const auto past_mask = cache->attention_mask.defined() ? cache->attention_mask
+                                                             : torch::ones({b, past}, input_ids.options());
+      padding = torch::cat({past_mask.to(padding.scalar_type()), padding}, 1);
+    }
+    cache->attention_mask = padding;
+  }
+  MOE_CHECK(!padding.defined() || (padding.size(0) == b && padding.size(1) == past + t), "attention_mask of shape ",
+            padding.sizes(), " does not cover ", past, " cached + ", t, " new positions for batch ", b);
+
+  torch::Tensor positions;  // [B, T]
+  if (padding.defined()) {
+    positions = (padding.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).slice(1, past, past + t);
+  } else {
+    positions = torch::arange(past, past + t, input_ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
+  }
+  const auto cos = freqs_cos.index({positions});  // [B, T, head_dim]
+  const auto sin = freqs_sin.index({positions});
+  const auto mask = attention_mask_for(padding, past, t, input_ids.device());
+
+  if (cache && cache->layers.empty()) cache->layers.resize(layers->size());
+  auto h = dropout(embed_tokens(input_ids));
+  Output out{{}, torch::zeros({}, h.options().dtype(compute_dtype(h.scalar_type()))), {}};
+  for (size_t i = 0; i < layers->size(); ++i) {
+    auto block = layers[i]->as<Block>()->forward(h, cos, sin, mask, cache ? &cache->layers[i] : nullptr);
+    h = block.hidden;
+    out.aux_loss = out.aux_loss + block.aux_loss;
+    if (block.tokens_per_expert.defined()) out.tokens_per_expert.push_back(block.tokens_per_expert);
+  }
+  out.hidden = norm(h);
+  return out;
+}
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& c) {
+  c.validate();
+  model = register_module("model", MiniMindModel(c));
+  torch::NoGradGuard no_grad;
+  const double residual_std = 0.02 / std::sqrt(2.0 * c.num_hidden_layers);
+  for (auto& p : named_parameters()) {
+    const auto& name = p.key();
+    if (ends_with(name, "norm.weight") || ends_with(name, ".gate.weight")) continue;  // ones / Kaiming
+    const bool residual = ends_with(name, "up_proj.weight") || ends_with(name, "o_proj.weight");
+    p.value().normal_(0.0, residual ? residual_std : 0.02);
+  }
+}
+
+CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& targets,
+                                     const torch::Tensor& attention_mask, KVCache* cache) {
+  auto out = model(input_ids, attention_mask, cache);
+  CausalLMOutput result;
+  result.logits = torch::linear(out.hidden, model->embed_tokens->weight);
+  result.aux_loss = out.aux_loss;
+  result.tokens_per_expert = std::move(out.tokens_per_expert);
+  if (targets.defined()) {
+    const auto v = result.logits.size(-1);
+    result.ce_loss = torch::nn::functional::cross_entropy(
+        result.logits.reshape({-1, v}).to(compute_dtype(result.logits.scalar_type())), targets.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+    result.loss = result.ce_loss + result.aux_loss;
+  }
+  return result;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> CausalLMImpl::state_dict() const {
+  std::vector<std::pair<std::string, torch::Tensor>> entries;
+  for (const auto& p : named_parameters()) entries.emplace_back(p.key(), p.value());
+  entries.emplace_back("lm_head.weight", model->embed_tokens->weight);
+  return entries;
+}
+
+}  // namespace moe::model

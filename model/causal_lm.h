@@ -1,0 +1,85 @@
+// The MiniMind language model: token embeddings -> blocks -> final norm -> tied output projection,
+// with loss = cross entropy + the MoE layers' aux losses. Parameter names are MiniMind2's PyTorch
+// state_dict keys (model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight, ...).
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/block.h"
+
+namespace moe::model {
+
+/// Cached keys/values of every layer plus, for batches of unequal prompts, the padding mask of all
+/// cached positions ([B, T_past], 1 = real token), which the model extends on each call.
+struct KVCache {
+  std::vector<LayerKVCache> layers;
+  torch::Tensor attention_mask;
+  int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
+};
+
+class MiniMindModelImpl : public torch::nn::Module {
+ public:
+  explicit MiniMindModelImpl(const ModelConfig& config);
+
+  struct Output {
+    torch::Tensor hidden;                          // [B, T, hidden], after the final norm
+    torch::Tensor aux_loss;                        // scalar, summed over layers
+    std::vector<torch::Tensor> tokens_per_expert;  // per MoE layer, [E] int64
+  };
+  /// input_ids: [B, T] int64. attention_mask: optional [B, T_past + T], 1 = real token, 0 = padding
+  /// (left padding); it sets the positions and hides padded keys. cache: optional, extended in place.
+  Output forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                 KVCache* cache = nullptr);
+
+  torch::nn::Embedding embed_tokens = nullptr;
+  torch::nn::Dropout dropout = nullptr;
+  torch::nn::ModuleList layers = nullptr;
+  RMSNorm norm = nullptr;
+  torch::Tensor freqs_cos, freqs_sin;  // [max_position_embeddings, head_dim] buffers (not saved)
+
+  const ModelConfig& config() const { return config_; }
+
+ private:
+  ModelConfig config_;
+};
+TORCH_MODULE(MiniMindModel);
+
+struct CausalLMOutput {
+  torch::Tensor logits;    // [B, T, vocab]
+  torch::Tensor loss;      // ce_loss + aux_loss; undefined without targets
+  torch::Tensor ce_loss;   // mean cross entropy over targets != ignore_index
+  torch::Tensor aux_loss;  // sum of the MoE layers' aux losses (0 when none or in eval)
+  std::vector<torch::Tensor> tokens_per_expert;  // per MoE layer
+};
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  static constexpr int64_t kIgnoreIndex = -100;
+
+  /// Validates the config, builds the model and applies the notebook's initialisation: normal(0, 0.02)
+  /// for linear and embedding weights, 0.02/sqrt(2*layers) for up_proj and o_proj, Kaiming-uniform
+  /// gates, unit norms.
+  explicit CausalLMImpl(const ModelConfig& config);
+
+  /// targets: optional [B, T] int64, the token expected after each input position (already
+  /// shifted); kIgnoreIndex entries do not count. See MiniMindModelImpl::forward for the rest.
+  CausalLMOutput forward(const torch::Tensor& input_ids, const torch::Tensor& targets = {},
+                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
+
+  /// MiniMind2's state_dict: named_parameters() plus "lm_head.weight", the tied embedding.
+  std::vector<std::pair<std::string, torch::Tensor>> state_dict() const;
+
+  const ModelConfig& config() const { return model->config(); }
+
+  MiniMindModel model = nullptr;  // the output projection is model->embed_tokens->weight (tied)
+};
+TORCH_MODULE(CausalLM);
+
+}  // namespace moe::model

@@ -1,0 +1,54 @@
+#include "model/functional.h"
+
+#include <torch/torch.h>
+
+#include "common/check.h"
+
+namespace moe::model {
+
+c10::ScalarType compute_dtype(c10::ScalarType dtype) {
+  return dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const auto xf = x.to(compute_dtype(x.scalar_type()));
+  const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+RopeTables rope_tables(int64_t head_dim, int64_t max_positions, double theta, c10::ScalarType dtype) {
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto inv_freq = 1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim));
+  const auto angles = torch::outer(torch::arange(max_positions, f64), inv_freq);  // [P, D/2]
+  const auto both_halves = torch::cat({angles, angles}, -1);                       // [P, D]
+  return {both_halves.cos().to(dtype), both_halves.sin().to(dtype)};
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const auto halves = x.chunk(2, -1);
+  return torch::cat({-halves[1], halves[0]}, -1);
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto dtype = compute_dtype(x.scalar_type());
+  const auto xf = x.to(dtype);
+  const auto c = cos.to(dtype).unsqueeze(2);  // broadcast over heads
+  const auto s = sin.to(dtype).unsqueeze(2);
+  return (xf * c + rotate_half(xf) * s).to(x.scalar_type());
+}
+
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const auto b = x.size(0), t = x.size(1), h = x.size(2), d = x.size(3);
+  return x.unsqueeze(3).expand({b, t, h, n_rep, d}).reshape({b, t, h * n_rep, d});
+}
+
+at::Tensor activation(const at::Tensor& x, const std::string& name) {
+  if (name == "silu") return torch::silu(x);
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "relu") return torch::relu(x);
+  MOE_CHECK(false, "hidden_act '", name, "' is not one of silu, gelu, relu");
+  return {};
+}
+
+}  // namespace moe::model

@@ -1,0 +1,36 @@
+// Pure math of the model as free functions, so tests can call them without a module.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace moe::model {
+
+/// Floating dtype used for numerically sensitive math: at least float32, float64 stays float64.
+c10::ScalarType compute_dtype(c10::ScalarType dtype);
+
+/// weight * x / sqrt(mean(x^2, -1) + eps), computed in compute_dtype and returned in x's dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// Rotary tables for positions [0, max_positions): cos and sin, each [max_positions, head_dim], in the
+/// rotate-half layout (frequencies repeated over both halves), computed in float64 and returned in dtype.
+struct RopeTables {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+RopeTables rope_tables(int64_t head_dim, int64_t max_positions, double theta, c10::ScalarType dtype);
+
+/// [x1, x2] -> [-x2, x1] over the last dimension.
+at::Tensor rotate_half(const at::Tensor& x);
+
+/// x * cos + rotate_half(x) * sin. x: [B, T, heads, head_dim]; cos, sin: [B, T, head_dim].
+/// Computed in compute_dtype, returned in x's dtype.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// [B, T, kv_heads, D] -> [B, T, kv_heads * n_rep, D], each kv head repeated n_rep times in place.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
+
+/// The named activation: silu, gelu or relu.
+at::Tensor activation(const at::Tensor& x, const std::string& name);
+
+}  // namespace moe::model

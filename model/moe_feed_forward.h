@@ -1,0 +1,54 @@
+// MoE feed-forward (MiniMind2's MOEFeedForward): routed experts chosen by the gate plus shared
+// experts. One sort-based, dropless, differentiable path for training and inference:
+//   route -> group token copies by expert (a permutation) -> run each expert on its slice
+//   (ExpertExecutor) -> weight the outputs and add them back to their tokens by index.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <vector>
+
+#include "model/expert_executor.h"
+#include "model/moe_gate.h"
+
+namespace moe::model {
+
+/// Token copies (token, slot) grouped by expert: the permutation the layer applies and undoes.
+struct ExpertGrouping {
+  torch::Tensor copy_order;                // [N*k] int64: flat (token*k + slot) index of each grouped copy
+  torch::Tensor token_of_copy;             // [N*k] int64: source token of each grouped copy
+  std::vector<int64_t> tokens_per_expert;  // [E] on the host: slice lengths, in expert order
+};
+
+/// Groups the copies of topk_idx [N, k] by expert id (stable, so ties keep token order).
+/// The only device-to-host copy of the layer is the per-expert count.
+ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_experts);
+
+struct MoEOutput {
+  torch::Tensor hidden;             // [B, T, hidden]
+  torch::Tensor aux_loss;           // scalar
+  torch::Tensor tokens_per_expert;  // [E] int64 (host): routed copies per expert, for load statistics
+};
+
+class MoEFeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit MoEFeedForwardImpl(const ModelConfig& config);
+  /// x: [B, T, hidden].
+  MoEOutput forward(const torch::Tensor& x);
+  /// Replaces where the routed experts run (default: LocalExpertExecutor over `experts`).
+  void set_executor(std::shared_ptr<ExpertExecutor> executor);
+
+  MoEGate gate = nullptr;
+  torch::nn::ModuleDict experts = nullptr;         // FeedForward per global expert id "0".."E-1"
+  torch::nn::ModuleList shared_experts = nullptr;  // n_shared_experts FeedForward, run on every token
+
+ private:
+  int64_t num_experts_;
+  std::shared_ptr<ExpertExecutor> executor_;
+};
+TORCH_MODULE(MoEFeedForward);
+
+}  // namespace moe::model

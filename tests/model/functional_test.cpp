@@ -1,0 +1,102 @@
+// RMSNorm, RoPE, repeat_kv and SwiGLU against their formulas, in float64 on random inputs.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "model/feed_forward.h"
+#include "model/functional.h"
+#include "model/rms_norm.h"
+#include "tests/reference/minimind_reference.h"
+#include "tests/support.h"
+
+using namespace moe;
+using moe::test::all_close;
+
+TEST(RMSNorm, MatchesFormulaElementwise) {
+  test::DtypeAndSeed guard;
+  const int64_t d = 24;
+  model::RMSNorm norm(d, 1e-5);
+  torch::NoGradGuard no_grad;
+  norm->weight.uniform_(0.5, 1.5);  // not ones, so the weight is checked too
+  const auto x = torch::randn({3, 5, d}) * 3 + 0.5;
+  const auto y = norm(x);
+  auto expected = torch::empty_like(x);
+  auto xa = x.accessor<double, 3>();
+  auto ea = expected.accessor<double, 3>();
+  auto wa = norm->weight.accessor<double, 1>();
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 5; ++j) {
+      double ms = 0;
+      for (int64_t k = 0; k < d; ++k) ms += xa[i][j][k] * xa[i][j][k] / d;
+      for (int64_t k = 0; k < d; ++k) ea[i][j][k] = wa[k] * xa[i][j][k] / std::sqrt(ms + 1e-5);
+    }
+  }
+  EXPECT_TRUE(all_close(y, expected, 1e-12, 1e-12));
+}
+
+TEST(RMSNorm, KeepsHalfPrecisionDtype) {
+  model::RMSNorm norm(8, 1e-5);
+  const auto x = torch::randn({2, 8}).to(torch::kBFloat16);
+  EXPECT_EQ(model::rms_norm(x, norm->weight.to(torch::kBFloat16), 1e-5).scalar_type(), torch::kBFloat16);
+}
+
+TEST(RoPE, EqualsExplicitPairRotations) {
+  test::DtypeAndSeed guard;
+  const int64_t d = 16, t = 7;
+  const double theta = 10000.0;
+  const auto x = torch::randn({2, t, 3, d});
+  const auto tables = model::rope_tables(d, 32, theta, torch::kFloat64);
+  const auto cos = tables.cos.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
+  const auto sin = tables.sin.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
+  const auto got = model::apply_rope(x, cos, sin);
+  EXPECT_TRUE(all_close(got, reference::rope_by_rotation(x, torch::arange(t), theta), 1e-12, 1e-12));
+}
+
+TEST(RoPE, PreservesNorms) {
+  test::DtypeAndSeed guard;
+  const int64_t d = 32, t = 50;
+  const auto x = torch::randn({1, t, 4, d});
+  const auto tables = model::rope_tables(d, t, 1e6, torch::kFloat64);
+  const auto y = model::apply_rope(x, tables.cos.unsqueeze(0), tables.sin.unsqueeze(0));
+  EXPECT_TRUE(all_close(y.norm(2, -1), x.norm(2, -1), 1e-12, 1e-12));
+}
+
+TEST(RoPE, DotProductDependsOnlyOnRelativePosition) {
+  test::DtypeAndSeed guard;
+  const int64_t d = 16, p = 64;
+  const auto tables = model::rope_tables(d, p, 1e4, torch::kFloat64);
+  const auto q = torch::randn({d}), k = torch::randn({d});
+  auto at = [&](const torch::Tensor& v, int64_t pos) {
+    return model::apply_rope(v.view({1, 1, 1, d}), tables.cos[pos].view({1, 1, d}), tables.sin[pos].view({1, 1, d}))
+        .flatten();
+  };
+  for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{5, 2}, {9, 9}, {3, 20}}) {
+    const double base = at(q, m).dot(at(k, n)).item<double>();
+    for (int64_t shift : {1, 7, 30}) {
+      EXPECT_NEAR(at(q, m + shift).dot(at(k, n + shift)).item<double>(), base, 1e-10)
+          << "m " << m << " n " << n << " shift " << shift;
+    }
+  }
+  // And it does depend on the offset (the test would pass for an identity "rotation" otherwise).
+  EXPECT_GT(std::abs(at(q, 0).dot(at(k, 5)).item<double>() - at(q, 0).dot(at(k, 0)).item<double>()), 1e-3);
+}
+
+TEST(RepeatKv, RepeatsEachHeadInPlace) {
+  const auto x = torch::randn({2, 3, 2, 4});
+  const auto y = model::repeat_kv(x, 3);
+  ASSERT_EQ(y.sizes(), torch::IntArrayRef({2, 3, 6, 4}));
+  for (int64_t h = 0; h < 6; ++h) EXPECT_TRUE(torch::equal(y.select(2, h), x.select(2, h / 3))) << "head " << h;
+  EXPECT_TRUE(torch::equal(model::repeat_kv(x, 1), x));
+}
+
+TEST(SwiGLU, FeedForwardMatchesFormula) {
+  test::DtypeAndSeed guard;
+  model::ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  model::FeedForward ff(c);
+  const auto x = torch::randn({4, 6, 32});
+  const reference::ExpertWeights w{ff->gate_proj->weight, ff->up_proj->weight, ff->down_proj->weight};
+  EXPECT_TRUE(all_close(ff(x), reference::swiglu_expert(x, w), 1e-12, 1e-12));
+}

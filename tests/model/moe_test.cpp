@@ -1,0 +1,238 @@
+// The MoE layer (one sort-based path) equals both of the seeds' paths, kept as oracles: the
+// training path (repeat_interleave + boolean masks) and the inference path (argsort + bincount +
+// scatter_add_). Outputs and gradients in float64, including skewed routing. Plus the gate's
+// aux losses against hand-computed values.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "model/feed_forward.h"
+#include "model/moe_feed_forward.h"
+#include "model/moe_gate.h"
+#include "tests/reference/minimind_reference.h"
+#include "tests/support.h"
+
+using namespace moe;
+using moe::test::all_close;
+using moe::test::grad_or_zeros;
+
+namespace {
+
+model::ModelConfig moe_config(int64_t experts, int64_t top_k, int64_t shared) {
+  model::ModelConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.use_moe = true;
+  c.n_routed_experts = experts;
+  c.num_experts_per_tok = top_k;
+  c.n_shared_experts = shared;
+  return c;
+}
+
+reference::ExpertWeights weights_of(const torch::nn::Module& m) {
+  const auto& ff = dynamic_cast<const model::FeedForwardImpl&>(m);
+  return {ff.gate_proj->weight, ff.up_proj->weight, ff.down_proj->weight};
+}
+
+struct Oracles {
+  std::vector<reference::ExpertWeights> experts, shared;
+};
+
+Oracles oracle_weights(model::MoEFeedForwardImpl& moe_layer) {
+  Oracles o;
+  for (size_t e = 0; e < moe_layer.experts->size(); ++e) o.experts.push_back(weights_of(*moe_layer.experts[std::to_string(e)]));
+  for (const auto& s : *moe_layer.shared_experts) o.shared.push_back(weights_of(*s));
+  return o;
+}
+
+// Output and every gradient (input first, then parameters in registration order) for upstream grad g.
+std::vector<torch::Tensor> output_and_grads(const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                                            const torch::Tensor& x, const torch::Tensor& g,
+                                            model::MoEFeedForwardImpl& layer) {
+  layer.zero_grad();
+  auto xi = x.detach().clone().requires_grad_(true);
+  const auto y = f(xi);
+  y.backward(g);
+  std::vector<torch::Tensor> out{y.detach(), xi.grad().clone()};
+  for (const auto& p : layer.parameters()) out.push_back(grad_or_zeros(p));
+  return out;
+}
+
+void expect_matches_both_oracles(const model::ModelConfig& cfg, model::MoEFeedForward& layer, const torch::Tensor& x) {
+  const auto o = oracle_weights(*layer);
+  const auto k = cfg.num_experts_per_tok;
+  auto ours = [&](const torch::Tensor& xi) { return layer(xi).hidden; };
+  auto training_path = [&](const torch::Tensor& xi) {
+    return reference::moe_training_path(xi, layer->gate->weight, o.experts, o.shared, k, cfg.norm_topk_prob);
+  };
+  const auto g = torch::randn(x.sizes());
+  for (bool training : {true, false}) {
+    layer->train(training);
+    const auto got = output_and_grads(ours, x, g, *layer);
+    const auto want = output_and_grads(training_path, x, g, *layer);
+    EXPECT_TRUE(all_close(got[0], want[0], 1e-12, 1e-10)) << "output vs training path, training=" << training;
+    EXPECT_TRUE(all_close(got[1], want[1], 1e-12, 1e-10)) << "input gradient";
+    const auto names = layer->named_parameters().keys();
+    for (size_t i = 0; i < names.size(); ++i) {
+      EXPECT_TRUE(all_close(got[i + 2], want[i + 2], 1e-12, 1e-10)) << "gradient of " << names[i];
+    }
+    const auto inference = reference::moe_inference_path(x, layer->gate->weight, o.experts, o.shared, k,
+                                                         cfg.norm_topk_prob);
+    EXPECT_TRUE(all_close(got[0], inference, 1e-12, 1e-10)) << "output vs inference path, training=" << training;
+  }
+}
+
+}  // namespace
+
+TEST(MoEFeedForward, ParameterNamesAreMiniMind2s) {
+  model::MoEFeedForward layer(moe_config(4, 2, 2));
+  const auto names = layer->named_parameters().keys();
+  for (const char* n : {"gate.weight", "experts.0.gate_proj.weight", "experts.3.down_proj.weight",
+                        "experts.2.up_proj.weight", "shared_experts.0.gate_proj.weight", "shared_experts.1.down_proj.weight"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+  }
+  EXPECT_EQ(names.size(), 1u + 4 * 3 + 2 * 3);
+}
+
+class MoEVsOracles : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(MoEVsOracles, RandomRouting) {
+  test::DtypeAndSeed guard;
+  const auto [experts, top_k, shared, norm] = GetParam();
+  auto cfg = moe_config(experts, top_k, shared);
+  cfg.norm_topk_prob = norm;
+  model::MoEFeedForward layer(cfg);
+  expect_matches_both_oracles(cfg, layer, torch::randn({3, 7, cfg.hidden_size}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, MoEVsOracles,
+                         ::testing::Values(std::make_tuple(4, 2, 1, true), std::make_tuple(4, 2, 0, false),
+                                           std::make_tuple(8, 3, 2, true), std::make_tuple(4, 1, 1, true),
+                                           std::make_tuple(3, 3, 1, true)));
+
+TEST(MoEFeedForward, EveryTokenToOneExpertLeavesOthersEmpty) {
+  test::DtypeAndSeed guard;
+  for (int64_t top_k : {1, 2}) {
+    auto cfg = moe_config(4, top_k, 1);
+    model::MoEFeedForward layer(cfg);
+    {
+      torch::NoGradGuard no_grad;
+      layer->gate->weight.normal_(0, 0.01);
+      layer->gate->weight[2].fill_(5.0);  // expert 2 wins for positive inputs
+    }
+    const auto x = torch::rand({2, 6, cfg.hidden_size}) + 1.0;
+    const auto counts = layer(x).tokens_per_expert;
+    EXPECT_EQ(counts[2].item<int64_t>(), 12) << "top_k " << top_k;
+    if (top_k == 1) EXPECT_EQ(counts.sum().item<int64_t>(), 12);
+    expect_matches_both_oracles(cfg, layer, x);
+  }
+}
+
+TEST(MoEFeedForward, GroupingIsAStablePermutationByExpert) {
+  const auto topk = torch::tensor({2, 0, 1, 2, 2, 0}, torch::kInt64).view({3, 2});
+  const auto g = model::group_by_expert(topk, 4);
+  EXPECT_EQ(g.tokens_per_expert, (std::vector<int64_t>{2, 1, 3, 0}));
+  // flat copies: 0:e2 1:e0 2:e1 3:e2 4:e2 5:e0 -> expert 0: 1,5; expert 1: 2; expert 2: 0,3,4
+  EXPECT_TRUE(torch::equal(g.copy_order, torch::tensor({1, 5, 2, 0, 3, 4}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(g.token_of_copy, torch::tensor({0, 2, 1, 0, 1, 2}, torch::kInt64)));
+}
+
+TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
+  struct Recording : model::ExpertExecutor {
+    model::LocalExpertExecutor local;
+    std::vector<int64_t> seen;
+    explicit Recording(torch::nn::ModuleDict e) : local(std::move(e)) {}
+    torch::Tensor run(const torch::Tensor& grouped, const std::vector<int64_t>& counts) override {
+      seen = counts;
+      return local.run(grouped, counts);
+    }
+  };
+  test::DtypeAndSeed guard;
+  const auto cfg = moe_config(4, 2, 1);
+  model::MoEFeedForward layer(cfg);
+  const auto x = torch::randn({2, 5, cfg.hidden_size});
+  const auto before = layer(x);
+  auto recording = std::make_shared<Recording>(layer->experts);
+  layer->set_executor(recording);
+  const auto after = layer(x);
+  EXPECT_TRUE(torch::equal(before.hidden, after.hidden));
+  const auto counts = after.tokens_per_expert;
+  EXPECT_EQ(recording->seen, std::vector<int64_t>(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + 4));
+}
+
+// Hand-computed: E=2, k=1, one sequence of 2 tokens with scores [[.7,.3],[.4,.6]]; mean score [.55,.45].
+TEST(AuxLoss, SequenceLevelHandValues) {
+  test::DtypeAndSeed guard;
+  const auto scores = torch::tensor({0.7, 0.3, 0.4, 0.6}).view({1, 2, 2});
+  // Balanced choices (0, 1): share*E/(T*k) = [1, 1]; 1*.55 + 1*.45 = 1.0.
+  EXPECT_NEAR(model::sequence_aux_loss(scores, torch::tensor({0, 1}, torch::kInt64).view({1, 2}), 1, 0.1).item<double>(),
+              0.1, 1e-15);
+  // Both to expert 0: [2, 0] -> 2 * .55 = 1.1.
+  EXPECT_NEAR(model::sequence_aux_loss(scores, torch::tensor({0, 0}, torch::kInt64).view({1, 2}), 1, 0.1).item<double>(),
+              0.11, 1e-15);
+  // Two sequences average: (1.0 + 1.1) / 2.
+  const auto two = torch::cat({scores, scores});
+  EXPECT_NEAR(model::sequence_aux_loss(two, torch::tensor({0, 1, 0, 0}, torch::kInt64).view({2, 2}), 1, 1.0).item<double>(),
+              1.05, 1e-15);
+}
+
+TEST(AuxLoss, BatchLevelHandValues) {
+  test::DtypeAndSeed guard;
+  const auto scores = torch::tensor({0.7, 0.3, 0.4, 0.6}).view({2, 2});
+  // Pi = [.55, .45]; both to expert 0: fi = [1, 0] * 2 -> 1.1.
+  EXPECT_NEAR(model::batch_aux_loss(scores, torch::tensor({0, 0}, torch::kInt64).view({2, 1}), 0.1).item<double>(),
+              0.11, 1e-15);
+  // top-2 of 2 experts: every expert chosen by every token: fi = [.5, .5] * 2 -> .55 + .45 = 1.
+  EXPECT_NEAR(model::batch_aux_loss(scores, torch::tensor({0, 1, 1, 0}, torch::kInt64).view({2, 2}), 1.0).item<double>(),
+              1.0, 1e-15);
+}
+
+TEST(AuxLoss, GateUsesConfiguredVariantOnlyWhenTrainingWithAlpha) {
+  test::DtypeAndSeed guard;
+  for (bool seq_aux : {true, false}) {
+    auto cfg = moe_config(4, 2, 0);
+    cfg.seq_aux = seq_aux;
+    cfg.aux_loss_alpha = 0.3;
+    model::MoEGate gate(cfg);
+    const auto x = torch::randn({3, 5, cfg.hidden_size});
+    gate->train();
+    const auto r = gate(x);
+    // Independent loop formula over the seeds' definitions.
+    const auto scores = torch::softmax(torch::matmul(x.view({15, -1}), gate->weight.t()), -1);
+    const auto idx = r.topk_idx.view({15, 2});
+    double expected = 0;
+    if (seq_aux) {
+      for (int64_t b = 0; b < 3; ++b) {
+        for (int64_t e = 0; e < 4; ++e) {
+          double chosen = 0, mean_score = 0;
+          for (int64_t t = 0; t < 5; ++t) {
+            mean_score += scores[b * 5 + t][e].item<double>() / 5;
+            for (int64_t s = 0; s < 2; ++s) chosen += idx[b * 5 + t][s].item<int64_t>() == e;
+          }
+          expected += chosen / (5.0 * 2 / 4) * mean_score / 3;
+        }
+      }
+    } else {
+      for (int64_t e = 0; e < 4; ++e) {
+        const double share = (idx == e).sum().item<double>() / 30.0;
+        expected += scores.select(1, e).mean().item<double>() * share * 4;
+      }
+    }
+    EXPECT_NEAR(r.aux_loss.item<double>(), expected * 0.3, 1e-12) << "seq_aux " << seq_aux;
+    gate->eval();
+    EXPECT_EQ(gate(x).aux_loss.item<double>(), 0.0);
+    cfg.aux_loss_alpha = 0.0;
+    model::MoEGate no_alpha(cfg);
+    no_alpha->train();
+    EXPECT_EQ(no_alpha(x).aux_loss.item<double>(), 0.0);
+  }
+}
+
+TEST(MoEGate, RoutingMathInFloat32ForBFloat16Inputs) {
+  auto cfg = moe_config(4, 2, 0);
+  model::MoEGate gate(cfg);
+  const auto r = gate(torch::randn({2, 3, cfg.hidden_size}).to(torch::kBFloat16));
+  EXPECT_EQ(r.topk_weight.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(all_close(r.topk_weight.sum(-1), torch::ones({6}), 1e-6, 0));
+}
