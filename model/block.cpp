@@ -4,12 +4,12 @@
 
 namespace moe::model {
 
-BlockImpl::BlockImpl(const ModelConfig& c, int64_t id) : layer_id(id) {
+BlockImpl::BlockImpl(const ModelConfig& c, int64_t id, ExpertRange local_experts) : layer_id(id) {
   self_attn = register_module("self_attn", Attention(c));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   if (c.use_moe) {
-    moe_mlp = register_module("mlp", MoEFeedForward(c));
+    moe_mlp = register_module("mlp", MoEFeedForward(c, local_experts));
   } else {
     dense_mlp = register_module("mlp", FeedForward(c));
   }

@@ -19,7 +19,7 @@ struct BlockOutput {
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const ModelConfig& config, int64_t layer_id);
+  BlockImpl(const ModelConfig& config, int64_t layer_id, ExpertRange local_experts = {});
   /// See AttentionImpl::forward for cos, sin, attn_mask and cache.
   BlockOutput forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                       const torch::Tensor& attn_mask = {}, LayerKVCache* cache = nullptr);

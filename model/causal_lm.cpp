@@ -32,11 +32,11 @@ torch::Tensor attention_mask_for(const torch::Tensor& padding, int64_t past, int
 
 }  // namespace
 
-MiniMindModelImpl::MiniMindModelImpl(const ModelConfig& c) : config_(c) {
+MiniMindModelImpl::MiniMindModelImpl(const ModelConfig& c, ExpertRange local_experts) : config_(c) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
   dropout = register_module("dropout", torch::nn::Dropout(c.dropout));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Block(c, i));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Block(c, i, local_experts));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   auto rope = rope_tables(c.head_dim(), c.max_position_embeddings, c.rope_theta, torch::get_default_dtype_as_scalartype());
   freqs_cos = register_buffer("freqs_cos", rope.cos);
@@ -86,9 +86,9 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
   return out;
 }
 
-CausalLMImpl::CausalLMImpl(const ModelConfig& c) {
+CausalLMImpl::CausalLMImpl(const ModelConfig& c, ExpertRange local_experts) {
   c.validate();
-  model = register_module("model", MiniMindModel(c));
+  model = register_module("model", MiniMindModel(c, local_experts));
   torch::NoGradGuard no_grad;
   const double residual_std = 0.02 / std::sqrt(2.0 * c.num_hidden_layers);
   for (auto& p : named_parameters()) {

@@ -26,7 +26,7 @@ struct KVCache {
 
 class MiniMindModelImpl : public torch::nn::Module {
  public:
-  explicit MiniMindModelImpl(const ModelConfig& config);
+  explicit MiniMindModelImpl(const ModelConfig& config, ExpertRange local_experts = {});
 
   struct Output {
     torch::Tensor hidden;                          // [B, T, hidden], after the final norm
@@ -66,7 +66,8 @@ class CausalLMImpl : public torch::nn::Module {
   /// Validates the config, builds the model and applies the notebook's initialisation: normal(0, 0.02)
   /// for linear and embedding weights, 0.02/sqrt(2*layers) for up_proj and o_proj, Kaiming-uniform
   /// gates, unit norms.
-  explicit CausalLMImpl(const ModelConfig& config);
+  /// local_experts: the routed experts this process holds (default all; see parallel/).
+  explicit CausalLMImpl(const ModelConfig& config, ExpertRange local_experts = {});
 
   /// targets: optional [B, T] int64, the token expected after each input position (already
   /// shifted); kIgnoreIndex entries do not count. See MiniMindModelImpl::forward for the rest.

@@ -9,6 +9,12 @@
 
 namespace moe::model {
 
+/// The routed experts a process holds: global ids [first, first + count). count < 0 = all.
+struct ExpertRange {
+  int64_t first = 0;
+  int64_t count = -1;
+};
+
 class ExpertExecutor {
  public:
   virtual ~ExpertExecutor() = default;

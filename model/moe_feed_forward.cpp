@@ -5,6 +5,7 @@
 #include <string>
 
 #include "model/feed_forward.h"
+#include "common/check.h"
 #include "model/functional.h"
 
 namespace moe::model {
@@ -30,14 +31,17 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
   return {order, torch::div(order, k, "floor"), std::vector<int64_t>(c, c + num_experts)};
 }
 
-MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c) : num_experts_(c.n_routed_experts) {
+MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local) : num_experts_(c.n_routed_experts) {
+  const int64_t count = local.count < 0 ? c.n_routed_experts : local.count;
+  MOE_CHECK(local.first >= 0 && local.first + count <= c.n_routed_experts, "local experts [", local.first, ", ",
+            local.first + count, ") outside the ", c.n_routed_experts, " routed experts");
   gate = register_module("gate", MoEGate(c));
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> by_id;
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) by_id.emplace_back(std::to_string(e), FeedForward(c).ptr());
+  for (int64_t e = local.first; e < local.first + count; ++e) by_id.emplace_back(std::to_string(e), FeedForward(c).ptr());
   experts = register_module("experts", torch::nn::ModuleDict(by_id));
   shared_experts = register_module("shared_experts", torch::nn::ModuleList());
   for (int64_t s = 0; s < c.n_shared_experts; ++s) shared_experts->push_back(FeedForward(c));
-  executor_ = std::make_shared<LocalExpertExecutor>(experts);
+  if (count == c.n_routed_experts) executor_ = std::make_shared<LocalExpertExecutor>(experts);
 }
 
 void MoEFeedForwardImpl::set_executor(std::shared_ptr<ExpertExecutor> executor) { executor_ = std::move(executor); }
@@ -47,6 +51,8 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto tokens = x.reshape({-1, h});  // [N, H]
   const auto route = gate(x);
   const auto grouping = group_by_expert(route.topk_idx, num_experts_);
+  MOE_CHECK(executor_ != nullptr, "this MoE layer holds ", experts->size(), " of ", num_experts_,
+            " experts and has no executor for the others (see parallel/expert_dispatch.h)");
 
   const auto grouped = tokens.index_select(0, grouping.token_of_copy);  // [N*k, H]
   const auto expert_out = executor_->run(grouped, grouping.tokens_per_expert);

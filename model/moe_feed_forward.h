@@ -35,14 +35,16 @@ struct MoEOutput {
 
 class MoEFeedForwardImpl : public torch::nn::Module {
  public:
-  explicit MoEFeedForwardImpl(const ModelConfig& config);
+  /// local: the routed experts built here (default all). With a subset, an executor that reaches
+  /// the other experts (parallel/) must be set before forward.
+  explicit MoEFeedForwardImpl(const ModelConfig& config, ExpertRange local = {});
   /// x: [B, T, hidden].
   MoEOutput forward(const torch::Tensor& x);
   /// Replaces where the routed experts run (default: LocalExpertExecutor over `experts`).
   void set_executor(std::shared_ptr<ExpertExecutor> executor);
 
   MoEGate gate = nullptr;
-  torch::nn::ModuleDict experts = nullptr;         // FeedForward per global expert id "0".."E-1"
+  torch::nn::ModuleDict experts = nullptr;         // FeedForward per global expert id ("0".."E-1", or the local range)
   torch::nn::ModuleList shared_experts = nullptr;  // n_shared_experts FeedForward, run on every token
 
  private:

@@ -25,7 +25,8 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
   }
   torch::Tensor aux;
   if (is_training() && config_.aux_loss_alpha > 0.0) {
-    aux = config_.seq_aux ? sequence_aux_loss(scores.view({b, t, -1}), topk_idx.view({b, -1}),
+    const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
+    aux = config_.seq_aux ? sequence_aux_loss(scores.view({b, t, e}), topk_idx.view({b, t * k}),
                                               config_.num_experts_per_tok, config_.aux_loss_alpha)
                           : batch_aux_loss(scores, topk_idx, config_.aux_loss_alpha);
   } else {
@@ -37,7 +38,7 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
 torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, int64_t top_k,
                                 double alpha) {
   const auto b = scores.size(0), t = scores.size(1), e = scores.size(2);
-  if (t == 0) return torch::zeros({}, scores.options());
+  if (b == 0 || t == 0) return torch::zeros({}, scores.options());
   auto share = torch::zeros({b, e}, scores.options());
   share.scatter_add_(1, topk_idx, torch::ones(topk_idx.sizes(), scores.options()));
   share.div_(static_cast<double>(t * top_k) / static_cast<double>(e));

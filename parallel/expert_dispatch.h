@@ -1,0 +1,51 @@
+// Expert parallelism for one MoE layer. The layer groups its token copies by global expert id;
+// since each rank of the EP group holds a contiguous range of experts, that order is also by
+// destination rank. The executor then:
+//   exchanges per-expert counts -> all-to-all the copies (dispatch) -> regroups received rows by
+//   local expert -> runs the local experts -> restores the received order -> all-to-all back
+//   (combine).
+// Dispatch and combine are one differentiable all-to-all each; each one's backward is the other's
+// communication, so gradients reach the experts, the gate and the input.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "model/causal_lm.h"
+#include "model/expert_executor.h"
+#include "parallel/communicator.h"
+#include "parallel/topology.h"
+
+namespace moe::parallel {
+
+/// Differentiable all-to-all of rows: send_splits[r] rows of x to rank r; returns the
+/// sum(recv_splits) rows received, in rank order. Backward sends the gradients back the same way.
+/// NOTE: the communicator must outlive the backward pass.
+torch::Tensor all_to_all_rows(const torch::Tensor& x, const std::vector<int64_t>& send_splits,
+                              const std::vector<int64_t>& recv_splits, Communicator& comm);
+
+class ExpertParallelExecutor : public model::ExpertExecutor {
+ public:
+  /// local_experts: this rank's experts (keys = global ids of topology.local_experts()).
+  ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts);
+  torch::Tensor run(const torch::Tensor& grouped, const std::vector<int64_t>& tokens_per_expert) override;
+
+  /// Rows received from other ranks in the last run (for statistics and tests).
+  int64_t last_received_rows() const { return last_received_rows_; }
+
+ private:
+  std::shared_ptr<Communicator> ep_;
+  Topology topology_;
+  torch::nn::ModuleDict local_experts_;
+  int64_t last_received_rows_ = 0;
+};
+
+/// The model for this rank: dense parameters and this rank's experts, initialised exactly like a
+/// single-process CausalLM built after torch::manual_seed(seed), with every MoE layer dispatching
+/// through `groups.ep`. NOTE: builds the full model once to copy from (memory of one full model).
+model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
+                                           uint64_t seed);
+
+/// Installs ExpertParallelExecutors on a model built with groups.topology.local_experts().
+void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups);
+
+}  // namespace moe::parallel

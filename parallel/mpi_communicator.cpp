@@ -1,0 +1,170 @@
+#include "parallel/mpi_communicator.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "common/check.h"
+#include "common/log.h"
+#include "parallel/dist_check.h"
+
+namespace moe::parallel {
+
+namespace {
+
+bool g_we_initialized = false;
+
+int to_int(int64_t v, const char* what) {
+  MOE_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), what, " ", v, " does not fit MPI's int counts");
+  return static_cast<int>(v);
+}
+
+// MPI has no bfloat16/float16 reduction: those are reduced in float32.
+MPI_Datatype reduce_type(c10::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return MPI_FLOAT;
+    case torch::kFloat64: return MPI_DOUBLE;
+    case torch::kInt32: return MPI_INT32_T;
+    case torch::kInt64: return MPI_INT64_T;
+    default: MOE_CHECK(false, "all_reduce: unsupported dtype ", t);
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+// Host, contiguous copy of `t` for MPI, or `t` itself when it already is one.
+at::Tensor host_contiguous(const at::Tensor& t) { return t.is_cpu() ? t.contiguous() : t.to(torch::kCPU).contiguous(); }
+
+// Copies a staged host result back into `dst` if it is a different tensor.
+void copy_back(at::Tensor& dst, const at::Tensor& staged) {
+  if (staged.data_ptr() != dst.data_ptr()) dst.copy_(staged);
+}
+
+}  // namespace
+
+void ensure_mpi_initialized() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) return;
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  g_we_initialized = true;
+}
+
+void finalize_mpi() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (g_we_initialized && !finalized) MPI_Finalize();
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned)
+    : comm_(comm), owned_(owned), timeout_s_(timeout_s) {
+  MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MPI_CHECK(MPI_Comm_size(comm_, &size_));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owned_ && !finalized) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::wait(MPI_Request& request, const char* op) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::duration<double>(timeout_s_);
+  ++sequence_;
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::ostringstream os;
+      os << op << " #" << sequence_ << " did not complete within " << timeout_s_ << " s on rank " << rank_ << "/"
+         << size_ << " (a rank stopped or called a different collective)";
+      abort(os.str());
+    }
+    // Oversubscribed ranks share cores: stop spinning soon.
+    if (polls > 200) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  const bool widen = tensor.scalar_type() == torch::kBFloat16 || tensor.scalar_type() == torch::kHalf;
+  auto staged = widen ? tensor.to(torch::kCPU, torch::kFloat32).contiguous() : host_contiguous(tensor);
+  MPI_Request request;
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, staged.data_ptr(), to_int(staged.numel(), "all_reduce numel"),
+                           reduce_type(staged.scalar_type()), MPI_SUM, comm_, &request));
+  wait(request, "all_reduce");
+  if (op == ReduceOp::kAverage) staged.div_(size_);
+  if (staged.data_ptr() != tensor.data_ptr()) tensor.copy_(staged);
+}
+
+void MpiCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
+                                 const std::vector<int64_t>& in_splits) {
+  check_all_to_all_args(*this, output, input, out_splits, in_splits);
+  const int64_t row_bytes = input.numel() > 0 ? input.nbytes() / input.size(0)
+                                              : (output.numel() > 0 ? output.nbytes() / output.size(0) : 0);
+  std::vector<int> send_counts(size_), send_displs(size_), recv_counts(size_), recv_displs(size_);
+  int64_t send_off = 0, recv_off = 0;
+  for (int r = 0; r < size_; ++r) {
+    send_counts[r] = to_int(in_splits[r] * row_bytes, "all_to_all send bytes");
+    recv_counts[r] = to_int(out_splits[r] * row_bytes, "all_to_all receive bytes");
+    send_displs[r] = to_int(send_off, "all_to_all send offset");
+    recv_displs[r] = to_int(recv_off, "all_to_all receive offset");
+    send_off += send_counts[r];
+    recv_off += recv_counts[r];
+  }
+  const auto send = host_contiguous(input);
+  auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+  MPI_Request request;
+  MPI_CHECK(MPI_Ialltoallv(send.data_ptr(), send_counts.data(), send_displs.data(), MPI_BYTE, recv.data_ptr(),
+                           recv_counts.data(), recv_displs.data(), MPI_BYTE, comm_, &request));
+  wait(request, "all_to_all");
+  copy_back(output, recv);
+}
+
+void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
+  MOE_CHECK(output.numel() == input.numel() * size_ && output.scalar_type() == input.scalar_type(),
+            "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_,
+            " x ", input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
+  const auto send = host_contiguous(input);
+  auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+  MPI_Request request;
+  const int bytes = to_int(send.nbytes(), "all_gather bytes");
+  MPI_CHECK(MPI_Iallgather(send.data_ptr(), bytes, MPI_BYTE, recv.data_ptr(), bytes, MPI_BYTE, comm_, &request));
+  wait(request, "all_gather");
+  copy_back(output, recv);
+}
+
+void MpiCommunicator::broadcast(at::Tensor& tensor, int root) {
+  MOE_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " outside group of ", size_);
+  auto staged = host_contiguous(tensor);
+  MPI_Request request;
+  MPI_CHECK(MPI_Ibcast(staged.data_ptr(), to_int(staged.nbytes(), "broadcast bytes"), MPI_BYTE, root, comm_, &request));
+  wait(request, "broadcast");
+  copy_back(tensor, staged);
+}
+
+void MpiCommunicator::barrier() {
+  MPI_Request request;
+  MPI_CHECK(MPI_Ibarrier(comm_, &request));
+  wait(request, "barrier");
+}
+
+std::shared_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  MPI_Comm sub;
+  MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+  return std::make_shared<MpiCommunicator>(sub, timeout_s_, /*owned=*/true);
+}
+
+void MpiCommunicator::abort(const std::string& reason) {
+  log("comm", "aborting all ranks: " + reason);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();  // MPI_Abort does not return; this keeps [[noreturn]] honest
+}
+
+}  // namespace moe::parallel

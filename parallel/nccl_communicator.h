@@ -1,0 +1,44 @@
+// Communicator over NCCL for CUDA tensors, bootstrapped over MPI. Compiled whenever the CUDA
+// toolkit is found (CI proves it builds); runs on GPU machines, one rank per GPU.
+#pragma once
+#include <nccl.h>
+
+#include <memory>
+
+#include "parallel/communicator.h"
+
+namespace moe::parallel {
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, double timeout_s);
+  ~NcclCommunicator() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "nccl"; }
+  /// Collectives run on the current CUDA stream; each call waits (bounded by the timeout) until
+  /// that stream has finished it, polling ncclCommGetAsyncError.
+  void all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
+                  const std::vector<int64_t>& in_splits) override;
+  void all_gather(at::Tensor& output, const at::Tensor& input) override;
+  void broadcast(at::Tensor& tensor, int root) override;
+  void barrier() override;
+  std::shared_ptr<Communicator> split(int color, int key) override;
+  [[noreturn]] void abort(const std::string& reason) override;
+
+ private:
+  void wait(const char* op);
+  void check_cuda(const at::Tensor& t, const char* op) const;
+
+  ncclComm_t comm_;
+  int rank_ = 0, size_ = 1;
+  double timeout_s_;
+  int64_t sequence_ = 0;
+};
+
+/// Binds this rank to GPU (node-local rank % device count), then creates the world communicator.
+std::shared_ptr<Communicator> make_nccl_world(double timeout_s);
+
+}  // namespace moe::parallel

@@ -1,0 +1,206 @@
+// Expert parallelism equals one process: the EP MoE layer (outputs, input, gate and expert
+// gradients) and 10 optimiser steps of the whole model, on 1, 2 and 4 ranks (ep = world, or
+// ep 2 x edp 2 with --ep_size=2), in float64, including skewed routing and an empty batch.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <sstream>
+
+#include "common/check.h"
+#include "common/log.h"
+#include "parallel/expert_dispatch.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/parallel/mpi_test_options.h"
+#include "tests/support.h"
+
+using namespace moe;
+using namespace moe::parallel;
+using moe::test::all_close;
+using moe::test::grad_or_zeros;
+
+namespace {
+
+ParallelGroups groups_for(int64_t experts) {
+  auto world = std::make_shared<MpiCommunicator>(MPI_COMM_WORLD, 120.0);
+  const int ep = test::mpi_test_ep_size() > 0 ? test::mpi_test_ep_size() : world->size();
+  return make_groups(world, ep, experts);
+}
+
+model::ModelConfig layer_config() {
+  model::ModelConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.use_moe = true;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  return c;
+}
+
+torch::Tensor all_reduced(torch::Tensor t, Communicator& comm) {
+  comm.all_reduce(t, ReduceOp::kSum);
+  return t;
+}
+
+// Rows [first, first + count) of the global batch for each rank; count per rank from `rows`.
+std::pair<int64_t, int64_t> my_rows(const std::vector<int64_t>& rows, int rank) {
+  int64_t first = 0;
+  for (int r = 0; r < rank; ++r) first += rows[r];
+  return {first, rows[rank]};
+}
+
+// Full layer on the global batch vs the EP layer on this rank's rows.
+void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t>& rows, bool one_expert) {
+  test::DtypeAndSeed guard;
+  auto g = groups_for(cfg.n_routed_experts);
+  const auto& topo = g.topology;
+  model::MoEFeedForward full(cfg);
+  if (one_expert) {
+    torch::NoGradGuard no_grad;
+    full->gate->weight.normal_(0, 0.01);
+    full->gate->weight[2].fill_(5.0);
+  }
+  model::MoEFeedForward local(cfg, topo.local_experts());
+  {
+    torch::NoGradGuard no_grad;
+    const auto full_params = full->named_parameters();
+    for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
+  }
+  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, topo, local->experts));
+
+  const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+  const auto x = one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
+  const auto grad_out = torch::randn(x.sizes());
+  const auto [first, count] = my_rows(rows, topo.rank);
+
+  auto x_full = x.clone().requires_grad_(true);
+  full->train();
+  const auto y_full = full(x_full).hidden;
+  y_full.backward(grad_out);
+
+  auto x_local = x.slice(0, first, first + count).clone().requires_grad_(true);
+  local->train();
+  const auto y_local = local(x_local).hidden;
+  y_local.backward(grad_out.slice(0, first, first + count));
+
+  const auto where = "rank " + std::to_string(topo.rank) + " (ep " + std::to_string(topo.ep_size) + " x edp " +
+                     std::to_string(topo.edp_size) + ")";
+  EXPECT_TRUE(all_close(y_local, y_full.slice(0, first, first + count), 1e-12, 1e-10)) << "output, " << where;
+  EXPECT_TRUE(all_close(x_local.grad(), x_full.grad().slice(0, first, first + count), 1e-12, 1e-10))
+      << "input gradient, " << where;
+  const auto full_params = full->named_parameters();
+  for (auto& p : local->named_parameters()) {
+    // Loss = sum over the global batch: dense grads sum over the world, expert grads over edp.
+    auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
+    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()), comm), grad_or_zeros(full_params[p.key()]), 1e-12,
+                          1e-10))
+        << "gradient of " << p.key() << ", " << where;
+  }
+}
+
+std::vector<int64_t> rows_per_rank(int world, int64_t each) { return std::vector<int64_t>(world, each); }
+
+}  // namespace
+
+TEST(ExpertParallel, LayerEqualsSingleProcessRandomRouting) {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  expect_layer_equal(layer_config(), rows_per_rank(w, 3), false);
+}
+
+TEST(ExpertParallel, LayerEqualsSingleProcessWhenEveryTokenPicksOneExpert) {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  auto cfg = layer_config();
+  cfg.num_experts_per_tok = 1;  // experts 0, 1, 3 and the ranks holding only them receive nothing
+  expect_layer_equal(cfg, rows_per_rank(w, 2), true);
+  expect_layer_equal(layer_config(), rows_per_rank(w, 2), true);
+}
+
+TEST(ExpertParallel, LayerEqualsSingleProcessWithAnEmptyRankBatch) {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  auto rows = rows_per_rank(w, 2);
+  rows[0] = 0;  // rank 0 has no tokens but still serves its experts
+  if (w == 1) rows[0] = 1;
+  expect_layer_equal(layer_config(), rows, false);
+}
+
+TEST(ExpertParallel, ExpertParametersAreShardedAcrossEp) {
+  auto cfg = layer_config();
+  cfg.vocab_size = 50;
+  cfg.hidden_size = 32;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.max_position_embeddings = 16;
+  auto g = groups_for(cfg.n_routed_experts);
+  const auto lm = make_expert_parallel_model(cfg, g, 1);
+  const model::CausalLM single(cfg);
+  auto expert_numel = [](const model::CausalLM& m) {
+    int64_t n = 0;
+    for (const auto& p : m->named_parameters()) n += is_expert_parameter(p.key()) ? p.value().numel() : 0;
+    return n;
+  };
+  std::ostringstream os;
+  os << "expert parameters on this rank: " << expert_numel(lm) << " of " << expert_numel(single) << " (ep_size "
+     << g.topology.ep_size << ")";
+  log("test", os.str());
+  EXPECT_EQ(expert_numel(lm) * g.topology.ep_size, expert_numel(single));
+}
+
+TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) {
+  test::DtypeAndSeed guard;
+  model::ModelConfig cfg = layer_config();
+  cfg.vocab_size = 50;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = 48;
+  cfg.num_hidden_layers = 2;
+  cfg.num_attention_heads = 4;
+  cfg.num_key_value_heads = 2;
+  cfg.max_position_embeddings = 16;
+  const int64_t global_batch = 8, seq = 8, steps = 10;
+  const uint64_t seed = 7;
+  auto g = groups_for(cfg.n_routed_experts);
+  const int w = g.world->size(), r = g.world->rank();
+  ASSERT_EQ(global_batch % w, 0);
+  const auto data = torch::randint(cfg.vocab_size, {steps, global_batch, seq + 1}, torch::kInt64);
+  auto adamw = [](std::vector<torch::Tensor> params) {
+    return torch::optim::AdamW(params, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  };
+
+  // One process, global batch.
+  torch::manual_seed(seed);
+  model::CausalLM single(cfg);
+  auto single_opt = adamw(single->parameters());
+  std::vector<double> single_losses;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto batch = data[s];
+    auto out = single(batch.narrow(1, 0, seq), batch.narrow(1, 1, seq));
+    single_opt.zero_grad();
+    out.loss.backward();
+    single_opt.step();
+    single_losses.push_back(out.loss.item<double>());
+  }
+
+  // Every rank its share of the global batch.
+  auto lm = make_expert_parallel_model(cfg, g, seed);
+  GradientSync sync(lm, g);
+  auto opt = adamw(lm->parameters());
+  const int64_t per_rank = global_batch / w;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto batch = data[s].narrow(0, r * per_rank, per_rank);
+    auto out = lm(batch.narrow(1, 0, seq), batch.narrow(1, 1, seq));
+    opt.zero_grad();
+    out.loss.backward();
+    sync.sync();
+    opt.step();
+    auto loss = out.loss.detach().clone();
+    g.world->all_reduce(loss, ReduceOp::kAverage);
+    EXPECT_NEAR(loss.item<double>(), single_losses[s], 1e-10) << "step " << s << " rank " << r;
+  }
+  const auto final_single = single->named_parameters();
+  for (const auto& p : lm->named_parameters()) {
+    EXPECT_TRUE(all_close(p.value(), final_single[p.key()], 1e-9, 1e-7)) << p.key() << " rank " << r;
+  }
+}

@@ -1,0 +1,7 @@
+// Options that ctest passes to multi-rank tests (see cmake/MoeTest.cmake).
+#pragma once
+
+namespace moe::test {
+/// --ep_size=N, or 0 when not given (tests then use the world size).
+int mpi_test_ep_size();
+}  // namespace moe::test
