@@ -2,10 +2,9 @@
 // count: dispatch time (count exchange + all-to-all), combine time, bytes each rank sends,
 // algorithmic and bus bandwidth (busbw = algbw * (n-1)/n) and #wrong, the rows that reached the
 // wrong rank or came back altered (payload = source rank, token, expert: must be 0).
-//   mpirun -np 4 build/bin/moe-bench-dispatch --ep_size 4 --hidden 512
+//   mpirun -np 4 build/bin/moe-bench-dispatch --parallel.ep_size 4 --hidden 512
 #include <torch/torch.h>
 
-#include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -14,6 +13,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "launch/cli.h"
 #include "model/moe_feed_forward.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
@@ -36,9 +36,9 @@ Options parse(int argc, char** argv) {
   Options o;
   po::options_description desc("moe-bench-dispatch: MoE all-to-all dispatch/combine benchmark");
   desc.add_options()("help", "show this help")
-      ("backend", po::value(&o.backend)->default_value(o.backend), "auto, mpi or nccl")
+      ("parallel.backend", po::value(&o.backend)->default_value(o.backend), "auto, mpi or nccl")
       ("device", po::value(&o.device)->default_value(o.device), "cpu, cuda or auto (cuda with nccl)")
-      ("ep_size", po::value(&o.ep_size)->default_value(0), "expert-parallel group size (0 = world)")
+      ("parallel.ep_size", po::value(&o.ep_size)->default_value(0), "expert-parallel group size (0 = world)")
       ("hidden", po::value(&o.hidden)->default_value(o.hidden), "hidden size")
       ("experts", po::value(&o.experts)->default_value(o.experts), "routed experts")
       ("top_k", po::value(&o.top_k)->default_value(o.top_k), "experts per token")
@@ -46,13 +46,7 @@ Options parse(int argc, char** argv) {
       ("tokens", po::value(&o.tokens)->multitoken(), "tokens per rank (several allowed)")
       ("iters", po::value(&o.iters)->default_value(o.iters), "timed iterations")
       ("warmup", po::value(&o.warmup)->default_value(o.warmup), "untimed iterations");
-  po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    std::exit(0);
-  }
-  po::notify(vm);
+  launch::parse_or_exit(argc, argv, desc);
   return o;
 }
 

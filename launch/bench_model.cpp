@@ -3,7 +3,6 @@
 // one JSON line per case.
 #include <torch/torch.h>
 
-#include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +13,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include "launch/cli.h"
 #include "model/causal_lm.h"
 
 namespace po = boost::program_options;
@@ -83,13 +83,7 @@ int main(int argc, char** argv) try {
       ("warmup", po::value(&warmup)->default_value(warmup), "untimed iterations first")
       ("batch", po::value(&batch)->default_value(0), "sequences per step (0: 8 on CPU, 32 on CUDA)")
       ("seq-len", po::value(&seq)->default_value(0), "tokens per sequence (0: 256 on CPU, 1024 on CUDA)");
-  po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  moe::launch::parse_or_exit(argc, argv, desc);
 
   std::vector<torch::Device> devices;
   if (device_opt == "cpu" || device_opt == "all") devices.emplace_back(torch::kCPU);

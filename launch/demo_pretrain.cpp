@@ -2,7 +2,6 @@
 // tokens (until the data pipeline exists), printing a falling loss and then a generated sample.
 #include <torch/torch.h>
 
-#include <boost/program_options.hpp>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +11,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "launch/cli.h"
 #include "model/causal_lm.h"
 #include "model/generate.h"
 
@@ -43,13 +43,7 @@ DemoOptions parse(int argc, char** argv) {
       ("seed", po::value(&o.seed)->default_value(o.seed), "random seed")
       ("prompt", po::value(&o.prompt)->default_value(o.prompt), "prompt of the generated sample")
       ("sample-tokens", po::value(&o.sample_tokens)->default_value(o.sample_tokens), "length of the sample");
-  po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    std::exit(0);
-  }
-  po::notify(vm);
+  launch::parse_or_exit(argc, argv, desc);
   MOE_CHECK(o.steps > 0 && o.batch > 0 && o.seq_len > 1, "--steps, --batch must be > 0 and --seq-len > 1");
   return o;
 }
