@@ -100,7 +100,7 @@ void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
                            reduce_type(staged.scalar_type()), MPI_SUM, comm_, &request));
   wait(request, "all_reduce");
   if (op == ReduceOp::kAverage) staged.div_(size_);
-  if (staged.data_ptr() != tensor.data_ptr()) tensor.copy_(staged);
+  copy_back(tensor, staged);
 }
 
 void MpiCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
