@@ -83,6 +83,8 @@ int main(int argc, char** argv) try {
     torch::manual_seed(1000 + world->rank());
     const auto topk = std::get<1>(torch::rand({tokens, o.experts}).topk(o.top_k, -1));  // distinct experts per token
     const auto grouping = model::group_by_expert(topk, o.experts);
+    const auto routed_host = grouping.routed.cpu();
+    const auto* routed = routed_host.data_ptr<int64_t>();
     const auto copies = topk.reshape({-1}).index_select(0, grouping.copy_order);  // expert of each grouped row
     // Payload: [source rank, source token, expert, rank...].
     auto payload = torch::full({copies.size(0), o.hidden}, double(ep.rank()), torch::kFloat32);
@@ -99,7 +101,7 @@ int main(int argc, char** argv) try {
       ep.barrier();
       const double t0 = now_s();
       std::fill(send.begin(), send.end(), 0);
-      for (int64_t e = 0; e < o.experts; ++e) send[e / per_rank] += grouping.tokens_per_expert[e];
+      for (int64_t e = 0; e < o.experts; ++e) send[e / per_rank] += routed[e];
       auto mine = torch::tensor(send, torch::kInt64), theirs = torch::empty({n}, torch::kInt64);
       ep.all_to_all(theirs, mine, std::vector<int64_t>(n, 1), std::vector<int64_t>(n, 1));
       for (int s = 0; s < n; ++s) recv[s] = theirs[s].item<int64_t>();

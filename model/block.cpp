@@ -21,7 +21,7 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
   const auto normed = post_attention_layernorm(h);
   if (moe_mlp) {
     auto moe = moe_mlp(normed);
-    return {h + moe.hidden, moe.aux_loss, moe.tokens_per_expert};
+    return {h + moe.hidden, moe.aux_loss, moe.load};
   }
   return {h + dense_mlp(normed), torch::zeros({}, h.options()), {}};
 }

@@ -12,9 +12,9 @@
 namespace moe::model {
 
 struct BlockOutput {
-  torch::Tensor hidden;             // [B, T, hidden]
-  torch::Tensor aux_loss;           // scalar, 0 for a dense layer
-  torch::Tensor tokens_per_expert;  // [E] int64 for a MoE layer, undefined for a dense one
+  torch::Tensor hidden;    // [B, T, hidden]
+  torch::Tensor aux_loss;  // scalar, 0 for a dense layer
+  ExpertLoad load;         // a MoE layer's expert load; undefined tensors for a dense one
 };
 
 class BlockImpl : public torch::nn::Module {

@@ -80,7 +80,7 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
     auto block = layers[i]->as<Block>()->forward(h, cos, sin, mask, cache ? &cache->layers[i] : nullptr);
     h = block.hidden;
     out.aux_loss = out.aux_loss + block.aux_loss;
-    if (block.tokens_per_expert.defined()) out.tokens_per_expert.push_back(block.tokens_per_expert);
+    if (block.load.routed.defined()) out.expert_load.push_back(block.load);
   }
   out.hidden = norm(h);
   return out;
@@ -105,7 +105,7 @@ CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch
   CausalLMOutput result;
   result.logits = torch::linear(out.hidden, model->embed_tokens->weight);
   result.aux_loss = out.aux_loss;
-  result.tokens_per_expert = std::move(out.tokens_per_expert);
+  result.expert_load = std::move(out.expert_load);
   if (targets.defined()) {
     const auto v = result.logits.size(-1);
     result.ce_loss = torch::nn::functional::cross_entropy(

@@ -31,7 +31,7 @@ class MiniMindModelImpl : public torch::nn::Module {
   struct Output {
     torch::Tensor hidden;                          // [B, T, hidden], after the final norm
     torch::Tensor aux_loss;                        // scalar, summed over layers
-    std::vector<torch::Tensor> tokens_per_expert;  // per MoE layer, [E] int64
+    std::vector<ExpertLoad> expert_load;           // per MoE layer
   };
   /// input_ids: [B, T] int64. attention_mask: optional [B, T_past + T], 1 = real token, 0 = padding
   /// (left padding); it sets the positions and hides padded keys. cache: optional, extended in place.
@@ -56,7 +56,7 @@ struct CausalLMOutput {
   torch::Tensor loss;      // ce_loss + aux_loss; undefined without targets
   torch::Tensor ce_loss;   // mean cross entropy over targets != ignore_index
   torch::Tensor aux_loss;  // sum of the MoE layers' aux losses (0 when none or in eval)
-  std::vector<torch::Tensor> tokens_per_expert;  // per MoE layer
+  std::vector<ExpertLoad> expert_load;  // per MoE layer: routed and dropped copies per expert
 };
 
 class CausalLMImpl : public torch::nn::Module {

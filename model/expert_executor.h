@@ -3,6 +3,7 @@
 // implements one that sends each slice to the rank that holds the expert.
 #pragma once
 #include <torch/nn/modules/container/moduledict.h>
+#include <torch/types.h>
 
 #include <cstdint>
 #include <vector>
@@ -18,17 +19,18 @@ struct ExpertRange {
 class ExpertExecutor {
  public:
   virtual ~ExpertExecutor() = default;
-  /// grouped: [sum(tokens_per_expert), hidden], the copies routed to expert 0 first, then expert 1, ...
-  /// tokens_per_expert: [n_routed_experts] slice lengths (host). Returns the expert outputs in the
-  /// same order, [sum(tokens_per_expert), hidden]. Differentiable.
-  virtual torch::Tensor run(const torch::Tensor& grouped, const std::vector<int64_t>& tokens_per_expert) = 0;
+  /// grouped: token copies, the first counts[0] rows for expert 0, the next counts[1] for expert 1,
+  /// ...; rows past sum(counts) (dropped copies) are ignored. counts: [n_routed_experts] int64 on
+  /// grouped's device. Returns the expert outputs in the same order, [sum(counts), hidden].
+  /// Differentiable. An executor copies the counts to the host once (the layer's only sync).
+  virtual torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) = 0;
 };
 
 /// Runs every expert in this process. experts: keyed by global expert id ("0", "1", ...).
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   explicit LocalExpertExecutor(torch::nn::ModuleDict experts) : experts_(std::move(experts)) {}
-  torch::Tensor run(const torch::Tensor& grouped, const std::vector<int64_t>& tokens_per_expert) override;
+  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override;
 
  private:
   torch::nn::ModuleDict experts_;

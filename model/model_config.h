@@ -33,6 +33,10 @@ struct ModelConfig {
   bool seq_aux = true;  // sequence-level aux loss; false = batch-level
   bool norm_topk_prob = true;
 
+  // Beyond MiniMind.
+  double capacity_factor = 0.0;  // > 0: in training, each expert takes at most ceil(cf * tokens * k / E)
+                                 // copies of the local batch, the rest are dropped; 0 = dropless
+
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   /// intermediate_size, or when unset MiniMind's 64 * ceil(int(8 * hidden / 3) / 64).
   int64_t resolved_intermediate_size() const;

@@ -17,20 +17,33 @@
 namespace moe::model {
 
 /// Token copies (token, slot) grouped by expert: the permutation the layer applies and undoes.
+/// The kept copies come first, expert 0's then expert 1's ...; copies dropped by the capacity
+/// limit follow them. Everything stays on the device: no host synchronisation here.
 struct ExpertGrouping {
-  torch::Tensor copy_order;                // [N*k] int64: flat (token*k + slot) index of each grouped copy
-  torch::Tensor token_of_copy;             // [N*k] int64: source token of each grouped copy
-  std::vector<int64_t> tokens_per_expert;  // [E] on the host: slice lengths, in expert order
+  torch::Tensor copy_order;     // [N*k] int64: flat (token*k + slot) index of each grouped copy
+  torch::Tensor token_of_copy;  // [N*k] int64: source token of each grouped copy
+  torch::Tensor routed;         // [E] int64: copies the gate sent to each expert
+  torch::Tensor kept;           // [E] int64: of those, the ones within capacity (the slice lengths)
 };
 
-/// Groups the copies of topk_idx [N, k] by expert id (stable, so ties keep token order).
-/// The only device-to-host copy of the layer is the per-expert count.
-ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_experts);
+/// Copies an expert may take: ceil(capacity_factor * tokens * k / E); <= 0 = unlimited (dropless).
+int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts);
+
+/// Groups the copies of topk_idx [N, k] by expert id, stably, so ties keep token order. With a
+/// capacity, each expert keeps its first `capacity` copies in token order (deterministic) and the
+/// rest are dropped: they contribute nothing to their token's output.
+ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_experts, int64_t capacity = 0);
+
+/// Load of one MoE layer, for statistics (device tensors; read them when logging).
+struct ExpertLoad {
+  torch::Tensor routed;   // [E] int64: copies routed to each expert
+  torch::Tensor dropped;  // [E] int64: of those, dropped by the capacity limit
+};
 
 struct MoEOutput {
-  torch::Tensor hidden;             // [B, T, hidden]
-  torch::Tensor aux_loss;           // scalar
-  torch::Tensor tokens_per_expert;  // [E] int64 (host): routed copies per expert, for load statistics
+  torch::Tensor hidden;    // [B, T, hidden]
+  torch::Tensor aux_loss;  // scalar
+  ExpertLoad load;
 };
 
 class MoEFeedForwardImpl : public torch::nn::Module {
@@ -49,6 +62,7 @@ class MoEFeedForwardImpl : public torch::nn::Module {
 
  private:
   int64_t num_experts_;
+  double capacity_factor_;
   std::shared_ptr<ExpertExecutor> executor_;
 };
 TORCH_MODULE(MoEFeedForward);

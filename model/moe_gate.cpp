@@ -28,7 +28,7 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
     const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
     aux = config_.seq_aux ? sequence_aux_loss(scores.view({b, t, e}), topk_idx.view({b, t * k}),
                                               config_.num_experts_per_tok, config_.aux_loss_alpha)
-                          : batch_aux_loss(scores, topk_idx, config_.aux_loss_alpha);
+                          : batch_aux_loss(scores, topk_idx, config_.aux_loss_alpha, reduce_counts_);
   } else {
     aux = torch::zeros({}, scores.options());
   }
@@ -45,10 +45,13 @@ torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor
   return (share * scores.mean(1)).sum(1).mean() * alpha;
 }
 
-torch::Tensor batch_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, double alpha) {
+torch::Tensor batch_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, double alpha,
+                             const CountReducer& reduce_counts) {
   const auto e = scores.size(1);
+  auto counts = torch::bincount(topk_idx.reshape({-1}), /*weights=*/{}, e).to(scores.scalar_type());
+  if (reduce_counts) counts = reduce_counts(counts);  // NOTE: every rank joins, even with no tokens
   if (scores.size(0) == 0) return torch::zeros({}, scores.options());
-  const auto share = torch::one_hot(topk_idx.reshape({-1}), e).to(scores.scalar_type()).mean(0);
+  const auto share = counts / counts.sum();
   return (scores.mean(0) * share * static_cast<double>(e)).sum() * alpha;
 }
 

@@ -58,33 +58,37 @@ ExpertParallelExecutor::ExpertParallelExecutor(std::shared_ptr<Communicator> ep,
             local_experts_->size(), " experts, expected ", topology_.experts_per_rank);
 }
 
-torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const std::vector<int64_t>& tokens_per_expert) {
+torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
   const int ep = topology_.ep_size;
   const int64_t per_rank = topology_.experts_per_rank;
-  MOE_CHECK(static_cast<int64_t>(tokens_per_expert.size()) == topology_.n_routed_experts, "tokens_per_expert has ",
-            tokens_per_expert.size(), " entries for ", topology_.n_routed_experts, " experts");
+  MOE_CHECK(counts.numel() == topology_.n_routed_experts, "counts has ", counts.numel(), " entries for ",
+            topology_.n_routed_experts, " experts");
 
-  // 1. Counts: what goes to each rank, and what each rank sends us per local expert.
-  std::vector<int64_t> send_splits(ep, 0);
-  for (int64_t e = 0; e < topology_.n_routed_experts; ++e) send_splits[e / per_rank] += tokens_per_expert[e];
-  auto my_counts = torch::tensor(tokens_per_expert, torch::kInt64);
-  auto their_counts = torch::empty({ep * per_rank}, torch::kInt64);  // [source rank][local expert]
+  // 1. Counts: ours per expert, and what each rank sends us per local expert ([source][local
+  //    expert]). One device-to-host copy of both: NCCL exchanges them on the device first.
+  const auto split_each = std::vector<int64_t>(ep, per_rank);
+  torch::Tensor host;  // [mine (E), theirs (E)]
   if (grouped.is_cuda() && ep_->backend() == "nccl") {
-    auto device_counts = torch::empty_like(their_counts, grouped.options().dtype(torch::kInt64));
-    ep_->all_to_all(device_counts, my_counts.to(grouped.device()), std::vector<int64_t>(ep, per_rank),
-                    std::vector<int64_t>(ep, per_rank));
-    their_counts = device_counts.cpu();
+    auto theirs = torch::empty_like(counts);
+    ep_->all_to_all(theirs, counts.contiguous(), split_each, split_each);
+    host = torch::cat({counts, theirs}).cpu();
   } else {
-    ep_->all_to_all(their_counts, my_counts, std::vector<int64_t>(ep, per_rank), std::vector<int64_t>(ep, per_rank));
+    const auto mine = counts.cpu();
+    auto theirs = torch::empty_like(mine);
+    ep_->all_to_all(theirs, mine, split_each, split_each);
+    host = torch::cat({mine, theirs});
   }
-  const auto* rc = their_counts.data_ptr<int64_t>();
-  std::vector<int64_t> recv_splits(ep, 0);
+  const auto* my_counts = host.data_ptr<int64_t>();
+  const auto* rc = my_counts + topology_.n_routed_experts;
+  std::vector<int64_t> send_splits(ep, 0), recv_splits(ep, 0);
+  for (int64_t e = 0; e < topology_.n_routed_experts; ++e) send_splits[e / per_rank] += my_counts[e];
   for (int s = 0; s < ep; ++s) {
     for (int64_t j = 0; j < per_rank; ++j) recv_splits[s] += rc[s * per_rank + j];
   }
+  const auto sent = grouped.narrow(0, 0, std::accumulate(send_splits.begin(), send_splits.end(), int64_t{0}));
 
   // 2. Dispatch.
-  const auto received = all_to_all_rows(grouped, send_splits, recv_splits, *ep_);  // (source, expert) order
+  const auto received = all_to_all_rows(sent, send_splits, recv_splits, *ep_);  // (source, expert) order
   last_received_rows_ = received.size(0);
 
   // 3. Regroup (source, expert) -> (expert, source), run each local expert on its slice.

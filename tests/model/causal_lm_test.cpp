@@ -161,8 +161,8 @@ TEST(CausalLM, LossIsCrossEntropyPlusAux) {
   EXPECT_NEAR(out.ce_loss.item<double>(), sum / n, 1e-12);
   EXPECT_GT(out.aux_loss.item<double>(), 0.0);
   EXPECT_NEAR(out.loss.item<double>(), out.ce_loss.item<double>() + out.aux_loss.item<double>(), 1e-12);
-  EXPECT_EQ(out.tokens_per_expert.size(), 2u);
-  EXPECT_EQ(out.tokens_per_expert[0].sum().item<int64_t>(), 3 * 10 * 2);
+  EXPECT_EQ(out.expert_load.size(), 2u);
+  EXPECT_EQ(out.expert_load[0].routed.sum().item<int64_t>(), 3 * 10 * 2);
   lm->eval();
   EXPECT_EQ(lm(ids, targets).aux_loss.item<double>(), 0.0);
 }

@@ -122,7 +122,7 @@ TEST(MoEFeedForward, EveryTokenToOneExpertLeavesOthersEmpty) {
       layer->gate->weight[2].fill_(5.0);  // expert 2 wins for positive inputs
     }
     const auto x = torch::rand({2, 6, cfg.hidden_size}) + 1.0;
-    const auto counts = layer(x).tokens_per_expert;
+    const auto counts = layer(x).load.routed;
     EXPECT_EQ(counts[2].item<int64_t>(), 12) << "top_k " << top_k;
     if (top_k == 1) EXPECT_EQ(counts.sum().item<int64_t>(), 12);
     expect_matches_both_oracles(cfg, layer, x);
@@ -132,7 +132,8 @@ TEST(MoEFeedForward, EveryTokenToOneExpertLeavesOthersEmpty) {
 TEST(MoEFeedForward, GroupingIsAStablePermutationByExpert) {
   const auto topk = torch::tensor({2, 0, 1, 2, 2, 0}, torch::kInt64).view({3, 2});
   const auto g = model::group_by_expert(topk, 4);
-  EXPECT_EQ(g.tokens_per_expert, (std::vector<int64_t>{2, 1, 3, 0}));
+  EXPECT_TRUE(torch::equal(g.routed, torch::tensor({2, 1, 3, 0}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(g.kept, g.routed));
   // flat copies: 0:e2 1:e0 2:e1 3:e2 4:e2 5:e0 -> expert 0: 1,5; expert 1: 2; expert 2: 0,3,4
   EXPECT_TRUE(torch::equal(g.copy_order, torch::tensor({1, 5, 2, 0, 3, 4}, torch::kInt64)));
   EXPECT_TRUE(torch::equal(g.token_of_copy, torch::tensor({0, 2, 1, 0, 1, 2}, torch::kInt64)));
@@ -141,9 +142,9 @@ TEST(MoEFeedForward, GroupingIsAStablePermutationByExpert) {
 TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
   struct Recording : model::ExpertExecutor {
     model::LocalExpertExecutor local;
-    std::vector<int64_t> seen;
+    torch::Tensor seen;
     explicit Recording(torch::nn::ModuleDict e) : local(std::move(e)) {}
-    torch::Tensor run(const torch::Tensor& grouped, const std::vector<int64_t>& counts) override {
+    torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override {
       seen = counts;
       return local.run(grouped, counts);
     }
@@ -157,8 +158,8 @@ TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
   layer->set_executor(recording);
   const auto after = layer(x);
   EXPECT_TRUE(torch::equal(before.hidden, after.hidden));
-  const auto counts = after.tokens_per_expert;
-  EXPECT_EQ(recording->seen, std::vector<int64_t>(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + 4));
+  EXPECT_TRUE(torch::equal(recording->seen, after.load.routed));
+  EXPECT_EQ(after.load.dropped.sum().item<int64_t>(), 0);
 }
 
 // Hand-computed: E=2, k=1, one sequence of 2 tokens with scores [[.7,.3],[.4,.6]]; mean score [.55,.45].
@@ -235,4 +236,82 @@ TEST(MoEGate, RoutingMathInFloat32ForBFloat16Inputs) {
   const auto r = gate(torch::randn({2, 3, cfg.hidden_size}).to(torch::kBFloat16));
   EXPECT_EQ(r.topk_weight.scalar_type(), torch::kFloat32);
   EXPECT_TRUE(all_close(r.topk_weight.sum(-1), torch::ones({6}), 1e-6, 0));
+}
+
+TEST(Capacity, GroupingKeepsEachExpertsFirstCopiesInTokenOrder) {
+  // flat copies: 0:e2 1:e0 2:e1 3:e2 4:e2 5:e0. Capacity 1 keeps 1 (e0), 2 (e1), 0 (e2); drops 5, 3, 4.
+  const auto topk = torch::tensor({2, 0, 1, 2, 2, 0}, torch::kInt64).view({3, 2});
+  const auto g = model::group_by_expert(topk, 4, /*capacity=*/1);
+  EXPECT_TRUE(torch::equal(g.copy_order, torch::tensor({1, 2, 0, 5, 3, 4}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(g.token_of_copy, torch::tensor({0, 1, 0, 2, 1, 2}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(g.routed, torch::tensor({2, 1, 3, 0}, torch::kInt64)));
+  EXPECT_TRUE(torch::equal(g.kept, torch::tensor({1, 1, 1, 0}, torch::kInt64)));
+  EXPECT_EQ(model::expert_capacity(0.0, 3, 2, 4), 0);
+  EXPECT_EQ(model::expert_capacity(1.0, 3, 2, 4), 2);   // ceil(1.5)
+  EXPECT_EQ(model::expert_capacity(1.25, 8, 2, 4), 5);
+}
+
+// Reference by explicit loops: each expert takes its first `capacity` (token, slot) copies in token
+// order; a dropped copy adds nothing to its token.
+TEST(Capacity, LayerDropsOverflowDeterministicallyInTrainingOnly) {
+  test::DtypeAndSeed guard;
+  auto cfg = moe_config(4, 2, 1);
+  cfg.capacity_factor = 0.5;  // capacity = ceil(0.5 * 12 * 2 / 4) = 3 of 12 * 2 copies
+  model::MoEFeedForward layer(cfg);
+  {
+    torch::NoGradGuard no_grad;
+    layer->gate->weight[1].add_(0.5);  // skew: expert 1 gets more than its share
+  }
+  const auto x = torch::randn({2, 6, cfg.hidden_size});
+  layer->train();
+  const auto out = layer(x);
+  const auto route = layer->gate(x);
+  const int64_t capacity = 3;
+  auto want = torch::zeros({12, cfg.hidden_size});
+  std::vector<int64_t> taken(4, 0), routed(4, 0);
+  const auto flat = x.view({12, -1});
+  for (int64_t t = 0; t < 12; ++t) {
+    for (int64_t s = 0; s < 2; ++s) {
+      const auto e = route.topk_idx[t][s].item<int64_t>();
+      ++routed[e];
+      if (taken[e]++ >= capacity) continue;
+      auto expert = layer->experts[std::to_string(e)]->as<model::FeedForward>();
+      want[t] += route.topk_weight[t][s] * expert->forward(flat[t].unsqueeze(0))[0];
+    }
+  }
+  want += layer->shared_experts[0]->as<model::FeedForward>()->forward(flat);
+  EXPECT_TRUE(all_close(out.hidden.view({12, -1}), want, 1e-12, 1e-10));
+  int64_t dropped = 0;
+  for (int64_t e = 0; e < 4; ++e) {
+    EXPECT_EQ(out.load.routed[e].item<int64_t>(), routed[e]);
+    EXPECT_EQ(out.load.dropped[e].item<int64_t>(), std::max<int64_t>(0, routed[e] - capacity)) << "expert " << e;
+    dropped += std::max<int64_t>(0, routed[e] - capacity);
+  }
+  EXPECT_GT(dropped, 0) << "the test's routing must overflow some expert";
+  // Gradients flow through the kept copies only; the run is deterministic.
+  auto xi = x.clone().requires_grad_(true);
+  layer(xi).hidden.sum().backward();
+  EXPECT_TRUE(torch::isfinite(xi.grad()).all().item<bool>());
+  EXPECT_TRUE(torch::equal(layer(x).hidden, out.hidden));
+  // Evaluation is dropless.
+  layer->eval();
+  const auto eval_out = layer(x);
+  EXPECT_EQ(eval_out.load.dropped.sum().item<int64_t>(), 0);
+  EXPECT_FALSE(all_close(eval_out.hidden, out.hidden, 1e-12, 1e-10));
+}
+
+// The global-batch variant: shares from counts summed over ranks. Two "ranks" simulated in one
+// process: the average of their losses equals the loss of the concatenated batch.
+TEST(AuxLoss, GlobalBatchSharesEqualTheConcatenatedBatch) {
+  test::DtypeAndSeed guard;
+  const auto scores = torch::softmax(torch::randn({10, 4}), -1);
+  const auto idx = std::get<1>(scores.topk(2, -1));
+  const auto a = scores.narrow(0, 0, 5), b = scores.narrow(0, 5, 5);
+  const auto ia = idx.narrow(0, 0, 5), ib = idx.narrow(0, 5, 5);
+  const auto total = torch::bincount(idx.reshape({-1}), {}, 4).to(torch::kFloat64);
+  const model::CountReducer all_ranks = [&](const torch::Tensor&) { return total.clone(); };
+  const auto global = (model::batch_aux_loss(a, ia, 0.1, all_ranks) + model::batch_aux_loss(b, ib, 0.1, all_ranks)) / 2;
+  EXPECT_NEAR(global.item<double>(), model::batch_aux_loss(scores, idx, 0.1).item<double>(), 1e-15);
+  const auto local = (model::batch_aux_loss(a, ia, 0.1) + model::batch_aux_loss(b, ib, 0.1)) / 2;
+  EXPECT_GT(std::abs(local.item<double>() - global.item<double>()), 1e-6) << "the test must tell the two apart";
 }

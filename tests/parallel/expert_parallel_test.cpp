@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "parallel/expert_dispatch.h"
+#include "parallel/global_aux_loss.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/parallel/mpi_test_options.h"
@@ -149,9 +150,40 @@ TEST(ExpertParallel, ExpertParametersAreShardedAcrossEp) {
   EXPECT_EQ(expert_numel(lm) * g.topology.ep_size, expert_numel(single));
 }
 
-TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) {
+// The capacity limit applies to each rank's own batch: the EP layer with capacity equals the full
+// layer run on the same rows, kept and dropped copies alike.
+TEST(ExpertParallel, LayerWithCapacityEqualsSingleProcessOnTheSameRows) {
+  test::DtypeAndSeed guard;
+  auto cfg = layer_config();
+  cfg.capacity_factor = 0.6;
+  auto g = groups_for(cfg.n_routed_experts);
+  model::MoEFeedForward full(cfg);
+  model::MoEFeedForward local(cfg, g.topology.local_experts());
+  {
+    torch::NoGradGuard no_grad;
+    full->gate->weight[1].add_(0.5);  // overflow expert 1
+    const auto full_params = full->named_parameters();
+    for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
+  }
+  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, g.topology, local->experts));
+  const auto x = torch::randn({g.world->size() * 3, 4, cfg.hidden_size});
+  const auto mine = x.narrow(0, g.world->rank() * 3, 3);
+  full->train();
+  local->train();
+  const auto want = full(mine), got = local(mine);
+  EXPECT_TRUE(all_close(got.hidden, want.hidden, 1e-12, 1e-10)) << "rank " << g.world->rank();
+  EXPECT_TRUE(torch::equal(got.load.dropped, want.load.dropped));
+  EXPECT_GT(all_reduced(got.load.dropped.sum(), *g.world).item<int64_t>(), 0) << "the test must drop copies";
+}
+
+namespace {
+
+// 10 AdamW steps on each rank's share of the global batch equal one process on the whole of it.
+// global_batch_aux: seq_aux off, the batch-level aux loss over the global batch on the ranks.
+void expect_ten_steps_equal_single_process(bool global_batch_aux) {
   test::DtypeAndSeed guard;
   model::ModelConfig cfg = layer_config();
+  cfg.seq_aux = !global_batch_aux;
   cfg.vocab_size = 50;
   cfg.hidden_size = 32;
   cfg.intermediate_size = 48;
@@ -185,6 +217,7 @@ TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) {
 
   // Every rank its share of the global batch.
   auto lm = make_expert_parallel_model(cfg, g, seed);
+  if (global_batch_aux) use_global_batch_aux_loss(lm, g.world);
   GradientSync sync(lm, g);
   auto opt = adamw(lm->parameters());
   const int64_t per_rank = global_batch / w;
@@ -204,3 +237,9 @@ TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) {
     EXPECT_TRUE(all_close(p.value(), final_single[p.key()], 1e-9, 1e-7)) << p.key() << " rank " << r;
   }
 }
+
+}  // namespace
+
+TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) { expect_ten_steps_equal_single_process(false); }
+
+TEST(ExpertParallel, GlobalBatchAuxLossEqualsSingleProcessBatchAuxLoss) { expect_ten_steps_equal_single_process(true); }
