@@ -60,6 +60,17 @@ void finalize_mpi() {
   if (g_we_initialized && !finalized) MPI_Finalize();
 }
 
+int node_local_rank() {
+  ensure_mpi_initialized();
+  int world_rank = 0, local_rank = 0;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
+  MPI_Comm node;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &node));
+  MPI_CHECK(MPI_Comm_rank(node, &local_rank));
+  MPI_CHECK(MPI_Comm_free(&node));
+  return local_rank;
+}
+
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned)
     : comm_(comm), owned_(owned), timeout_s_(timeout_s) {
   MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));

@@ -11,6 +11,8 @@ namespace moe::parallel {
 void ensure_mpi_initialized();
 /// Finalises MPI if this process initialised it; call at the end of main.
 void finalize_mpi();
+/// This rank's index among the ranks of its node (for the rank-to-GPU binding).
+int node_local_rank();
 
 class MpiCommunicator : public Communicator {
  public:

@@ -13,6 +13,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "parallel/dist_check.h"
+#include "parallel/mpi_communicator.h"
 
 namespace moe::parallel {
 
@@ -136,13 +137,10 @@ void NcclCommunicator::abort(const std::string& reason) {
 
 std::shared_ptr<Communicator> make_nccl_world(double timeout_s) {
   MOE_CHECK(torch::cuda::is_available(), "--parallel.backend nccl: no CUDA device is visible to this rank");
-  int world_rank = 0, world_size = 1, local_rank = 0;
+  int world_rank = 0, world_size = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
-  MPI_Comm node;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &node));
-  MPI_CHECK(MPI_Comm_rank(node, &local_rank));
-  MPI_CHECK(MPI_Comm_free(&node));
+  const int local_rank = node_local_rank();
   const int devices = static_cast<int>(torch::cuda::device_count());
   const int device = local_rank % devices;
   c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));

@@ -1,0 +1,65 @@
+// moe-generate: loads a checkpoint written by moe-train and streams the continuation of a prompt.
+//   build/bin/moe-generate --checkpoint runs/tiny --prompt "The meaning of life" [--max_new_tokens 200]
+#include <torch/torch.h>
+
+#include <iostream>
+
+#include "launch/cli.h"
+#include "model/generate.h"
+#include "trainer/checkpoint.h"
+#include "trainer/tokenizer.h"
+
+namespace po = boost::program_options;
+using namespace moe;
+
+int main(int argc, char** argv) try {
+  std::string checkpoint, prompt, tokenizer_path;
+  model::SamplingConfig s;
+  s.max_new_tokens = 200;
+  s.temperature = 0.8;
+  s.top_k = 40;
+  s.top_p = 0.95;
+  s.repetition_penalty = 1.1;
+  po::options_description desc("moe-generate: continue a prompt with a trained model");
+  desc.add_options()("help", "show this help")
+      ("checkpoint", po::value(&checkpoint)->required(), "run directory, or checkpoints/step_N")
+      ("prompt", po::value(&prompt)->required(), "text to continue")
+      ("tokenizer", po::value(&tokenizer_path), "SentencePiece .model (default: the checkpoint's)")
+      ("max_new_tokens", po::value(&s.max_new_tokens)->default_value(s.max_new_tokens), "tokens to generate")
+      ("temperature", po::value(&s.temperature)->default_value(s.temperature), "0 = greedy")
+      ("top_k", po::value(&s.top_k)->default_value(s.top_k), "keep the k most likely tokens; 0 = all")
+      ("top_p", po::value(&s.top_p)->default_value(s.top_p), "nucleus sampling mass; 1 = off")
+      ("repetition_penalty", po::value(&s.repetition_penalty)->default_value(s.repetition_penalty), "1 = off")
+      ("seed", po::value(&s.seed)->default_value(s.seed), "sampling seed");
+  launch::parse_or_exit(argc, argv, desc);
+  auto loaded = trainer::load_model_for_inference(checkpoint);
+  const trainer::Tokenizer tokenizer(tokenizer_path.empty() ? loaded.tokenizer_path : tokenizer_path);
+  const auto ids = tokenizer.encode(prompt);
+  // Training data separates documents by EOS, so EOS first makes the prompt a document's start.
+  std::vector<int64_t> prompt_ids{tokenizer.eos_id()};
+  prompt_ids.insert(prompt_ids.end(), ids.begin(), ids.end());
+  s.eos_token_id = tokenizer.eos_id();
+  std::cerr << "[generate] " << loaded.step_dir << ": " << prompt_ids.size() << " prompt tokens\n";
+  std::cout << prompt << std::flush;
+  // Decode the whole continuation each time and print what is new, so multi-token characters
+  // and SentencePiece's word-boundary spaces come out right.
+  std::vector<int> generated;
+  std::string shown;
+  const auto prefix = tokenizer.decode(ids);
+  model::generate(loaded.lm, {prompt_ids}, s, [&](int64_t, int64_t token) {
+    generated.push_back(int(token));
+    auto all = ids;
+    all.insert(all.end(), generated.begin(), generated.end());
+    const auto decoded = tokenizer.decode(all);
+    const auto text = decoded.substr(std::min(prefix.size(), decoded.size()));
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+      std::cout << text.substr(shown.size()) << std::flush;
+      shown = text;
+    }
+  });
+  std::cout << "\n";
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "error: " << e.what() << "\n";
+  return 1;
+}

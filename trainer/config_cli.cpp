@@ -1,0 +1,203 @@
+#include "trainer/config_cli.h"
+
+#include <boost/any.hpp>
+#include <boost/program_options.hpp>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <vector>
+
+#include "common/check.h"
+
+namespace po = boost::program_options;
+
+namespace moe::trainer {
+
+namespace {
+
+template <typename T>
+po::typed_value<T>* bound(T& field) {
+  return po::value<T>(&field)->default_value(field);
+}
+
+// bool options print as true/false in --help and take true/false/1/0/yes/no/on/off.
+po::typed_value<bool>* bound(bool& field) {
+  return po::value<bool>(&field)->default_value(field, field ? "true" : "false");
+}
+
+std::vector<po::options_description> option_groups(TrainConfig& c) {
+  auto& m = c.model;
+  po::options_description model("model (the seeds' MiniMindConfig fields)");
+  model.add_options()
+      ("model.hidden_size", bound(m.hidden_size), "hidden size")
+      ("model.num_hidden_layers", bound(m.num_hidden_layers), "transformer blocks")
+      ("model.num_attention_heads", bound(m.num_attention_heads), "query heads")
+      ("model.num_key_value_heads", bound(m.num_key_value_heads), "key/value heads (GQA)")
+      ("model.intermediate_size", bound(m.intermediate_size), "FFN size; 0 = 64*ceil(int(8h/3)/64)")
+      ("model.vocab_size", bound(m.vocab_size), "vocabulary size (>= the tokenizer's)")
+      ("model.max_position_embeddings", bound(m.max_position_embeddings), "longest sequence")
+      ("model.hidden_act", bound(m.hidden_act), "silu | gelu | relu")
+      ("model.rms_norm_eps", bound(m.rms_norm_eps), "RMSNorm epsilon")
+      ("model.rope_theta", bound(m.rope_theta), "rotary base")
+      ("model.dropout", bound(m.dropout), "dropout probability")
+      ("model.flash_attn", bound(m.flash_attn), "fused attention kernel")
+      ("model.bos_token_id", bound(m.bos_token_id), "BOS id")
+      ("model.eos_token_id", bound(m.eos_token_id), "EOS id")
+      ("model.use_moe", bound(m.use_moe), "mixture-of-experts feed-forward")
+      ("model.n_routed_experts", bound(m.n_routed_experts), "routed experts per MoE layer")
+      ("model.num_experts_per_tok", bound(m.num_experts_per_tok), "experts per token (top-k)")
+      ("model.n_shared_experts", bound(m.n_shared_experts), "shared experts (every token)")
+      ("model.scoring_func", bound(m.scoring_func), "gate scoring (softmax)")
+      ("model.aux_loss_alpha", bound(m.aux_loss_alpha), "load-balancing loss weight")
+      ("model.seq_aux", bound(m.seq_aux), "sequence-level aux loss (false = batch-level)")
+      ("model.norm_topk_prob", bound(m.norm_topk_prob), "renormalise the top-k weights")
+      ("model.capacity_factor", bound(m.capacity_factor), "expert capacity in training; 0 = dropless");
+  po::options_description parallel("parallel");
+  parallel.add_options()
+      ("parallel.backend", bound(c.parallel.backend), "auto | mpi | nccl | single")
+      ("parallel.ep_size", bound(c.parallel.ep_size), "ranks per expert-parallel group; 0 = world")
+      ("parallel.comm_timeout", bound(c.parallel.comm_timeout), "seconds before a stuck collective aborts all ranks")
+      ("parallel.global_batch_aux", bound(c.parallel.global_batch_aux),
+       "batch-level aux loss over the global batch (with model.seq_aux = false)");
+  po::options_description data("data");
+  data.add_options()
+      ("data.dir", bound(c.data.dir), "moe-prepare output directory")
+      ("data.seq_len", bound(c.data.seq_len), "tokens per sequence")
+      ("data.seed", bound(c.data.seed), "shuffle seed");
+  po::options_description optim("optim (AdamW)");
+  optim.add_options()
+      ("optim.lr", bound(c.optim.lr), "peak learning rate")
+      ("optim.min_lr", bound(c.optim.min_lr), "final learning rate of the cosine decay")
+      ("optim.warmup_steps", bound(c.optim.warmup_steps), "linear warm-up steps")
+      ("optim.weight_decay", bound(c.optim.weight_decay), "decoupled weight decay (not on norms/biases)")
+      ("optim.beta1", bound(c.optim.beta1), "Adam beta1")
+      ("optim.beta2", bound(c.optim.beta2), "Adam beta2")
+      ("optim.eps", bound(c.optim.eps), "Adam epsilon")
+      ("optim.grad_clip", bound(c.optim.grad_clip), "global gradient-norm limit; 0 = off");
+  po::options_description train("train");
+  train.add_options()
+      ("train.steps", bound(c.train.steps), "optimiser steps")
+      ("train.micro_batch", bound(c.train.micro_batch), "sequences per rank per micro-batch")
+      ("train.grad_accum", bound(c.train.grad_accum), "micro-batches per step")
+      ("train.log_every", bound(c.train.log_every), "steps between progress lines")
+      ("train.eval_every", bound(c.train.eval_every), "steps between evaluations; 0 = at the end only")
+      ("train.eval_batches", bound(c.train.eval_batches), "micro-batches per rank per evaluation")
+      ("train.out_dir", bound(c.train.out_dir), "run directory: metrics.jsonl, config.ini, checkpoints/")
+      ("train.device", bound(c.train.device), "auto | cpu | cuda")
+      ("train.dtype", bound(c.train.dtype), "auto | fp32 | bf16 (autocast, fp32 master weights; GPU)")
+      ("train.seed", bound(c.train.seed), "initialisation seed")
+      ("train.max_bad_steps", bound(c.train.max_bad_steps), "consecutive non-finite steps before aborting")
+      ("train.peak_tflops", bound(c.train.peak_tflops), "per-GPU peak for MFU; 0 = known devices");
+  po::options_description checkpoint("checkpoint");
+  checkpoint.add_options()
+      ("checkpoint.every", bound(c.checkpoint.every), "steps between checkpoints; 0 = at the end only")
+      ("checkpoint.save_final", bound(c.checkpoint.save_final), "save the model at the end");
+  return {model, parallel, data, optim, train, checkpoint};
+}
+
+po::options_description all_options(TrainConfig& c) {
+  po::options_description all;
+  for (const auto& g : option_groups(c)) all.add(g);
+  return all;
+}
+
+// Shortest text that reads back to the same double.
+std::string format_double(double v) {
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::ostringstream os;
+    os.precision(precision);
+    os << v;
+    if (std::stod(os.str()) == v) return os.str();
+  }
+  return std::to_string(v);
+}
+
+std::string format_value(const boost::any& v) {
+  if (const auto* x = boost::any_cast<int64_t>(&v)) return std::to_string(*x);
+  if (const auto* x = boost::any_cast<uint64_t>(&v)) return std::to_string(*x);
+  if (const auto* x = boost::any_cast<double>(&v)) return format_double(*x);
+  if (const auto* x = boost::any_cast<bool>(&v)) return *x ? "true" : "false";
+  if (const auto* x = boost::any_cast<std::string>(&v)) return *x;
+  throw std::logic_error("config option of an unexpected type");
+}
+
+void store_config_file(const std::string& path, const po::options_description& options, po::variables_map& vm) {
+  std::ifstream in(path);
+  MOE_CHECK(in.good(), "config file '", path, "' not found");
+  try {
+    po::store(po::parse_config_file(in, options, /*allow_unregistered=*/false), vm);
+  } catch (const po::error& e) {
+    throw InvalidArgument(path + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+TrainCommandLine parse_train_command_line(int argc, const char* const* argv) {
+  TrainCommandLine cli;
+  auto options = all_options(cli.config);
+  po::options_description general("general");
+  general.add_options()("help", "show this help")
+      ("config", po::value(&cli.config_file), "INI file of options (the command line overrides it)")
+      ("dump-config", "print the resulting configuration as an INI file and exit");
+  po::options_description command_line;
+  command_line.add(general).add(options);
+  po::variables_map vm;
+  try {
+    // NOTE: the first store of an option wins over later ones except over defaults, so the
+    // command line is stored before the file: defaults < file < command line.
+    po::store(po::parse_command_line(argc, argv, command_line), vm);
+    if (vm.count("config")) store_config_file(vm["config"].as<std::string>(), options, vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw InvalidArgument(e.what());
+  }
+  cli.help = vm.count("help") > 0;
+  cli.dump_config = vm.count("dump-config") > 0;
+  if (!cli.help) cli.config.validate();
+  return cli;
+}
+
+std::string usage() {
+  TrainConfig defaults;
+  std::ostringstream os;
+  os << "Usage: mpirun -np N moe-train [--config FILE.ini] [--group.key value ...]\n\n"
+     << "general:\n  --help                 show this help\n  --config FILE          INI file of options "
+        "(the command line overrides it)\n  --dump-config          print the resulting configuration as an INI "
+        "file and exit\n\n";
+  for (const auto& g : option_groups(defaults)) os << g << "\n";
+  return os.str();
+}
+
+std::string dump_config(const TrainConfig& config) {
+  auto copy = config;
+  const auto groups = option_groups(copy);
+  po::options_description all;
+  for (const auto& g : groups) all.add(g);
+  po::variables_map vm;
+  const char* argv0[] = {"moe-train"};
+  po::store(po::parse_command_line(1, argv0, all), vm);  // every option at its (= config's) value
+  std::ostringstream os;
+  std::string section;
+  for (const auto& option : all.options()) {
+    const auto& name = option->long_name();
+    const auto dot = name.find('.');
+    if (name.substr(0, dot) != section) {
+      section = name.substr(0, dot);
+      os << (os.tellp() > 0 ? "\n" : "") << "[" << section << "]\n";
+    }
+    os << name.substr(dot + 1) << " = " << format_value(vm[name].value()) << "\n";
+  }
+  return os.str();
+}
+
+TrainConfig load_config_file(const std::string& path) {
+  TrainConfig config;
+  const auto options = all_options(config);
+  po::variables_map vm;
+  store_config_file(path, options, vm);
+  po::notify(vm);
+  return config;
+}
+
+}  // namespace moe::trainer

@@ -1,0 +1,33 @@
+// Reads pretraining documents from MiniMind's JSONL format (one {"text": ...} object per line) and
+// from plain text files (documents separated by a separator line, by default an empty line).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moe::trainer {
+
+struct CorpusOptions {
+  std::string separator;        // plain text: a line equal to this ends a document ("" = empty line)
+  bool skip_malformed = false;  // JSONL: skip and count a malformed line instead of failing
+};
+
+struct CorpusStats {
+  uint64_t documents = 0, bytes = 0, malformed_lines = 0, skipped_files = 0;
+};
+
+/// The input files, in a deterministic order: each path as given; a directory contributes its
+/// regular files ending in .jsonl or .txt or with no extension, sorted by name (others, such as
+/// fortune's .dat indexes, are skipped and counted). Refuses a path that does not exist.
+std::vector<std::string> list_corpus_files(const std::vector<std::string>& inputs, uint64_t* skipped_files = nullptr);
+
+/// Calls on_document(text) for every non-empty document of every file, in order. .jsonl files are
+/// JSONL: a line that is not an object with a string "text" is an error naming the file and line
+/// (moe::InvalidArgument), or with skip_malformed is counted and skipped. on_bytes(n) reports
+/// progress in bytes read.
+CorpusStats read_corpus(const std::vector<std::string>& files, const CorpusOptions& options,
+                        const std::function<void(const std::string&)>& on_document,
+                        const std::function<void(uint64_t)>& on_bytes = nullptr);
+
+}  // namespace moe::trainer

@@ -1,0 +1,33 @@
+// The optimiser side of a step: AdamW with decoupled weight decay (none on norms and biases), the
+// warm-up + cosine learning-rate schedule, and the global gradient norm for clipping, which counts
+// every parameter once however the experts are sharded.
+#pragma once
+#include <torch/optim/adamw.h>
+
+#include <memory>
+
+#include "model/causal_lm.h"
+#include "parallel/topology.h"
+#include "trainer/train_config.h"
+
+namespace moe::trainer {
+
+/// Two parameter groups: matrices (weight decay) and vectors such as norm weights and biases (none).
+std::unique_ptr<torch::optim::AdamW> make_adamw(model::CausalLM& lm, const OptimOptions& options);
+
+/// Learning rate of step (0-based): linear warm-up to lr over warmup_steps, then cosine decay to
+/// min_lr at total_steps - 1.
+double lr_at(const OptimOptions& options, int64_t step, int64_t total_steps);
+
+/// Sets every group's learning rate.
+void set_lr(torch::optim::Optimizer& optimizer, double lr);
+
+/// L2 norm of all gradients of the model the ranks hold together, after GradientSync: dense
+/// gradients count once (they are equal everywhere), each expert once (summed over its EP group,
+/// not over its edp replicas). Equal on every rank. Collective over groups.ep.
+double global_grad_norm(model::CausalLM& lm, const parallel::ParallelGroups& groups);
+
+/// Scales the gradients so that their global norm is at most max_norm; returns the factor applied.
+double clip_gradients(model::CausalLM& lm, double norm, double max_norm);
+
+}  // namespace moe::trainer

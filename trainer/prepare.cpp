@@ -1,0 +1,187 @@
+#include "trainer/prepare.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/check.h"
+#include "common/log.h"
+#include "trainer/token_shard.h"
+#include "trainer/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace moe::trainer {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// "\r[prepare] <stage> 45% (1.2 / 2.6 MB) ..." on stderr, at most every half second.
+class Progress {
+ public:
+  Progress(bool enabled, std::string stage, uint64_t total_bytes)
+      : enabled_(enabled), stage_(std::move(stage)), total_(std::max<uint64_t>(1, total_bytes)) {}
+  void update(uint64_t bytes, const std::string& extra = "", bool force = false) {
+    if (!enabled_) return;
+    const auto now = Clock::now();
+    if (!force && now - last_ < std::chrono::milliseconds(500)) return;
+    last_ = now;
+    std::fprintf(stderr, "\r[prepare] %s %3.0f%% (%.1f / %.1f MB)%s   ", stage_.c_str(), 100.0 * bytes / total_,
+                 bytes / 1e6, total_ / 1e6, extra.c_str());
+    std::fflush(stderr);
+  }
+  void done(uint64_t bytes, const std::string& extra) {
+    update(bytes, extra, true);
+    if (enabled_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool enabled_;
+  std::string stage_;
+  uint64_t total_;
+  Clock::time_point last_{};
+};
+
+uint64_t total_bytes(const std::vector<std::string>& files) {
+  uint64_t n = 0;
+  for (const auto& f : files) n += fs::file_size(f);
+  return n;
+}
+
+// Writes shards "<prefix>-00000.bin", ... of at most shard_tokens tokens (a document is never split).
+class ShardSet {
+ public:
+  ShardSet(std::string prefix, uint64_t shard_tokens, uint32_t vocab, uint32_t eos)
+      : prefix_(std::move(prefix)), shard_tokens_(shard_tokens), vocab_(vocab), eos_(eos) {}
+  void add(const std::vector<int>& tokens) {
+    if (!writer_ || writer_->count() >= shard_tokens_) roll();
+    writer_->append_document(tokens);
+    tokens_ += tokens.size() + 1;
+  }
+  void close() {
+    if (writer_) writer_->close();
+    writer_.reset();
+  }
+  uint64_t shards() const { return shards_; }
+  uint64_t tokens() const { return tokens_; }
+
+ private:
+  void roll() {
+    close();
+    char name[32];
+    std::snprintf(name, sizeof(name), "-%05llu.bin", static_cast<unsigned long long>(shards_++));
+    writer_ = std::make_unique<TokenShardWriter>(prefix_ + name, vocab_, eos_);
+  }
+  std::string prefix_;
+  uint64_t shard_tokens_;
+  uint32_t vocab_, eos_;
+  std::unique_ptr<TokenShardWriter> writer_;
+  uint64_t shards_ = 0, tokens_ = 0;
+};
+
+void remove_old_shards(const std::string& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    const bool shard = e.path().extension() == ".bin" && (name.rfind("train-", 0) == 0 || name.rfind("val-", 0) == 0);
+    if (shard) fs::remove(e.path());
+  }
+}
+
+// Lines of the corpus for tokenizer training, through a temporary file (the trainer pulls lines,
+// the reader pushes documents).
+std::string tokenizer_training_text(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes) {
+  const auto path = (fs::path(o.out_dir) / "tokenizer-input.tmp").string();
+  std::ofstream out(path, std::ios::binary);
+  Progress progress(o.progress, "reading for the tokenizer", bytes);
+  const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
+    size_t start = 0;
+    while (start < doc.size()) {
+      const auto end = doc.find('\n', start);
+      const auto line = doc.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      if (!line.empty()) out << line << '\n';
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+  }, [&](uint64_t b) { progress.update(b); });
+  progress.done(stats.bytes, "");
+  MOE_CHECK(stats.documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
+  return path;
+}
+
+}  // namespace
+
+std::string PrepareSummary::to_json() const {
+  nlohmann::json j = {{"documents", documents},         {"train_documents", train_documents},
+                      {"val_documents", val_documents}, {"train_tokens", train_tokens},
+                      {"val_tokens", val_tokens},       {"train_shards", train_shards},
+                      {"val_shards", val_shards},       {"bytes", bytes},
+                      {"malformed_lines", malformed_lines}, {"skipped_files", skipped_files},
+                      {"vocab_size", vocab_size},       {"seconds", seconds}};
+  return j.dump();
+}
+
+PrepareSummary prepare_corpus(const PrepareOptions& o) {
+  MOE_CHECK(!o.inputs.empty(), "no --input given");
+  MOE_CHECK(!o.out_dir.empty(), "no --out_dir given");
+  MOE_CHECK(o.val_fraction >= 0 && o.val_fraction < 0.5, "--val_fraction must be in [0, 0.5), got ", o.val_fraction);
+  MOE_CHECK(o.shard_tokens > 0, "--shard_tokens must be positive");
+  const auto t0 = Clock::now();
+  PrepareSummary summary;
+  const auto files = list_corpus_files(o.inputs, &summary.skipped_files);
+  MOE_CHECK(!files.empty(), "no input files (a directory contributes .jsonl, .txt and extension-less files)");
+  const uint64_t bytes = total_bytes(files);
+  fs::create_directories(o.out_dir);
+  remove_old_shards(o.out_dir);
+
+  const auto model_path = (fs::path(o.out_dir) / "tokenizer.model").string();
+  if (o.tokenizer.empty()) {
+    const auto text = tokenizer_training_text(files, o, bytes);
+    std::ifstream lines(text, std::ios::binary);
+    log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces");
+    Tokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size, model_path,
+                     o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
+    fs::remove(text);
+  } else if (fs::absolute(o.tokenizer) != fs::absolute(model_path)) {
+    fs::copy_file(o.tokenizer, model_path, fs::copy_options::overwrite_existing);
+  }
+  const Tokenizer tokenizer(model_path);
+  summary.vocab_size = tokenizer.vocab_size();
+
+  const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
+  ShardSet train((fs::path(o.out_dir) / "train").string(), o.shard_tokens, vocab, eos);
+  ShardSet val((fs::path(o.out_dir) / "val").string(), o.shard_tokens, vocab, eos);
+  const uint64_t period = o.val_fraction > 0 ? std::max<uint64_t>(2, std::llround(1.0 / o.val_fraction)) : 0;
+  Progress progress(o.progress, "tokenizing", bytes);
+  const auto encode_start = Clock::now();
+  const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
+    const bool held_out = period > 0 && summary.documents % period == period - 1;
+    (held_out ? val : train).add(tokenizer.encode(doc));
+    ++(held_out ? summary.val_documents : summary.train_documents);
+    ++summary.documents;
+  }, [&](uint64_t b) {
+    const double secs = std::chrono::duration<double>(Clock::now() - encode_start).count();
+    progress.update(b, ", " + std::to_string(summary.documents) + " documents, " +
+                           std::to_string(int64_t((train.tokens() + val.tokens()) / std::max(secs, 1e-9))) + " tok/s");
+  });
+  progress.done(stats.bytes, ", " + std::to_string(summary.documents) + " documents");
+  MOE_CHECK(summary.train_documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
+  train.close();
+  val.close();
+  summary.train_tokens = train.tokens();
+  summary.val_tokens = val.tokens();
+  summary.train_shards = train.shards();
+  summary.val_shards = val.shards();
+  summary.bytes = stats.bytes;
+  summary.malformed_lines = stats.malformed_lines;
+  summary.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::ofstream(fs::path(o.out_dir) / "prepare.json") << summary.to_json() << "\n";
+  return summary;
+}
+
+}  // namespace moe::trainer

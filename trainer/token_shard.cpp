@@ -1,0 +1,134 @@
+#include "trainer/token_shard.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "common/check.h"
+
+namespace moe::trainer {
+
+namespace {
+
+template <typename T>
+void put(unsigned char* at, T value) {
+  std::memcpy(at, &value, sizeof(T));  // NOTE: the format is little endian, like every host we target
+}
+
+template <typename T>
+T get(const unsigned char* at) {
+  T value;
+  std::memcpy(&value, at, sizeof(T));
+  return value;
+}
+
+}  // namespace
+
+TokenShardWriter::TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t eos_id) : path_(std::move(path)) {
+  header_.token_bytes = vocab_size <= 65536 ? 2 : 4;
+  header_.vocab_size = vocab_size;
+  header_.eos_id = eos_id;
+  file_ = std::fopen((path_ + ".tmp").c_str(), "wb");
+  MOE_CHECK(file_ != nullptr, "cannot create '", path_, ".tmp': ", std::strerror(errno));
+  unsigned char blank[ShardHeader::kBytes] = {};
+  std::fwrite(blank, 1, sizeof(blank), file_);
+}
+
+TokenShardWriter::~TokenShardWriter() {
+  if (file_ == nullptr) return;
+  std::fclose(file_);
+  std::remove((path_ + ".tmp").c_str());  // never leave a half-written shard under the real name
+}
+
+void TokenShardWriter::write_token(uint32_t token) {
+  if (header_.token_bytes == 2) {
+    const auto t = static_cast<uint16_t>(token);
+    std::fwrite(&t, 2, 1, file_);
+  } else {
+    std::fwrite(&token, 4, 1, file_);
+  }
+  ++header_.count;
+}
+
+void TokenShardWriter::append_document(const std::vector<int>& tokens) {
+  for (const int t : tokens) {
+    MOE_CHECK(t >= 0 && static_cast<uint32_t>(t) < header_.vocab_size, "token ", t, " outside the vocabulary of ",
+              header_.vocab_size, " while writing '", path_, "'");
+    write_token(static_cast<uint32_t>(t));
+  }
+  write_token(header_.eos_id);
+}
+
+void TokenShardWriter::close() {
+  unsigned char h[ShardHeader::kBytes] = {};
+  std::memcpy(h, ShardHeader::kMagic, 8);
+  put<uint32_t>(h + 8, ShardHeader::kVersion);
+  put<uint32_t>(h + 12, header_.token_bytes);
+  put<uint64_t>(h + 16, header_.count);
+  put<uint32_t>(h + 24, header_.vocab_size);
+  put<uint32_t>(h + 28, header_.eos_id);
+  std::fseek(file_, 0, SEEK_SET);
+  std::fwrite(h, 1, sizeof(h), file_);
+  const bool ok = std::fflush(file_) == 0 && !std::ferror(file_);
+  std::fclose(file_);
+  file_ = nullptr;
+  MOE_CHECK(ok, "writing '", path_, ".tmp' failed: ", std::strerror(errno));
+  std::filesystem::rename(path_ + ".tmp", path_);
+}
+
+TokenShard::TokenShard(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  MOE_CHECK(fd >= 0, "cannot open token shard '", path, "': ", std::strerror(errno));
+  struct stat st {};
+  ::fstat(fd, &st);
+  map_bytes_ = static_cast<size_t>(st.st_size);
+  if (map_bytes_ >= ShardHeader::kBytes) {
+    map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+  }
+  ::close(fd);
+  MOE_CHECK(map_bytes_ >= ShardHeader::kBytes, "'", path, "' is not a token shard: ", map_bytes_,
+            " bytes, shorter than the 32-byte header");
+  MOE_CHECK(map_ != MAP_FAILED, "cannot map '", path, "': ", std::strerror(errno));
+  const auto* h = static_cast<const unsigned char*>(map_);
+  MOE_CHECK(std::memcmp(h, ShardHeader::kMagic, 8) == 0, "'", path,
+            "' is not a token shard (wrong magic; expected MOETOKS from moe-prepare)");
+  const auto version = get<uint32_t>(h + 8);
+  MOE_CHECK(version == ShardHeader::kVersion, "'", path, "' has shard format version ", version,
+            "; this build reads version ", ShardHeader::kVersion);
+  header_.token_bytes = get<uint32_t>(h + 12);
+  header_.count = get<uint64_t>(h + 16);
+  header_.vocab_size = get<uint32_t>(h + 24);
+  header_.eos_id = get<uint32_t>(h + 28);
+  MOE_CHECK(header_.token_bytes == 2 || header_.token_bytes == 4, "'", path, "' has ", header_.token_bytes,
+            " bytes per token (expected 2 or 4)");
+  const uint64_t expected = ShardHeader::kBytes + header_.count * header_.token_bytes;
+  MOE_CHECK(map_bytes_ == expected, "token shard '", path, "' is truncated or damaged: ", map_bytes_,
+            " bytes, the header promises ", header_.count, " tokens = ", expected, " bytes");
+}
+
+TokenShard::TokenShard(TokenShard&& o) noexcept
+    : path_(std::move(o.path_)), header_(o.header_), map_(o.map_), map_bytes_(o.map_bytes_) {
+  o.map_ = nullptr;
+}
+
+TokenShard::~TokenShard() {
+  if (map_ != nullptr && map_ != MAP_FAILED) ::munmap(map_, map_bytes_);
+}
+
+void TokenShard::read(uint64_t first, uint64_t n, int64_t* out) const {
+  MOE_CHECK(first + n <= header_.count, "read of tokens [", first, ", ", first + n, ") past the end of '", path_,
+            "' (", header_.count, " tokens)");
+  const auto* data = static_cast<const unsigned char*>(map_) + ShardHeader::kBytes;
+  if (header_.token_bytes == 2) {
+    for (uint64_t i = 0; i < n; ++i) out[i] = get<uint16_t>(data + 2 * (first + i));
+  } else {
+    for (uint64_t i = 0; i < n; ++i) out[i] = get<uint32_t>(data + 4 * (first + i));
+  }
+}
+
+}  // namespace moe::trainer

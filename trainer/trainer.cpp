@@ -1,0 +1,344 @@
+#include "trainer/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/check.h"
+#include "common/log.h"
+#include "parallel/expert_dispatch.h"
+#include "parallel/global_aux_loss.h"
+#include "parallel/mpi_communicator.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config_cli.h"
+#include "trainer/optimizer.h"
+
+#ifdef MOE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace moe::trainer {
+
+namespace {
+
+torch::Device choose_device(const std::string& wanted) {
+  const bool cuda = wanted == "cuda" || (wanted == "auto" && torch::cuda::is_available());
+  if (!cuda) return torch::kCPU;
+  MOE_CHECK(torch::cuda::is_available(), "--train.device cuda: no CUDA device is visible (or this LibTorch has no CUDA)");
+  const int index = parallel::node_local_rank() % static_cast<int>(torch::cuda::device_count());
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(index)};
+}
+
+// Dense bf16 peak of known data-centre GPUs, per device.
+double known_peak_flops(const torch::Device& device) {
+#ifdef MOE_WITH_CUDA
+  if (!device.is_cuda()) return 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device.index()) != cudaSuccess) return 0;
+  const std::string name = prop.name;
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
+  if (name.find("A100") != std::string::npos) return 312e12;
+#endif
+  (void)device;
+  return 0;
+}
+
+// bf16 autocast for the forward pass; weights, gradients and optimiser state stay fp32.
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool enabled_;
+};
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  std::ostringstream os;
+  if (s >= 3600) os << s / 3600 << "h";
+  if (s >= 60) os << std::setw(s >= 3600 ? 2 : 1) << std::setfill('0') << (s / 60) % 60 << "m";
+  os << std::setw(s >= 60 ? 2 : 1) << std::setfill('0') << s % 60 << "s";
+  return os.str();
+}
+
+}  // namespace
+
+struct Trainer::StepStats {
+  torch::Tensor losses;  // [loss, ce, aux] summed over micro-batches / grad_accum (device)
+  double grad_norm = 0, lr = 0;
+  bool skipped = false;
+};
+
+Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
+    : config_(std::move(config)), groups_(std::move(groups)), device_(choose_device(config_.train.device)) {
+  const auto& t = config_.train;
+  const auto& topo = groups_.topology;
+  autocast_bf16_ = device_.is_cuda() && t.dtype != "fp32";
+  MOE_CHECK(!(t.dtype == "bf16" && !device_.is_cuda()), "--train.dtype bf16 needs a GPU; on the CPU training is fp32");
+
+  train_data_ = std::make_shared<TokenDataset>(config_.data.dir, "train");
+  MOE_CHECK(int64_t(train_data_->vocab_size()) <= config_.model.vocab_size, "the tokenizer of '", config_.data.dir,
+            "' has ", train_data_->vocab_size(), " tokens but model.vocab_size is ", config_.model.vocab_size);
+  MOE_CHECK(int64_t(train_data_->eos_id()) == config_.model.eos_token_id, "the data's EOS id is ",
+            train_data_->eos_id(), " but model.eos_token_id is ", config_.model.eos_token_id);
+  const bool has_val = fs::exists(config_.data.dir) && [&] {
+    for (const auto& e : fs::directory_iterator(config_.data.dir)) {
+      if (e.path().filename().string().rfind("val-", 0) == 0) return true;
+    }
+    return false;
+  }();
+  if (has_val) val_data_ = std::make_shared<TokenDataset>(config_.data.dir, "val");
+  train_loader_ = std::make_unique<PackedLoader>(train_data_, config_.data.seq_len, config_.data.seed, topo.rank,
+                                                 topo.world_size);
+  tokenizer_path_ = (fs::path(config_.data.dir) / "tokenizer.model").string();
+  if (!fs::exists(tokenizer_path_)) tokenizer_path_.clear();
+
+  lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
+  if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
+  lm_->to(device_);
+  lm_->train();
+  sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_);
+  optimizer_ = make_adamw(lm_, config_.optim);
+  peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : known_peak_flops(device_);
+
+  if (topo.rank == 0) {
+    fs::create_directories(t.out_dir);
+    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
+    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::app);
+    MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
+  }
+  int64_t params = 0, expert_params = 0;
+  for (const auto& p : lm_->named_parameters()) {
+    params += p.value().numel();
+    if (parallel::is_expert_parameter(p.key())) expert_params += p.value().numel();
+  }
+  std::ostringstream os;
+  os << "model: " << params << " parameters on this rank (" << expert_params << " in its "
+     << topo.experts_per_rank << " experts per MoE layer); device " << device_.str()
+     << (autocast_bf16_ ? ", bf16 autocast" : ", fp32") << "; ep " << topo.ep_size << " x edp " << topo.edp_size;
+  log_rank0("train", os.str());
+  std::ostringstream data;
+  data << "data: " << train_data_->tokens() << " training tokens in " << train_data_->shard_count() << " shards, "
+       << train_loader_->windows() << " windows of " << config_.data.seq_len + 1 << "; "
+       << (val_data_ ? std::to_string(val_data_->tokens()) + " validation tokens" : std::string("no validation split"))
+       << "; global batch " << t.micro_batch * t.grad_accum * topo.world_size << " sequences = "
+       << t.micro_batch * t.grad_accum * topo.world_size * config_.data.seq_len << " tokens";
+  log_rank0("train", data.str());
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::write_metrics(const std::string& json_line) {
+  if (!metrics_.is_open()) return;
+  metrics_ << json_line << "\n";
+  metrics_.flush();
+}
+
+Trainer::StepStats Trainer::train_step(int64_t step) {
+  const auto& t = config_.train;
+  StepStats stats;
+  stats.losses = torch::zeros({3}, torch::TensorOptions(torch::kFloat32).device(device_));
+  optimizer_->zero_grad();
+  for (int64_t m = 0; m < t.grad_accum; ++m) {
+    const auto batch = train_loader_->next(t.micro_batch);
+    const auto x = batch.inputs.to(device_), y = batch.targets.to(device_);
+    model::CausalLMOutput out;
+    {
+      AutocastScope autocast(autocast_bf16_);
+      out = lm_(x, y);
+    }
+    (out.loss / double(t.grad_accum)).backward();
+    stats.losses += torch::stack({out.loss.detach(), out.ce_loss.detach(), out.aux_loss.detach()}).to(torch::kFloat32) /
+                    double(t.grad_accum);
+    for (size_t l = 0; l < out.expert_load.size(); ++l) {
+      if (load_routed_.size() <= l) {
+        load_routed_.push_back(torch::zeros_like(out.expert_load[l].routed));
+        load_dropped_.push_back(torch::zeros_like(out.expert_load[l].dropped));
+      }
+      load_routed_[l] += out.expert_load[l].routed;
+      load_dropped_[l] += out.expert_load[l].dropped;
+    }
+  }
+  sync_->sync();
+  stats.grad_norm = global_grad_norm(lm_, groups_);
+  stats.lr = lr_at(config_.optim, step, t.steps);
+  stats.skipped = !std::isfinite(stats.grad_norm);
+  if (stats.skipped) {
+    optimizer_->zero_grad();
+    return stats;
+  }
+  clip_gradients(lm_, stats.grad_norm, config_.optim.grad_clip);
+  set_lr(*optimizer_, stats.lr);
+  optimizer_->step();
+  return stats;
+}
+
+double Trainer::flops_per_token() const {
+  // Forward + backward = 3 x forward; a matmul of an [in, out] weight is 2*in*out per token.
+  const auto& c = config_.model;
+  const double h = c.hidden_size, d = c.head_dim(), i = c.resolved_intermediate_size();
+  const double attn = h * d * (2.0 * c.num_attention_heads + 2.0 * c.num_key_value_heads);
+  const double ffn = c.use_moe ? (c.num_experts_per_tok + c.n_shared_experts) * 3 * h * i + h * c.n_routed_experts
+                               : 3 * h * i;
+  const double per_layer = 2 * (attn + ffn) + 4.0 * config_.data.seq_len * c.num_attention_heads * d / 2;
+  return 3 * (c.num_hidden_layers * per_layer + 2 * h * c.vocab_size);
+}
+
+void Trainer::log_progress(int64_t step, const StepStats& stats) {
+  auto losses = stats.losses.clone();
+  groups_.world->all_reduce(losses, parallel::ReduceOp::kAverage);
+  const auto l = losses.cpu();
+  const auto now = Clock::now();
+  const double window = std::chrono::duration<double>(now - last_log_).count();
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double tok_s = tokens_since_log_ / std::max(window, 1e-9);
+  const double step_time = window / std::max<int64_t>(1, steps_since_log_);
+  const double eta = step_time * double(config_.train.steps - step - 1);
+  const double mfu = peak_flops_ > 0 ? tok_s * flops_per_token() / (peak_flops_ * groups_.world->size()) : -1;
+  std::ostringstream os;
+  os << std::fixed << "step " << step + 1 << "/" << config_.train.steps << " | loss " << std::setprecision(4)
+     << l[0].item<float>() << " | ce " << l[1].item<float>() << " | aux " << l[2].item<float>() << " | lr "
+     << std::scientific << std::setprecision(2) << stats.lr << std::fixed << " | gnorm " << std::setprecision(3)
+     << stats.grad_norm << " | " << std::setprecision(0) << tok_s << " tok/s";
+  if (mfu >= 0) os << " | MFU " << std::setprecision(1) << 100 * mfu << "%";
+  os << " | ETA " << format_duration(eta);
+  log_rank0("train", os.str());
+  nlohmann::ordered_json j = {{"type", "train"},          {"step", step + 1},       {"loss", l[0].item<float>()},
+                      {"ce", l[1].item<float>()}, {"aux", l[2].item<float>()}, {"lr", stats.lr},
+                      {"grad_norm", stats.grad_norm}, {"tokens_per_s", tok_s}, {"elapsed_s", elapsed},
+                      {"tokens", (step + 1) * config_.train.micro_batch * config_.train.grad_accum *
+                                     groups_.world->size() * config_.data.seq_len}};
+  if (mfu >= 0) j["mfu"] = mfu;
+  write_metrics(j.dump());
+  log_expert_load(step);
+  last_log_ = now;
+  tokens_since_log_ = 0;
+  steps_since_log_ = 0;
+}
+
+void Trainer::log_expert_load(int64_t step) {
+  if (load_routed_.empty()) return;
+  auto all = torch::stack({torch::stack(load_routed_), torch::stack(load_dropped_)});  // [2, L, E]
+  groups_.world->all_reduce(all, parallel::ReduceOp::kSum);
+  const auto host = all.cpu().to(torch::kFloat64);
+  std::ostringstream worst;
+  double worst_imbalance = 0;
+  for (int64_t l = 0; l < host.size(1); ++l) {
+    const auto routed = host[0][l], dropped = host[1][l];
+    const double total = routed.sum().item<double>();
+    const auto fraction = routed / std::max(total, 1.0);
+    const double imbalance = routed.max().item<double>() / std::max(routed.mean().item<double>(), 1e-9);
+    worst_imbalance = std::max(worst_imbalance, imbalance);
+    const auto f = fraction.contiguous();
+    nlohmann::ordered_json j = {{"type", "expert_load"},
+                        {"step", step + 1},
+                        {"layer", l},
+                        {"fraction", std::vector<double>(f.data_ptr<double>(), f.data_ptr<double>() + f.numel())},
+                        {"imbalance", imbalance},
+                        {"dropped", dropped.sum().item<double>()},
+                        {"routed", total}};
+    write_metrics(j.dump());
+  }
+  for (auto& t : load_routed_) t.zero_();
+  for (auto& t : load_dropped_) t.zero_();
+}
+
+double Trainer::evaluate() {
+  const auto& t = config_.train;
+  if (!val_data_ || t.eval_batches == 0) return -1;
+  PackedLoader loader(val_data_, config_.data.seq_len, config_.data.seed, groups_.topology.rank,
+                      groups_.topology.world_size, /*shuffle=*/false);
+  const int64_t per_batch = t.micro_batch * groups_.world->size();
+  const int64_t batches = std::min<int64_t>(t.eval_batches, int64_t(loader.windows()) / per_batch);
+  if (batches == 0) return -1;
+  lm_->eval();
+  auto sum = torch::zeros({1}, torch::TensorOptions(torch::kFloat64).device(device_));
+  {
+    torch::NoGradGuard no_grad;
+    for (int64_t b = 0; b < batches; ++b) {
+      const auto batch = loader.next(t.micro_batch);
+      AutocastScope autocast(autocast_bf16_);
+      sum += lm_(batch.inputs.to(device_), batch.targets.to(device_)).ce_loss.detach().to(torch::kFloat64);
+    }
+  }
+  lm_->train();
+  groups_.world->all_reduce(sum, parallel::ReduceOp::kAverage);
+  return sum.item<double>() / double(batches);
+}
+
+TrainSummary Trainer::run() {
+  const auto& t = config_.train;
+  TrainSummary summary;
+  start_ = last_log_ = Clock::now();
+  int64_t bad_in_a_row = 0;
+  const int64_t tokens_per_step = t.micro_batch * t.grad_accum * groups_.world->size() * config_.data.seq_len;
+  auto eval_and_log = [&](int64_t step) {
+    const double val = evaluate();
+    if (val < 0) {
+      if (step == 0) log_rank0("eval", "validation split too small for one batch (or none): no evaluation");
+      return;
+    }
+    if (summary.first_val_ce < 0) summary.first_val_ce = val;
+    summary.last_val_ce = val;
+    std::ostringstream os;
+    os << std::fixed << std::setprecision(4) << "step " << step << " | val ce " << val << " | val ppl "
+       << std::setprecision(2) << std::exp(val);
+    log_rank0("eval", os.str());
+    write_metrics(nlohmann::ordered_json({{"type", "eval"}, {"step", step}, {"val_ce", val}, {"val_ppl", std::exp(val)}}).dump());
+  };
+  eval_and_log(0);
+  for (int64_t step = 0; step < t.steps; ++step) {
+    const auto stats = train_step(step);
+    tokens_since_log_ += tokens_per_step;
+    ++steps_since_log_;
+    if (stats.skipped) {
+      ++summary.skipped_steps;
+      ++bad_in_a_row;
+      std::ostringstream os;
+      os << "step " << step + 1 << ": gradient norm " << stats.grad_norm << " is not finite; step skipped ("
+         << bad_in_a_row << " in a row, limit --train.max_bad_steps " << t.max_bad_steps << ")";
+      log_rank0("warn", os.str());
+      write_metrics(nlohmann::ordered_json({{"type", "skipped"}, {"step", step + 1}, {"in_a_row", bad_in_a_row}}).dump());
+      MOE_CHECK(bad_in_a_row < t.max_bad_steps, bad_in_a_row,
+                " consecutive steps with non-finite gradients: stopping (lower --optim.lr, or raise "
+                "--train.max_bad_steps)");
+    } else {
+      bad_in_a_row = 0;
+    }
+    const bool last = step + 1 == t.steps;
+    if (step == 0 || last) {
+      auto ce = stats.losses.narrow(0, 1, 1).clone();
+      groups_.world->all_reduce(ce, parallel::ReduceOp::kAverage);
+      (step == 0 ? summary.first_loss : summary.last_loss) = ce.item<double>();
+    }
+    if ((step + 1) % t.log_every == 0 || step == 0 || last) log_progress(step, stats);
+    if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) eval_and_log(step + 1);
+    const bool periodic = config_.checkpoint.every > 0 && (step + 1) % config_.checkpoint.every == 0;
+    if (periodic || (last && config_.checkpoint.save_final)) {
+      summary.checkpoint = save_model_checkpoint(lm_, groups_, config_, step + 1, t.out_dir, tokenizer_path_);
+      log_rank0("checkpoint", "saved " + summary.checkpoint);
+    }
+  }
+  summary.steps = t.steps;
+  summary.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+  return summary;
+}
+
+}  // namespace moe::trainer

@@ -1,0 +1,73 @@
+// The pretraining loop. Per step: grad_accum micro-batches (forward under bf16 autocast on GPU,
+// loss = cross entropy + aux loss, backward of loss / grad_accum) -> gradient sync over the
+// ranks -> global gradient norm -> skip the step if it is not finite (abort after max_bad_steps in
+// a row), else clip -> AdamW at the scheduled learning rate. Every log_every steps a progress line
+// (rank 0) and records in <out_dir>/metrics.jsonl (see README); evaluation on the validation split
+// every eval_every steps and at the end; model checkpoints (trainer/checkpoint.h).
+#pragma once
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/causal_lm.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/topology.h"
+#include "trainer/data_loader.h"
+#include "trainer/train_config.h"
+
+namespace torch::optim {
+class AdamW;
+}
+
+namespace moe::trainer {
+
+struct TrainSummary {
+  int64_t steps = 0, skipped_steps = 0;
+  double first_loss = 0, last_loss = 0;  // cross entropy, averaged over ranks, of the first and last step
+  double first_val_ce = -1, last_val_ce = -1;  // -1: no evaluation ran
+  double seconds = 0;
+  std::string checkpoint;  // the final checkpoint's directory, if saved
+};
+
+class Trainer {
+ public:
+  /// Builds this rank's model (dense part + its experts), the loaders and the optimiser.
+  /// Collective over groups.world.
+  Trainer(TrainConfig config, parallel::ParallelGroups groups);
+  ~Trainer();
+
+  TrainSummary run();
+  /// Mean validation cross entropy over the ranks; -1 if the split is too small for one batch.
+  double evaluate();
+
+  model::CausalLM& model() { return lm_; }
+  const torch::Device& device() const { return device_; }
+
+ private:
+  struct StepStats;
+  StepStats train_step(int64_t step);
+  void log_progress(int64_t step, const StepStats& stats);
+  void log_expert_load(int64_t step);
+  void write_metrics(const std::string& json_line);
+  double flops_per_token() const;
+
+  TrainConfig config_;
+  parallel::ParallelGroups groups_;
+  torch::Device device_;
+  bool autocast_bf16_ = false;
+  model::CausalLM lm_ = nullptr;
+  std::unique_ptr<parallel::GradientSync> sync_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::shared_ptr<const TokenDataset> train_data_, val_data_;
+  std::unique_ptr<PackedLoader> train_loader_;
+  std::string tokenizer_path_;
+  std::ofstream metrics_;
+  std::vector<torch::Tensor> load_routed_, load_dropped_;  // per MoE layer, summed since the last log
+  double peak_flops_ = 0;  // per device; 0 = unknown (no MFU)
+  std::chrono::steady_clock::time_point start_, last_log_;
+  int64_t tokens_since_log_ = 0, steps_since_log_ = 0;
+};
+
+}  // namespace moe::trainer
