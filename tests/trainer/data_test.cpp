@@ -1,0 +1,274 @@
+// The data pipeline: shard format (round trip, refusal of foreign or truncated files), moe-prepare
+// (JSONL and text, the held-out split, determinism, the promised errors) and the packed loader
+// (windows, ranks reading distinct data, exact resume, epochs).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "common/check.h"
+#include "tests/trainer/synthetic_corpus.h"
+#include "tests/trainer/temp_dir.h"
+#include "trainer/data_loader.h"
+#include "trainer/prepare.h"
+#include "trainer/token_shard.h"
+#include "trainer/tokenizer.h"
+
+using namespace moe;
+using namespace moe::trainer;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int64_t> read_all(const TokenShard& shard) {
+  std::vector<int64_t> out(shard.size());
+  shard.read(0, shard.size(), out.data());
+  return out;
+}
+
+void write_shard(const std::string& path, const std::vector<std::vector<int>>& docs, uint32_t vocab) {
+  TokenShardWriter w(path, vocab, 2);
+  for (const auto& d : docs) w.append_document(d);
+  w.close();
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// Expects `f` to throw moe::InvalidArgument whose message contains every one of `parts`.
+template <typename F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
+  } catch (const InvalidArgument& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
+
+PrepareOptions prepare_options(const std::vector<std::string>& inputs, const std::string& out) {
+  PrepareOptions o;
+  o.inputs = inputs;
+  o.out_dir = out;
+  o.vocab_size = 400;
+  o.val_fraction = 0.1;
+  o.progress = false;
+  o.threads = 1;
+  return o;
+}
+
+}  // namespace
+
+TEST(TokenShard, RoundTripWithEosAfterEachDocument) {
+  test::TempDir dir;
+  for (const uint32_t vocab : {6400u, 100000u}) {
+    const auto path = dir / ("s" + std::to_string(vocab) + ".bin");
+    write_shard(path, {{5, 6, 7}, {}, {int(vocab) - 1}}, vocab);
+    const TokenShard shard(path);
+    EXPECT_EQ(shard.header().token_bytes, vocab <= 65536 ? 2u : 4u);
+    EXPECT_EQ(shard.header().vocab_size, vocab);
+    EXPECT_EQ(read_all(shard), (std::vector<int64_t>{5, 6, 7, 2, 2, vocab - 1, 2}));
+    EXPECT_EQ(fs::file_size(path), 32 + 7 * shard.header().token_bytes);
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+  }
+}
+
+TEST(TokenShard, RefusesTruncatedForeignAndMissingFiles) {
+  test::TempDir dir;
+  const auto good = dir / "good.bin";
+  write_shard(good, {{1, 2, 3, 4, 5}}, 6400);
+  auto bytes = read_bytes(good);
+  std::ofstream(dir / "truncated.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 3);
+  expect_error([&] { TokenShard s(dir / "truncated.bin"); }, {dir / "truncated.bin", "truncated"});
+  auto foreign = bytes;
+  foreign[0] = 'X';
+  std::ofstream(dir / "foreign.bin", std::ios::binary) << foreign;
+  expect_error([&] { TokenShard s(dir / "foreign.bin"); }, {dir / "foreign.bin", "wrong magic"});
+  std::ofstream(dir / "short.bin", std::ios::binary) << "MOE";
+  expect_error([&] { TokenShard s(dir / "short.bin"); }, {dir / "short.bin", "header"});
+  expect_error([&] { TokenShard s(dir / "missing.bin"); }, {dir / "missing.bin"});
+  auto newer = bytes;
+  newer[8] = 9;  // version 9
+  std::ofstream(dir / "newer.bin", std::ios::binary) << newer;
+  expect_error([&] { TokenShard s(dir / "newer.bin"); }, {dir / "newer.bin", "version 9"});
+}
+
+TEST(Prepare, JsonlAndTextRoundTripThroughTheTokenizer) {
+  test::TempDir dir;
+  const auto docs = test::synthetic_documents(200);
+  test::write_jsonl(dir / "part.jsonl", std::vector<std::string>(docs.begin(), docs.begin() + 100));
+  {
+    std::ofstream txt(dir / "part.txt");
+    for (size_t i = 100; i < docs.size(); ++i) txt << docs[i] << "\n%\n";
+  }
+  auto o = prepare_options({dir / "part.jsonl", dir / "part.txt"}, dir / "out");
+  o.corpus.separator = "%";
+  const auto summary = prepare_corpus(o);
+  EXPECT_EQ(summary.documents, 200u);
+  EXPECT_EQ(summary.val_documents, 20u);  // every 10th
+  EXPECT_EQ(summary.train_documents, 180u);
+
+  // Independent re-encoding of the same documents gives the shards' streams.
+  const Tokenizer tok(dir / "out/tokenizer.model");
+  std::vector<int64_t> want_train, want_val;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    // The text file's documents keep the newline that ended their last line.
+    const auto text = i < 100 ? docs[i] : docs[i] + "\n";
+    EXPECT_EQ(tok.decode(tok.encode(text)), text) << "the tokenizer must give back the text";
+    auto& want = i % 10 == 9 ? want_val : want_train;
+    for (int id : tok.encode(text)) want.push_back(id);
+    want.push_back(tok.eos_id());
+  }
+  const TokenDataset train(dir / "out", "train"), val(dir / "out", "val");
+  std::vector<int64_t> got(train.tokens()), got_val(val.tokens());
+  train.read(0, train.tokens(), got.data());
+  val.read(0, val.tokens(), got_val.data());
+  EXPECT_EQ(got, want_train);
+  EXPECT_EQ(got_val, want_val);
+  EXPECT_EQ(train.vocab_size(), uint32_t(tok.vocab_size()));
+  EXPECT_EQ(train.eos_id(), 2u);
+  EXPECT_EQ(summary.train_tokens, want_train.size());
+}
+
+TEST(Prepare, IsDeterministicAndShardsReadAsOneStream) {
+  test::TempDir dir;
+  test::write_jsonl(dir / "c.jsonl", test::synthetic_documents(150));
+  auto o = prepare_options({dir / "c.jsonl"}, dir / "a");
+  prepare_corpus(o);
+  o.out_dir = dir / "b";
+  prepare_corpus(o);
+  for (const auto* f : {"train-00000.bin", "val-00000.bin"}) {
+    EXPECT_TRUE(read_bytes(dir / ("a/" + std::string(f))) == read_bytes(dir / ("b/" + std::string(f)))) << f;
+  }
+  // The tokenizers (whose files also record their own path) split text alike.
+  const Tokenizer ta(dir / "a/tokenizer.model"), tb(dir / "b/tokenizer.model");
+  EXPECT_EQ(ta.vocab_size(), tb.vocab_size());
+  const auto probe = test::synthetic_documents(5, 77)[4];
+  EXPECT_EQ(ta.encode(probe), tb.encode(probe));
+  // Small shards: the same stream across many files.
+  o.out_dir = dir / "small";
+  o.tokenizer = dir / "a/tokenizer.model";
+  o.shard_tokens = 100;
+  const auto s = prepare_corpus(o);
+  EXPECT_GT(s.train_shards, 5u);
+  const TokenDataset one(dir / "a", "train"), many(dir / "small", "train");
+  ASSERT_EQ(one.tokens(), many.tokens());
+  std::vector<int64_t> a(one.tokens()), b(many.tokens());
+  one.read(0, a.size(), a.data());
+  many.read(0, b.size(), b.data());
+  EXPECT_EQ(a, b);
+  std::vector<int64_t> slice(250);
+  many.read(77, 250, slice.data());  // crosses several shard boundaries
+  EXPECT_TRUE(std::equal(slice.begin(), slice.end(), a.begin() + 77));
+}
+
+TEST(Prepare, MalformedJsonlNamesFileAndLineOrIsSkipped) {
+  test::TempDir dir;
+  auto docs = test::synthetic_documents(60);
+  test::write_jsonl(dir / "c.jsonl", docs);
+  {
+    std::ofstream out(dir / "c.jsonl", std::ios::app);
+    out << "{\"text\": \"unterminated\n" << "{\"title\": \"no text\"}\n" << "[1, 2]\n";
+  }
+  auto o = prepare_options({dir / "c.jsonl"}, dir / "out");
+  expect_error([&] { prepare_corpus(o); }, {dir / "c.jsonl:61:", "malformed JSONL line", "not valid JSON"});
+  o.corpus.skip_malformed = true;
+  const auto s = prepare_corpus(o);
+  EXPECT_EQ(s.malformed_lines, 3u);
+  EXPECT_EQ(s.documents, 60u);
+}
+
+TEST(Prepare, EmptyInputAndMissingDataAreRefused) {
+  test::TempDir dir;
+  std::ofstream(dir / "empty.jsonl").close();
+  std::ofstream(dir / "blank.txt") << "\n\n\n";
+  expect_error([&] { prepare_corpus(prepare_options({dir / "empty.jsonl", dir / "blank.txt"}, dir / "o")); },
+               {"no documents"});
+  expect_error([&] { prepare_corpus(prepare_options({dir / "nope.jsonl"}, dir / "o")); }, {"nope.jsonl", "not found"});
+  expect_error([&] { TokenDataset d(dir / "o", "train"); }, {"train-*.bin", "moe-prepare"});
+}
+
+namespace {
+
+// A dataset of tokens 0, 1, 2, ... (mod 60000) so every window names its own position.
+std::shared_ptr<const TokenDataset> counting_dataset(const test::TempDir& dir, int tokens) {
+  std::vector<int> doc(tokens - 1);
+  for (int i = 0; i < tokens - 1; ++i) doc[i] = i % 60000;
+  write_shard(dir / "train-00000.bin", {doc}, 65536);  // + EOS at the end
+  return std::make_shared<TokenDataset>(dir.path(), "train");
+}
+
+std::set<int64_t> first_tokens(const TokenBatch& b) {
+  std::set<int64_t> s;
+  for (int64_t i = 0; i < b.inputs.size(0); ++i) s.insert(b.inputs[i][0].item<int64_t>());
+  return s;
+}
+
+}  // namespace
+
+TEST(PackedLoader, WindowsArePackedAndTargetsShifted) {
+  test::TempDir dir;
+  const auto data = counting_dataset(dir, 1001);
+  PackedLoader loader(data, 10, 7, 0, 1, /*shuffle=*/false);
+  EXPECT_EQ(loader.windows(), 100u);
+  const auto b = loader.next(3);
+  EXPECT_TRUE(torch::equal(b.inputs[1], torch::arange(10, 20)));
+  EXPECT_TRUE(torch::equal(b.targets[1], torch::arange(11, 21)));
+}
+
+TEST(PackedLoader, RanksReadDistinctWindowsThatTogetherMakeTheGlobalBatch) {
+  test::TempDir dir;
+  const auto data = counting_dataset(dir, 2001);
+  for (int world : {2, 4}) {
+    PackedLoader single(data, 10, 3, 0, 1);
+    std::vector<PackedLoader> ranks;
+    for (int r = 0; r < world; ++r) ranks.emplace_back(data, 10, 3, r, world);
+    for (int step = 0; step < 5; ++step) {
+      const auto global = first_tokens(single.next(2 * world));
+      std::set<int64_t> together;
+      for (auto& rank : ranks) {
+        const auto mine = first_tokens(rank.next(2));
+        EXPECT_EQ(mine.size(), 2u);
+        for (auto t : mine) EXPECT_TRUE(together.insert(t).second) << "window read by two ranks";
+      }
+      EXPECT_EQ(together, global) << "world " << world << " step " << step;
+    }
+  }
+}
+
+TEST(PackedLoader, ResumesExactlyFromAPosition) {
+  test::TempDir dir;
+  const auto data = counting_dataset(dir, 3001);
+  PackedLoader a(data, 16, 11, 1, 2);
+  for (int i = 0; i < 25; ++i) a.next(4);  // into the second epoch: 187 windows, 8 per step, 23 steps each
+  const auto position = a.position();
+  EXPECT_EQ(position.epoch, 1u);
+  const auto expected = a.next(4);
+  PackedLoader b(data, 16, 11, 1, 2);
+  b.seek(position);
+  const auto resumed = b.next(4);
+  EXPECT_TRUE(torch::equal(resumed.inputs, expected.inputs));
+  EXPECT_TRUE(torch::equal(resumed.targets, expected.targets));
+}
+
+TEST(PackedLoader, EpochsArePermutationsFixedBySeedAndEpoch) {
+  const auto p0 = epoch_permutation(1000, 5, 0), p0_again = epoch_permutation(1000, 5, 0);
+  const auto p1 = epoch_permutation(1000, 5, 1), other_seed = epoch_permutation(1000, 6, 0);
+  EXPECT_EQ(p0, p0_again);
+  EXPECT_NE(p0, p1);
+  EXPECT_NE(p0, other_seed);
+  auto sorted = p1;
+  std::sort(sorted.begin(), sorted.end());
+  for (uint64_t i = 0; i < sorted.size(); ++i) ASSERT_EQ(sorted[i], i);
+}
+
+TEST(PackedLoader, RefusesDataSmallerThanOneGlobalBatch) {
+  test::TempDir dir;
+  const auto data = counting_dataset(dir, 101);
+  PackedLoader loader(data, 10, 1, 0, 4);
+  expect_error([&] { loader.next(4); }, {"10 windows", "fewer than one global micro-batch of 16"});
+}

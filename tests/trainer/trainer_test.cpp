@@ -1,0 +1,216 @@
+// The training loop under mpiexec (1, 2, 4 ranks): the global gradient norm equals one process's;
+// k micro-batches of b equal one step of k*b; the whole loop on N ranks (expert parallel, with
+// clipping active) equals the same loop in one process; a tiny model overfits a tiny corpus; the
+// NaN guard skips and then stops.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/check.h"
+#include "parallel/expert_dispatch.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/support.h"
+#include "tests/trainer/temp_dir.h"
+#include "trainer/optimizer.h"
+#include "trainer/token_shard.h"
+#include "trainer/trainer.h"
+
+using namespace moe;
+using namespace moe::trainer;
+using moe::test::all_close;
+
+namespace {
+
+std::shared_ptr<parallel::Communicator> world() {
+  return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
+}
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// Random documents of a small vocabulary, written by each rank into its own directory (same seed,
+// same bytes), with a repeated phrase the model can learn.
+void write_dataset(const std::string& dir, int64_t documents, uint32_t vocab) {
+  std::filesystem::create_directories(dir);
+  torch::manual_seed(99);
+  for (const char* split : {"train", "val"}) {
+    TokenShardWriter w(dir + "/" + split + "-00000.bin", vocab, 2);
+    for (int64_t d = 0; d < documents; ++d) {
+      auto ids = torch::randint(3, vocab, {24}, torch::kInt64);
+      std::vector<int> doc(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 24);
+      for (int i : {5, 6, 7, 8, 9}) doc.push_back(i);  // a phrase that recurs
+      w.append_document(doc);
+    }
+    w.close();
+  }
+}
+
+TrainConfig tiny_config(const std::string& dir) {
+  TrainConfig c;
+  auto& m = c.model;
+  m.vocab_size = 64;
+  m.hidden_size = 32;
+  m.intermediate_size = 48;
+  m.num_hidden_layers = 2;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = 2;
+  m.max_position_embeddings = 64;
+  m.use_moe = true;
+  m.n_routed_experts = 4;
+  m.num_experts_per_tok = 2;
+  m.n_shared_experts = 1;
+  c.data.dir = dir + "/data";
+  c.data.seq_len = 16;
+  c.optim.lr = 3e-3;
+  c.optim.min_lr = 3e-4;
+  c.optim.warmup_steps = 2;
+  c.train.steps = 6;
+  c.train.micro_batch = 2;
+  c.train.log_every = 1000;
+  c.train.eval_every = 0;
+  c.train.eval_batches = 0;
+  c.train.out_dir = dir + "/run";
+  c.train.device = "cpu";
+  c.checkpoint.save_final = false;
+  return c;
+}
+
+parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int64_t experts) {
+  return parallel::make_groups(std::move(comm), comm->size(), experts);
+}
+
+// The grad_norm of every "train" record of a run's metrics.jsonl.
+std::vector<double> logged_grad_norms(const std::string& run_dir) {
+  std::vector<double> norms;
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "train") norms.push_back(j["grad_norm"].get<double>());
+  }
+  return norms;
+}
+
+std::map<std::string, torch::Tensor> weights(model::CausalLM& lm) {
+  std::map<std::string, torch::Tensor> w;
+  for (const auto& p : lm->named_parameters()) w[p.key()] = p.value().detach().clone();
+  return w;
+}
+
+}  // namespace
+
+TEST(Trainer, GlobalGradNormEqualsSingleProcess) {
+  test::DtypeAndSeed guard;
+  auto comm = world();
+  auto cfg = tiny_config("").model;
+  const auto g = groups_of(comm, cfg.n_routed_experts);
+  const int w = comm->size(), r = comm->rank();
+  const auto tokens = torch::randint(cfg.vocab_size, {2 * w, 9}, torch::kInt64);
+  torch::manual_seed(5);
+  model::CausalLM single(cfg);
+  single(tokens.narrow(1, 0, 8), tokens.narrow(1, 1, 8)).loss.backward();
+  double want = 0;
+  for (const auto& p : single->parameters()) want += p.grad().square().sum().item<double>();
+  want = std::sqrt(want);
+
+  auto lm = parallel::make_expert_parallel_model(cfg, g, 5);
+  const auto mine = tokens.narrow(0, 2 * r, 2);
+  lm(mine.narrow(1, 0, 8), mine.narrow(1, 1, 8)).loss.backward();
+  parallel::GradientSync(lm, g).sync();
+  const double got = global_grad_norm(lm, g);
+  EXPECT_NEAR(got, want, 1e-10 * want) << "rank " << r << " of " << w;
+  // Clipping scales to the limit exactly.
+  const double factor = clip_gradients(lm, got, want / 2);
+  EXPECT_NEAR(global_grad_norm(lm, g), want / 2, 1e-5 * want);
+  EXPECT_NEAR(factor, 0.5, 1e-5);
+  EXPECT_EQ(clip_gradients(lm, want / 4, want), 1.0);
+}
+
+// k micro-batches of b, one step of k*b, and N ranks (N * b per micro-batch) all give the same
+// weights: the same windows in the same global batches, and gradients that average alike.
+TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
+  auto comm = world();
+  test::TempDir tmp("moe_trainer_test");
+  const auto dir = tmp.path();
+  write_dataset(dir + "/data", 400, 64);
+  auto cfg = tiny_config(dir);
+  cfg.optim.grad_clip = 0.05;  // active: the global norm must be the same everywhere
+  cfg.train.log_every = 1;     // every step's gradient norm (before clipping) in metrics.jsonl
+  const int w = comm->size();
+
+  // The reference: one process (a single communicator), global micro-batch 4 * w, no accumulation.
+  auto single_cfg = cfg;
+  single_cfg.train.micro_batch = 4 * w;
+  single_cfg.parallel.backend = "single";
+  Trainer single(single_cfg, groups_of(parallel::make_single_communicator(), 4));
+  const auto s_single = single.run();
+  const auto want = weights(single.model());
+
+  // On the N ranks: micro-batch 2 with 2 accumulation steps.
+  auto ranks_cfg = cfg;
+  ranks_cfg.train.micro_batch = 2;
+  ranks_cfg.train.grad_accum = 2;
+  ranks_cfg.train.out_dir = dir + "/run2";
+  Trainer ranks(ranks_cfg, groups_of(comm, 4));
+  const auto s_ranks = ranks.run();
+  EXPECT_NEAR(s_ranks.first_loss, s_single.first_loss, 1e-5);
+  EXPECT_NEAR(s_ranks.last_loss, s_single.last_loss, 1e-5);
+  for (auto& [name, value] : weights(ranks.model())) {
+    EXPECT_TRUE(all_close(value, want.at(name), 1e-6, 1e-4)) << name << " rank " << comm->rank() << " of " << w;
+  }
+  // AdamW hardly sees a gradient's scale; the logged norms do.
+  if (comm->rank() == 0) {
+    const auto single_norms = logged_grad_norms(dir + "/run"), rank_norms = logged_grad_norms(dir + "/run2");
+    ASSERT_EQ(single_norms.size(), size_t(cfg.train.steps));
+    ASSERT_EQ(rank_norms.size(), single_norms.size());
+    for (size_t i = 0; i < single_norms.size(); ++i) {
+      EXPECT_NEAR(rank_norms[i], single_norms[i], 1e-5 * single_norms[i]) << "step " << i + 1;
+    }
+  }
+}
+
+TEST(Trainer, TinyModelOverfitsATinyCorpus) {
+  auto comm = world();
+  test::TempDir tmp("moe_trainer_test");
+  write_dataset(tmp.path() + "/data", 8, 64);  // 8 documents of 29 + 1 tokens
+  auto cfg = tiny_config(tmp.path());
+  cfg.train.steps = 150;
+  cfg.train.micro_batch = 4 / comm->size() > 0 ? 4 / comm->size() : 1;
+  cfg.optim.lr = 1e-2;
+  cfg.optim.min_lr = 1e-3;
+  cfg.optim.warmup_steps = 10;
+  cfg.optim.weight_decay = 0;
+  Trainer trainer(cfg, groups_of(comm, 4));
+  const auto s = trainer.run();
+  EXPECT_GT(s.first_loss, 3.5);  // about ln(64) = 4.16 at the start
+  EXPECT_LT(s.last_loss, 0.5) << "memorising 240 tokens should be easy";
+}
+
+TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {
+  auto comm = world();
+  test::TempDir tmp("moe_trainer_test");
+  write_dataset(tmp.path() + "/data", 100, 64);
+  auto cfg = tiny_config(tmp.path());
+  cfg.train.steps = 20;
+  cfg.train.max_bad_steps = 3;
+  cfg.optim.warmup_steps = 0;
+  cfg.optim.grad_clip = 0;
+  cfg.optim.lr = 1e30;  // the first update overflows the weights; later gradients are not finite
+  cfg.optim.min_lr = 1e30;
+  Trainer trainer(cfg, groups_of(comm, 4));
+  try {
+    trainer.run();
+    ADD_FAILURE() << "the run should stop";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("3 consecutive steps with non-finite gradients"), std::string::npos)
+        << e.what();
+  }
+}
