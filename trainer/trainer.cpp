@@ -121,7 +121,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   if (topo.rank == 0) {
     fs::create_directories(t.out_dir);
     std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
-    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::app);
+    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
     MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
   }
   int64_t params = 0, expert_params = 0;
