@@ -1,60 +1,119 @@
 #include "parallel/gradient_sync.h"
 
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/torch.h>
 
 namespace moe::parallel {
 
 bool is_expert_parameter(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
 
+struct GradientSync::Bucket {
+  std::vector<torch::Tensor> params;
+  Communicator* comm = nullptr;
+  ReduceOp op = ReduceOp::kSum;
+  double scale = 1.0;
+  int64_t ready = 0;  // gradients accumulated in this backward
+  torch::Tensor flat;
+  std::unique_ptr<PendingCollective> pending;
+};
+
 namespace {
 
-// Consecutive parameters of one dtype, up to `bytes` per bucket (a larger parameter gets its own).
-template <typename Bucket>
-void add_to_buckets(std::vector<Bucket>& buckets, const torch::Tensor& p, int64_t bytes) {
-  if (!buckets.empty()) {
-    auto& last = buckets.back();
-    int64_t used = 0;
-    for (const auto& q : last.params) used += q.nbytes();
-    if (last.params.front().scalar_type() == p.scalar_type() && used + int64_t(p.nbytes()) <= bytes) {
-      last.params.push_back(p);
-      return;
-    }
-  }
-  buckets.push_back({{p}});
+int64_t bytes_of(const std::vector<torch::Tensor>& params) {
+  int64_t n = 0;
+  for (const auto& p : params) n += p.nbytes();
+  return n;
 }
 
 }  // namespace
 
-GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bucket_bytes)
-    : lm_(std::move(lm)), groups_(std::move(groups)) {
+GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bucket_bytes, bool overlap)
+    : lm_(std::move(lm)), groups_(std::move(groups)), overlap_(overlap) {
   // named_parameters() is ordered the same on every rank, so buckets line up across ranks.
-  for (const auto& p : lm_->named_parameters()) {
-    add_to_buckets(is_expert_parameter(p.key()) ? expert_ : dense_, p.value(), bucket_bytes);
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  for (const auto& p : lm_->named_parameters()) params.emplace_back(p.key(), p.value());
+  std::reverse(params.begin(), params.end());  // backward meets the last layers first
+  for (const bool experts : {false, true}) {
+    std::unique_ptr<Bucket> current;
+    auto close = [&] {
+      if (current) buckets_.push_back(std::move(current));
+    };
+    for (const auto& [name, p] : params) {
+      if (is_expert_parameter(name) != experts) continue;
+      const bool fits = current && current->params.front().scalar_type() == p.scalar_type() &&
+                        bytes_of(current->params) + int64_t(p.nbytes()) <= bucket_bytes;
+      if (!fits) {
+        close();
+        current = std::make_unique<Bucket>();
+        // Dense: average over the world. Experts: sum over their replicas, / world size.
+        current->comm = experts ? groups_.edp.get() : groups_.world.get();
+        current->op = experts ? ReduceOp::kSum : ReduceOp::kAverage;
+        current->scale = experts ? 1.0 / groups_.world->size() : 1.0;
+      }
+      current->params.push_back(p);
+    }
+    close();
+  }
+  if (!overlap_) return;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    for (auto& p : buckets_[b]->params) {
+      auto accumulator = torch::autograd::impl::grad_accumulator(p);
+      accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+          [this, b](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+            on_gradient_ready(b);
+            return outputs;
+          }));
+      accumulators_.push_back(std::move(accumulator));
+    }
   }
 }
 
-void GradientSync::reduce(std::vector<Bucket>& buckets, Communicator& comm, ReduceOp op, double scale) {
-  for (auto& bucket : buckets) {
-    std::vector<torch::Tensor> grads;
-    for (auto& p : bucket.params) {
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      grads.push_back(p.grad().reshape({-1}));
-    }
-    auto flat = torch::cat(grads);
-    comm.all_reduce(flat, op);
-    if (scale != 1.0) flat.mul_(scale);
-    int64_t offset = 0;
-    for (auto& p : bucket.params) {
-      p.mutable_grad().copy_(flat.narrow(0, offset, p.numel()).view_as(p));
-      offset += p.numel();
-    }
+GradientSync::~GradientSync() = default;
+
+void GradientSync::begin_backward(bool last) { armed_ = overlap_ && last; }
+
+void GradientSync::start(Bucket& bucket) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (auto& p : bucket.params) {
+    grads.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
   }
+  bucket.flat = torch::cat(grads);
+  // A single rank still scales (expert gradients / world size = 1 here), but needs no collective.
+  if (bucket.comm->size() > 1) bucket.pending = bucket.comm->all_reduce_async(bucket.flat, bucket.op);
+}
+
+void GradientSync::on_gradient_ready(size_t b) {
+  if (!armed_) return;
+  ++buckets_[b]->ready;
+  // Start ready buckets strictly in order: every rank issues the same sequence of collectives.
+  while (next_to_start_ < buckets_.size() &&
+         buckets_[next_to_start_]->ready == int64_t(buckets_[next_to_start_]->params.size())) {
+    start(*buckets_[next_to_start_++]);
+  }
+}
+
+void GradientSync::finish(Bucket& bucket) {
+  torch::NoGradGuard no_grad;
+  if (bucket.pending) bucket.pending->wait();
+  bucket.pending.reset();
+  if (bucket.scale != 1.0) bucket.flat.mul_(bucket.scale);
+  int64_t offset = 0;
+  for (auto& p : bucket.params) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    p.mutable_grad().copy_(bucket.flat.narrow(0, offset, p.numel()).view_as(p));
+    offset += p.numel();
+  }
+  bucket.flat = torch::Tensor();
+  bucket.ready = 0;
 }
 
 void GradientSync::sync() {
-  torch::NoGradGuard no_grad;
-  if (groups_.world->size() > 1) reduce(dense_, *groups_.world, ReduceOp::kAverage, 1.0);
-  reduce(expert_, *groups_.edp, ReduceOp::kSum, 1.0 / groups_.world->size());
+  // Buckets whose gradients did not all arrive (unused parameters), or all without overlap.
+  while (next_to_start_ < buckets_.size()) start(*buckets_[next_to_start_++]);
+  for (auto& bucket : buckets_) finish(*bucket);
+  next_to_start_ = 0;
+  armed_ = false;
 }
 
 }  // namespace moe::parallel

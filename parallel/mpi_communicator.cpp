@@ -49,7 +49,10 @@ void ensure_mpi_initialized() {
   MPI_Initialized(&initialized);
   if (initialized) return;
   int provided = 0;
-  MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+  // SERIALIZED: on GPUs, autograd runs backward (and so the dispatch's and the overlapped gradient
+  // sync's MPI calls) on its device thread while the main thread waits.
+  MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
+  if (provided < MPI_THREAD_SERIALIZED) log("comm", "warning: this MPI provides thread level " + std::to_string(provided) + " < MPI_THREAD_SERIALIZED; keep GPU runs on NCCL");
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   g_we_initialized = true;
 }
@@ -103,15 +106,33 @@ void MpiCommunicator::wait(MPI_Request& request, const char* op) {
   }
 }
 
-void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
-  const bool widen = tensor.scalar_type() == torch::kBFloat16 || tensor.scalar_type() == torch::kHalf;
-  auto staged = widen ? tensor.to(torch::kCPU, torch::kFloat32).contiguous() : host_contiguous(tensor);
-  MPI_Request request;
-  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, staged.data_ptr(), to_int(staged.numel(), "all_reduce numel"),
-                           reduce_type(staged.scalar_type()), MPI_SUM, comm_, &request));
-  wait(request, "all_reduce");
-  if (op == ReduceOp::kAverage) staged.div_(size_);
-  copy_back(tensor, staged);
+// An MPI_Iallreduce on a host copy (the tensor itself when it is a contiguous host tensor of a
+// type MPI reduces); wait() finishes it and writes the result back.
+class MpiPendingAllReduce : public PendingCollective {
+ public:
+  MpiPendingAllReduce(MpiCommunicator& comm, at::Tensor& tensor, ReduceOp op) : comm_(comm), tensor_(tensor), op_(op) {
+    const bool widen = tensor.scalar_type() == torch::kBFloat16 || tensor.scalar_type() == torch::kHalf;
+    staged_ = widen ? tensor.to(torch::kCPU, torch::kFloat32).contiguous() : host_contiguous(tensor);
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, staged_.data_ptr(), to_int(staged_.numel(), "all_reduce numel"),
+                             reduce_type(staged_.scalar_type()), MPI_SUM, comm_.comm_, &request_));
+  }
+  void wait() override {
+    comm_.wait(request_, "all_reduce");
+    if (op_ == ReduceOp::kAverage) staged_.div_(comm_.size_);
+    copy_back(tensor_, staged_);
+  }
+
+ private:
+  MpiCommunicator& comm_;
+  at::Tensor tensor_, staged_;
+  ReduceOp op_;
+  MPI_Request request_;
+};
+
+void MpiCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) { MpiPendingAllReduce(*this, tensor, op).wait(); }
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  return std::make_unique<MpiPendingAllReduce>(*this, tensor, op);
 }
 
 void MpiCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,

@@ -7,7 +7,7 @@
 
 namespace moe::parallel {
 
-/// Initialises MPI once per process (thread level FUNNELED) with errors returned to the caller.
+/// Initialises MPI once per process (thread level SERIALIZED) with errors returned to the caller.
 void ensure_mpi_initialized();
 /// Finalises MPI if this process initialised it; call at the end of main.
 void finalize_mpi();
@@ -24,6 +24,7 @@ class MpiCommunicator : public Communicator {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
@@ -33,6 +34,7 @@ class MpiCommunicator : public Communicator {
   [[noreturn]] void abort(const std::string& reason) override;
 
  private:
+  friend class MpiPendingAllReduce;
   // Waits for `request`, polling; past the timeout, aborts every rank naming `op`.
   void wait(MPI_Request& request, const char* op);
 

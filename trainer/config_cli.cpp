@@ -58,7 +58,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("parallel.ep_size", bound(c.parallel.ep_size), "ranks per expert-parallel group; 0 = world")
       ("parallel.comm_timeout", bound(c.parallel.comm_timeout), "seconds before a stuck collective aborts all ranks")
       ("parallel.global_batch_aux", bound(c.parallel.global_batch_aux),
-       "batch-level aux loss over the global batch (with model.seq_aux = false)");
+       "batch-level aux loss over the global batch (with model.seq_aux = false)")
+      ("parallel.overlap_grad_sync", bound(c.parallel.overlap_grad_sync),
+       "start gradient all-reduces during backward (MPI: in the background)")
+      ("parallel.bucket_mb", bound(c.parallel.bucket_mb), "gradient bucket size in MiB");
   po::options_description data("data");
   data.add_options()
       ("data.dir", bound(c.data.dir), "moe-prepare output directory")

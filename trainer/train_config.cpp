@@ -15,6 +15,7 @@ void TrainConfig::validate() const {
             "--parallel.backend '", p.backend, "' is not one of auto, mpi, nccl, single");
   MOE_CHECK(p.ep_size >= 0, "--parallel.ep_size must be >= 0 (0 = the world), got ", p.ep_size);
   MOE_CHECK(p.comm_timeout > 0, "--parallel.comm_timeout must be positive, got ", p.comm_timeout);
+  MOE_CHECK(p.bucket_mb > 0, "--parallel.bucket_mb must be positive, got ", p.bucket_mb);
   MOE_CHECK(!p.global_batch_aux || !model.seq_aux, "--parallel.global_batch_aux needs --model.seq_aux false");
   MOE_CHECK(!data.dir.empty(), "--data.dir is not set (the directory moe-prepare wrote)");
   MOE_CHECK(data.seq_len > 0 && data.seq_len <= model.max_position_embeddings, "--data.seq_len ", data.seq_len,

@@ -14,6 +14,8 @@ struct ParallelOptions {
   int64_t ep_size = 0;           // ranks per expert-parallel group; 0 = the whole world
   double comm_timeout = 300;     // seconds a collective may take before every rank aborts
   bool global_batch_aux = false;  // with model.seq_aux = false: aux loss shares over the global batch
+  bool overlap_grad_sync = false;  // start each gradient bucket's all-reduce during backward
+  double bucket_mb = 32;           // gradient bucket size
 };
 
 struct DataOptions {

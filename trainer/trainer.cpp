@@ -114,7 +114,8 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
   lm_->to(device_);
   lm_->train();
-  sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_);
+  sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_, int64_t(config_.parallel.bucket_mb * (1 << 20)),
+                                                   config_.parallel.overlap_grad_sync);
   optimizer_ = make_adamw(lm_, config_.optim);
   peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : known_peak_flops(device_);
 
@@ -164,6 +165,7 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
       AutocastScope autocast(autocast_bf16_);
       out = lm_(x, y);
     }
+    sync_->begin_backward(m + 1 == t.grad_accum);
     (out.loss / double(t.grad_accum)).backward();
     stats.losses += torch::stack({out.loss.detach(), out.ce_loss.detach(), out.aux_loss.detach()}).to(torch::kFloat32) /
                     double(t.grad_accum);

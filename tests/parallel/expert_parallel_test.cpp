@@ -180,7 +180,8 @@ namespace {
 
 // 10 AdamW steps on each rank's share of the global batch equal one process on the whole of it.
 // global_batch_aux: seq_aux off, the batch-level aux loss over the global batch on the ranks.
-void expect_ten_steps_equal_single_process(bool global_batch_aux) {
+// overlap: gradient buckets (small, so there are many) start their all-reduce during backward.
+void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap = false) {
   test::DtypeAndSeed guard;
   model::ModelConfig cfg = layer_config();
   cfg.seq_aux = !global_batch_aux;
@@ -218,14 +219,19 @@ void expect_ten_steps_equal_single_process(bool global_batch_aux) {
   // Every rank its share of the global batch.
   auto lm = make_expert_parallel_model(cfg, g, seed);
   if (global_batch_aux) use_global_batch_aux_loss(lm, g.world);
-  GradientSync sync(lm, g);
+  GradientSync sync(lm, g, overlap ? 4096 : 32 << 20, overlap);
   auto opt = adamw(lm->parameters());
   const int64_t per_rank = global_batch / w;
   for (int64_t s = 0; s < steps; ++s) {
     const auto batch = data[s].narrow(0, r * per_rank, per_rank);
     auto out = lm(batch.narrow(1, 0, seq), batch.narrow(1, 1, seq));
     opt.zero_grad();
+    sync.begin_backward(/*last=*/true);
     out.loss.backward();
+    if (overlap) {
+      EXPECT_GT(sync.bucket_count(), 4u);
+      EXPECT_EQ(sync.buckets_started(), sync.bucket_count()) << "every bucket starts during backward";
+    }
     sync.sync();
     opt.step();
     auto loss = out.loss.detach().clone();
@@ -243,3 +249,7 @@ void expect_ten_steps_equal_single_process(bool global_batch_aux) {
 TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) { expect_ten_steps_equal_single_process(false); }
 
 TEST(ExpertParallel, GlobalBatchAuxLossEqualsSingleProcessBatchAuxLoss) { expect_ten_steps_equal_single_process(true); }
+
+TEST(ExpertParallel, OverlappedGradientSyncEqualsSingleProcess) {
+  expect_ten_steps_equal_single_process(false, /*overlap=*/true);
+}

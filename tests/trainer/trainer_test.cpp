@@ -159,6 +159,8 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
   ranks_cfg.train.micro_batch = 2;
   ranks_cfg.train.grad_accum = 2;
   ranks_cfg.train.out_dir = dir + "/run2";
+  ranks_cfg.parallel.overlap_grad_sync = true;  // with accumulation: buckets start in the last backward only
+  ranks_cfg.parallel.bucket_mb = 0.01;
   Trainer ranks(ranks_cfg, groups_of(comm, 4));
   const auto s_ranks = ranks.run();
   EXPECT_NEAR(s_ranks.first_loss, s_single.first_loss, 1e-5);
