@@ -5,6 +5,8 @@
 
 #include <sstream>
 
+#include "model/model_config.h"
+
 namespace moe::test {
 
 /// Sets the default dtype (float64 for reference checks) and a seed; restores the dtype on exit.
@@ -43,6 +45,24 @@ inline ::testing::AssertionResult all_close(const torch::Tensor& actual, const t
                                        << ": actual " << a.flatten()[worst].item<double>() << " vs expected "
                                        << e.flatten()[worst].item<double>() << " uses " << share
                                        << "x the tolerance (atol " << atol << ", rtol " << rtol << ")";
+}
+
+/// A small MiniMind MoE for whole-model tests: hidden 32, 2 layers, 4/2 heads, 4 routed experts
+/// top-2 + 1 shared.
+inline model::ModelConfig small_moe_config(int64_t vocab_size) {
+  model::ModelConfig c;
+  c.vocab_size = vocab_size;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.use_moe = true;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  return c;
 }
 
 /// A gradient that was never produced (a parameter not used) counts as zeros.

@@ -15,10 +15,23 @@ namespace moe::trainer {
 
 namespace {
 
+// Shortest text that reads back to the same double.
+std::string format_double(double v) {
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::ostringstream os;
+    os.precision(precision);
+    os << v;
+    if (std::stod(os.str()) == v) return os.str();
+  }
+  return std::to_string(v);
+}
+
 template <typename T>
 po::typed_value<T>* bound(T& field) {
   return po::value<T>(&field)->default_value(field);
 }
+
+po::typed_value<double>* bound(double& field) { return po::value<double>(&field)->default_value(field, format_double(field)); }
 
 // bool options print as true/false in --help and take true/false/1/0/yes/no/on/off.
 po::typed_value<bool>* bound(bool& field) {
@@ -102,17 +115,6 @@ po::options_description all_options(TrainConfig& c) {
   po::options_description all;
   for (const auto& g : option_groups(c)) all.add(g);
   return all;
-}
-
-// Shortest text that reads back to the same double.
-std::string format_double(double v) {
-  for (int precision = 6; precision <= 17; ++precision) {
-    std::ostringstream os;
-    os.precision(precision);
-    os << v;
-    if (std::stod(os.str()) == v) return os.str();
-  }
-  return std::to_string(v);
 }
 
 std::string format_value(const boost::any& v) {

@@ -16,17 +16,7 @@ namespace {
 
 model::CausalLM small_lm(uint64_t seed = 0) {
   torch::manual_seed(seed);
-  model::ModelConfig c;
-  c.vocab_size = 40;
-  c.hidden_size = 32;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 64;
-  c.use_moe = true;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  model::CausalLM lm(c);
+  model::CausalLM lm(test::small_moe_config(40));
   // Larger weights than the 0.02 init so that greedy continuations are not all one token.
   torch::NoGradGuard no_grad;
   for (auto& p : lm->parameters()) {

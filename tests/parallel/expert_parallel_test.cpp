@@ -183,15 +183,8 @@ namespace {
 // overlap: gradient buckets (small, so there are many) start their all-reduce during backward.
 void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap = false) {
   test::DtypeAndSeed guard;
-  model::ModelConfig cfg = layer_config();
+  auto cfg = test::small_moe_config(50);
   cfg.seq_aux = !global_batch_aux;
-  cfg.vocab_size = 50;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 48;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 4;
-  cfg.num_key_value_heads = 2;
-  cfg.max_position_embeddings = 16;
   const int64_t global_batch = 8, seq = 8, steps = 10;
   const uint64_t seed = 7;
   auto g = groups_for(cfg.n_routed_experts);

@@ -30,12 +30,6 @@ std::shared_ptr<parallel::Communicator> world() {
   return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
 }
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
 // Random documents of a small vocabulary, written by each rank into its own directory (same seed,
 // same bytes), with a repeated phrase the model can learn.
 void write_dataset(const std::string& dir, int64_t documents, uint32_t vocab) {
@@ -55,18 +49,7 @@ void write_dataset(const std::string& dir, int64_t documents, uint32_t vocab) {
 
 TrainConfig tiny_config(const std::string& dir) {
   TrainConfig c;
-  auto& m = c.model;
-  m.vocab_size = 64;
-  m.hidden_size = 32;
-  m.intermediate_size = 48;
-  m.num_hidden_layers = 2;
-  m.num_attention_heads = 4;
-  m.num_key_value_heads = 2;
-  m.max_position_embeddings = 64;
-  m.use_moe = true;
-  m.n_routed_experts = 4;
-  m.num_experts_per_tok = 2;
-  m.n_shared_experts = 1;
+  c.model = test::small_moe_config(64);
   c.data.dir = dir + "/data";
   c.data.seq_len = 16;
   c.optim.lr = 3e-3;
@@ -83,8 +66,10 @@ TrainConfig tiny_config(const std::string& dir) {
   return c;
 }
 
+// Expert parallel over all of comm's ranks.
 parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int64_t experts) {
-  return parallel::make_groups(std::move(comm), comm->size(), experts);
+  const int ep = comm->size();
+  return parallel::make_groups(std::move(comm), ep, experts);
 }
 
 // The grad_norm of every "train" record of a run's metrics.jsonl.
