@@ -51,4 +51,9 @@ at::Tensor activation(const at::Tensor& x, const std::string& name) {
   return {};
 }
 
+at::Tensor count_ids(const at::Tensor& ids, int64_t n) {
+  const auto flat = ids.reshape({-1});
+  return torch::zeros({n}, flat.options().dtype(torch::kInt64)).scatter_add_(0, flat, torch::ones_like(flat));
+}
+
 }  // namespace moe::model

@@ -33,4 +33,8 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
 /// The named activation: silu, gelu or relu.
 at::Tensor activation(const at::Tensor& x, const std::string& name);
 
+/// How often each id in [0, n) occurs in `ids` (int64, on ids' device). Unlike torch::bincount,
+/// which reads the maximum back to the host on CUDA, this never synchronises.
+at::Tensor count_ids(const at::Tensor& ids, int64_t n);
+
 }  // namespace moe::model

@@ -35,7 +35,7 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
   const auto flat = topk_idx.reshape({-1});
   const auto k = topk_idx.size(1);
   auto order = std::get<1>(flat.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
-  const auto routed = torch::bincount(flat, /*weights=*/{}, num_experts);
+  const auto routed = count_ids(flat, num_experts);
   auto kept = routed;
   if (capacity > 0) {
     // Rank of each copy inside its expert's slice; those at rank >= capacity move behind all kept

@@ -48,7 +48,7 @@ torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor
 torch::Tensor batch_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, double alpha,
                              const CountReducer& reduce_counts) {
   const auto e = scores.size(1);
-  auto counts = torch::bincount(topk_idx.reshape({-1}), /*weights=*/{}, e).to(scores.scalar_type());
+  auto counts = count_ids(topk_idx, e).to(scores.scalar_type());
   if (reduce_counts) counts = reduce_counts(counts);  // NOTE: every rank joins, even with no tokens
   if (scores.size(0) == 0) return torch::zeros({}, scores.options());
   const auto share = counts / counts.sum();

@@ -100,3 +100,11 @@ TEST(SwiGLU, FeedForwardMatchesFormula) {
   const reference::ExpertWeights w{ff->gate_proj->weight, ff->up_proj->weight, ff->down_proj->weight};
   EXPECT_TRUE(all_close(ff(x), reference::swiglu_expert(x, w), 1e-12, 1e-12));
 }
+
+TEST(CountIds, EqualsBincountIncludingAbsentIds) {
+  const auto ids = torch::tensor({3, 0, 3, 3, 1}, torch::kInt64).view({5, 1});
+  EXPECT_TRUE(torch::equal(model::count_ids(ids, 6), torch::tensor({1, 1, 0, 3, 0, 0}, torch::kInt64)));
+  const auto random = torch::randint(7, {200, 2}, torch::kInt64);
+  EXPECT_TRUE(torch::equal(model::count_ids(random, 7), torch::bincount(random.reshape({-1}), {}, 7)));
+  EXPECT_TRUE(torch::equal(model::count_ids(torch::empty({0}, torch::kInt64), 3), torch::zeros({3}, torch::kInt64)));
+}
