@@ -49,11 +49,13 @@ void NcclCommunicator::check_cuda(const at::Tensor& t, const char* op) const {
             t.is_contiguous() ? "" : " (non-contiguous)", " on rank ", rank_);
 }
 
-void NcclCommunicator::wait(const char* op) {
+void NcclCommunicator::wait(const char* op) { wait(op, current_stream()); }
+
+void NcclCommunicator::wait(const char* op, cudaStream_t stream) {
   ++sequence_;
   cudaEvent_t done;
   CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventRecord(done, current_stream()));
+  CUDA_CHECK(cudaEventRecord(done, stream));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
   for (int polls = 0;; ++polls) {
     const cudaError_t state = cudaEventQuery(done);
@@ -79,6 +81,32 @@ void NcclCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
                            op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, current_stream()));
   wait("all_reduce");
+}
+
+class NcclPendingAllReduce : public PendingCollective {
+ public:
+  NcclPendingAllReduce(NcclCommunicator& comm, at::Tensor& tensor, ReduceOp op)
+      : comm_(comm), tensor_(tensor), side_(c10::cuda::getStreamFromPool(false, tensor.device().index())) {
+    comm_.check_cuda(tensor, "all_reduce");
+    cudaEvent_t ready;  // the tensor's producers on the current stream come first
+    CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(ready, current_stream()));
+    CUDA_CHECK(cudaStreamWaitEvent(side_.stream(), ready, 0));
+    CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait is satisfied
+    NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
+                             op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_.comm_, side_.stream()));
+  }
+  // Polled to completion, so later work on any stream sees the result.
+  void wait() override { comm_.wait("all_reduce", side_.stream()); }
+
+ private:
+  NcclCommunicator& comm_;
+  at::Tensor tensor_;  // kept alive while the side stream uses it
+  c10::cuda::CUDAStream side_;
+};
+
+std::unique_ptr<PendingCollective> NcclCommunicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
+  return std::make_unique<NcclPendingAllReduce>(*this, tensor, op);
 }
 
 void NcclCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,

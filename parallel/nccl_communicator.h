@@ -1,6 +1,7 @@
 // Communicator over NCCL for CUDA tensors, bootstrapped over MPI. Compiled whenever the CUDA
 // toolkit is found (CI proves it builds); runs on GPU machines, one rank per GPU.
 #pragma once
+#include <cuda_runtime_api.h>
 #include <nccl.h>
 
 #include <memory>
@@ -20,6 +21,9 @@ class NcclCommunicator : public Communicator {
   /// Collectives run on the current CUDA stream; each call waits (bounded by the timeout) until
   /// that stream has finished it, polling ncclCommGetAsyncError.
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
+  /// On a side stream that first waits for the current one, so that backward kernels keep running
+  /// meanwhile; wait() polls it to completion (bounded by the timeout).
+  std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
@@ -29,6 +33,9 @@ class NcclCommunicator : public Communicator {
   [[noreturn]] void abort(const std::string& reason) override;
 
  private:
+  friend class NcclPendingAllReduce;
+  // Waits until `stream` has finished the last collective, polling ncclCommGetAsyncError.
+  void wait(const char* op, cudaStream_t stream);
   void wait(const char* op);
   void check_cuda(const at::Tensor& t, const char* op) const;
 
