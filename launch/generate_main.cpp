@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "common/check.h"
 #include "launch/cli.h"
 #include "model/generate.h"
 #include "trainer/checkpoint.h"
@@ -13,7 +14,7 @@ namespace po = boost::program_options;
 using namespace moe;
 
 int main(int argc, char** argv) try {
-  std::string checkpoint, prompt, tokenizer_path;
+  std::string checkpoint, prompt, tokenizer_path, device = "cpu";
   model::SamplingConfig s;
   s.max_new_tokens = 200;
   s.temperature = 0.8;
@@ -30,9 +31,13 @@ int main(int argc, char** argv) try {
       ("top_k", po::value(&s.top_k)->default_value(s.top_k), "keep the k most likely tokens; 0 = all")
       ("top_p", po::value(&s.top_p)->default_value(s.top_p), "nucleus sampling mass; 1 = off")
       ("repetition_penalty", po::value(&s.repetition_penalty)->default_value(s.repetition_penalty), "1 = off")
-      ("seed", po::value(&s.seed)->default_value(s.seed), "sampling seed");
+      ("seed", po::value(&s.seed)->default_value(s.seed), "sampling seed")
+      ("device", po::value(&device)->default_value(device), "cpu | cuda");
   launch::parse_or_exit(argc, argv, desc);
+  MOE_CHECK(device == "cpu" || device == "cuda", "--device '", device, "' is not cpu or cuda");
+  MOE_CHECK(device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device is visible");
   auto loaded = trainer::load_model_for_inference(checkpoint);
+  loaded.lm->to(torch::Device(device));
   const trainer::Tokenizer tokenizer(tokenizer_path.empty() ? loaded.tokenizer_path : tokenizer_path);
   const auto ids = tokenizer.encode(prompt);
   // Training data separates documents by EOS, so EOS first makes the prompt a document's start.

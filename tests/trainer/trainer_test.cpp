@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 #include "parallel/mpi_communicator.h"
 #include "tests/support.h"
 #include "tests/trainer/temp_dir.h"
+#include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 #include "trainer/token_shard.h"
 #include "trainer/trainer.h"
@@ -70,6 +72,14 @@ TrainConfig tiny_config(const std::string& dir) {
 parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int64_t experts) {
   const int ep = comm->size();
   return parallel::make_groups(std::move(comm), ep, experts);
+}
+
+// Rank 0's `path` on every rank: the run directory the ranks share (a shared file system).
+std::string rank0_path(parallel::Communicator& comm, const std::string& path) {
+  auto bytes = torch::zeros({4096}, torch::kUInt8);
+  if (comm.rank() == 0) std::memcpy(bytes.data_ptr(), path.data(), std::min<size_t>(path.size(), 4095));
+  comm.broadcast(bytes, 0);
+  return reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
 }
 
 // The grad_norm of every "train" record of a run's metrics.jsonl.
@@ -143,9 +153,11 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
   auto ranks_cfg = cfg;
   ranks_cfg.train.micro_batch = 2;
   ranks_cfg.train.grad_accum = 2;
-  ranks_cfg.train.out_dir = dir + "/run2";
+  const auto shared = rank0_path(*comm, dir);
+  ranks_cfg.train.out_dir = shared + "/run2";
   ranks_cfg.parallel.overlap_grad_sync = true;  // with accumulation: buckets start in the last backward only
   ranks_cfg.parallel.bucket_mb = 0.01;
+  ranks_cfg.checkpoint.save_final = true;
   Trainer ranks(ranks_cfg, groups_of(comm, 4));
   const auto s_ranks = ranks.run();
   EXPECT_NEAR(s_ranks.first_loss, s_single.first_loss, 1e-5);
@@ -153,15 +165,34 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
   for (auto& [name, value] : weights(ranks.model())) {
     EXPECT_TRUE(all_close(value, want.at(name), 1e-6, 1e-4)) << name << " rank " << comm->rank() << " of " << w;
   }
+  // The sharded checkpoint (one file per EP rank) loads into the whole single-process model.
+  ASSERT_FALSE(s_ranks.checkpoint.empty());
+  const auto loaded = load_model_for_inference(shared + "/run2");
+  EXPECT_EQ(loaded.step_dir, s_ranks.checkpoint);
+  for (const auto& p : loaded.lm->named_parameters()) {
+    EXPECT_TRUE(all_close(p.value(), want.at(p.key()), 1e-6, 1e-4)) << "checkpoint " << p.key();
+  }
+  comm->barrier();
+  if (w > 1 && comm->rank() == 0) {
+    std::filesystem::remove(s_ranks.checkpoint + "/model-ep1-of-" + std::to_string(w) + ".pt");
+    try {
+      load_model_for_inference(shared + "/run2");
+      ADD_FAILURE() << "a checkpoint without rank 1's experts must be refused";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("lacks parameter model.layers.0.mlp.experts."), std::string::npos)
+          << e.what();
+    }
+  }
   // AdamW hardly sees a gradient's scale; the logged norms do.
   if (comm->rank() == 0) {
-    const auto single_norms = logged_grad_norms(dir + "/run"), rank_norms = logged_grad_norms(dir + "/run2");
+    const auto single_norms = logged_grad_norms(dir + "/run"), rank_norms = logged_grad_norms(shared + "/run2");
     ASSERT_EQ(single_norms.size(), size_t(cfg.train.steps));
     ASSERT_EQ(rank_norms.size(), single_norms.size());
     for (size_t i = 0; i < single_norms.size(); ++i) {
       EXPECT_NEAR(rank_norms[i], single_norms[i], 1e-5 * single_norms[i]) << "step " << i + 1;
     }
   }
+  comm->barrier();  // rank 0 removes the shared directory when it leaves
 }
 
 TEST(Trainer, TinyModelOverfitsATinyCorpus) {
