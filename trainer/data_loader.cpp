@@ -13,12 +13,7 @@ namespace moe::trainer {
 
 TokenDataset::TokenDataset(const std::string& dir, const std::string& split) {
   MOE_CHECK(fs::is_directory(dir), "data directory '", dir, "' not found (create it with moe-prepare)");
-  std::vector<std::string> paths;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const auto name = e.path().filename().string();
-    if (name.rfind(split + "-", 0) == 0 && e.path().extension() == ".bin") paths.push_back(e.path().string());
-  }
-  std::sort(paths.begin(), paths.end());
+  const auto paths = list_shards(dir, split);
   MOE_CHECK(!paths.empty(), "no '", split, "-*.bin' token shards in '", dir, "' (create them with moe-prepare)");
   for (const auto& p : paths) {
     shards_.emplace_back(p);

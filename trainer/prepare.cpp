@@ -54,11 +54,12 @@ uint64_t total_bytes(const std::vector<std::string>& files) {
   return n;
 }
 
-// Writes shards "<prefix>-00000.bin", ... of at most shard_tokens tokens (a document is never split).
+// Writes a split's shards "<dir>/<split>-00000.bin", ... of at most shard_tokens tokens (a
+// document is never split).
 class ShardSet {
  public:
-  ShardSet(std::string prefix, uint64_t shard_tokens, uint32_t vocab, uint32_t eos)
-      : prefix_(std::move(prefix)), shard_tokens_(shard_tokens), vocab_(vocab), eos_(eos) {}
+  ShardSet(std::string dir, std::string split, uint64_t shard_tokens, uint32_t vocab, uint32_t eos)
+      : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), vocab_(vocab), eos_(eos) {}
   void add(const std::vector<int>& tokens) {
     if (!writer_ || writer_->count() >= shard_tokens_) roll();
     writer_->append_document(tokens);
@@ -74,11 +75,9 @@ class ShardSet {
  private:
   void roll() {
     close();
-    char name[32];
-    std::snprintf(name, sizeof(name), "-%05llu.bin", static_cast<unsigned long long>(shards_++));
-    writer_ = std::make_unique<TokenShardWriter>(prefix_ + name, vocab_, eos_);
+    writer_ = std::make_unique<TokenShardWriter>(shard_path(dir_, split_, shards_++), vocab_, eos_);
   }
-  std::string prefix_;
+  std::string dir_, split_;
   uint64_t shard_tokens_;
   uint32_t vocab_, eos_;
   std::unique_ptr<TokenShardWriter> writer_;
@@ -86,10 +85,8 @@ class ShardSet {
 };
 
 void remove_old_shards(const std::string& dir) {
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const auto name = e.path().filename().string();
-    const bool shard = e.path().extension() == ".bin" && (name.rfind("train-", 0) == 0 || name.rfind("val-", 0) == 0);
-    if (shard) fs::remove(e.path());
+  for (const auto* split : {"train", "val"}) {
+    for (const auto& path : list_shards(dir, split)) fs::remove(path);
   }
 }
 
@@ -154,8 +151,8 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
   summary.vocab_size = tokenizer.vocab_size();
 
   const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
-  ShardSet train((fs::path(o.out_dir) / "train").string(), o.shard_tokens, vocab, eos);
-  ShardSet val((fs::path(o.out_dir) / "val").string(), o.shard_tokens, vocab, eos);
+  ShardSet train(o.out_dir, "train", o.shard_tokens, vocab, eos);
+  ShardSet val(o.out_dir, "val", o.shard_tokens, vocab, eos);
   const uint64_t period = o.val_fraction > 0 ? std::max<uint64_t>(2, std::llround(1.0 / o.val_fraction)) : 0;
   Progress progress(o.progress, "tokenizing", bytes);
   const auto encode_start = Clock::now();

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -28,6 +29,23 @@ T get(const unsigned char* at) {
 }
 
 }  // namespace
+
+std::string shard_path(const std::string& dir, const std::string& split, uint64_t index) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "-%05llu.bin", static_cast<unsigned long long>(index));
+  return (std::filesystem::path(dir) / (split + name)).string();
+}
+
+std::vector<std::string> list_shards(const std::string& dir, const std::string& split) {
+  std::vector<std::string> paths;
+  if (!std::filesystem::is_directory(dir)) return paths;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind(split + "-", 0) == 0 && e.path().extension() == ".bin") paths.push_back(e.path().string());
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
 
 TokenShardWriter::TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t eos_id) : path_(std::move(path)) {
   header_.token_bytes = vocab_size <= 65536 ? 2 : 4;

@@ -28,6 +28,12 @@ struct ShardHeader {
   uint32_t eos_id = 0;
 };
 
+/// "<dir>/<split>-00003.bin": the name of a split's index-th shard.
+std::string shard_path(const std::string& dir, const std::string& split, uint64_t index);
+
+/// The shards "<dir>/<split>-*.bin" that exist, in name (= index) order; empty if none.
+std::vector<std::string> list_shards(const std::string& dir, const std::string& split);
+
 /// Streams tokens into `path` through `path.tmp`, renamed into place by close(): a shard that
 /// exists is complete.
 class TokenShardWriter {

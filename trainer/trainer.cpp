@@ -98,13 +98,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
             "' has ", train_data_->vocab_size(), " tokens but model.vocab_size is ", config_.model.vocab_size);
   MOE_CHECK(int64_t(train_data_->eos_id()) == config_.model.eos_token_id, "the data's EOS id is ",
             train_data_->eos_id(), " but model.eos_token_id is ", config_.model.eos_token_id);
-  const bool has_val = fs::exists(config_.data.dir) && [&] {
-    for (const auto& e : fs::directory_iterator(config_.data.dir)) {
-      if (e.path().filename().string().rfind("val-", 0) == 0) return true;
-    }
-    return false;
-  }();
-  if (has_val) val_data_ = std::make_shared<TokenDataset>(config_.data.dir, "val");
+  if (!list_shards(config_.data.dir, "val").empty()) val_data_ = std::make_shared<TokenDataset>(config_.data.dir, "val");
   train_loader_ = std::make_unique<PackedLoader>(train_data_, config_.data.seq_len, config_.data.seed, topo.rank,
                                                  topo.world_size);
   tokenizer_path_ = (fs::path(config_.data.dir) / "tokenizer.model").string();
