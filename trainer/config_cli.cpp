@@ -117,6 +117,15 @@ po::options_description all_options(TrainConfig& c) {
   return all;
 }
 
+// --help, --config, --dump-config; config_file (may be null) receives --config.
+po::options_description general_options(std::string* config_file) {
+  po::options_description general("general");
+  general.add_options()("help", "show this help")
+      ("config", po::value(config_file)->value_name("FILE"), "INI file of options (the command line overrides it)")
+      ("dump-config", "print the resulting configuration as an INI file and exit");
+  return general;
+}
+
 std::string format_value(const boost::any& v) {
   if (const auto* x = boost::any_cast<int64_t>(&v)) return std::to_string(*x);
   if (const auto* x = boost::any_cast<uint64_t>(&v)) return std::to_string(*x);
@@ -141,12 +150,8 @@ void store_config_file(const std::string& path, const po::options_description& o
 TrainCommandLine parse_train_command_line(int argc, const char* const* argv) {
   TrainCommandLine cli;
   auto options = all_options(cli.config);
-  po::options_description general("general");
-  general.add_options()("help", "show this help")
-      ("config", po::value(&cli.config_file), "INI file of options (the command line overrides it)")
-      ("dump-config", "print the resulting configuration as an INI file and exit");
   po::options_description command_line;
-  command_line.add(general).add(options);
+  command_line.add(general_options(&cli.config_file)).add(options);
   po::variables_map vm;
   try {
     // NOTE: the first store of an option wins over later ones except over defaults, so the
@@ -167,18 +172,14 @@ std::string usage() {
   TrainConfig defaults;
   std::ostringstream os;
   os << "Usage: mpirun -np N moe-train [--config FILE.ini] [--group.key value ...]\n\n"
-     << "general:\n  --help                 show this help\n  --config FILE          INI file of options "
-        "(the command line overrides it)\n  --dump-config          print the resulting configuration as an INI "
-        "file and exit\n\n";
+     << general_options(nullptr) << "\n";
   for (const auto& g : option_groups(defaults)) os << g << "\n";
   return os.str();
 }
 
 std::string dump_config(const TrainConfig& config) {
   auto copy = config;
-  const auto groups = option_groups(copy);
-  po::options_description all;
-  for (const auto& g : groups) all.add(g);
+  const auto all = all_options(copy);
   po::variables_map vm;
   const char* argv0[] = {"moe-train"};
   po::store(po::parse_command_line(1, argv0, all), vm);  // every option at its (= config's) value
