@@ -116,6 +116,14 @@ CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch
   return result;
 }
 
+std::vector<MoEFeedForward> CausalLMImpl::moe_layers() const {
+  std::vector<MoEFeedForward> moe;
+  for (const auto& layer : *model->layers) {
+    if (auto block = layer->as<Block>(); block->moe_mlp) moe.push_back(block->moe_mlp);
+  }
+  return moe;
+}
+
 std::vector<std::pair<std::string, torch::Tensor>> CausalLMImpl::state_dict() const {
   std::vector<std::pair<std::string, torch::Tensor>> entries;
   for (const auto& p : named_parameters()) entries.emplace_back(p.key(), p.value());

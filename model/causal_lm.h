@@ -74,6 +74,9 @@ class CausalLMImpl : public torch::nn::Module {
   CausalLMOutput forward(const torch::Tensor& input_ids, const torch::Tensor& targets = {},
                          const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr);
 
+  /// The MoE feed-forward of every MoE layer, in layer order (empty for a dense model).
+  std::vector<MoEFeedForward> moe_layers() const;
+
   /// MiniMind2's state_dict: named_parameters() plus "lm_head.weight", the tied embedding.
   std::vector<std::pair<std::string, torch::Tensor>> state_dict() const;
 

@@ -37,8 +37,8 @@ class Communicator {
   /// In place over the group. dtypes: float32, float64, bfloat16, float16, int32, int64.
   virtual void all_reduce(at::Tensor& tensor, ReduceOp op) = 0;
   /// Starts an all_reduce that wait() finishes; `tensor` must stay untouched until then. MPI runs
-  /// it in the background; the default completes it at once (NCCL: already asynchronous on the
-  /// stream). Same ordering contract as every collective.
+  /// it in the background, NCCL on a side stream; the default (single) completes it at once. Same
+  /// ordering contract as every collective.
   virtual std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op);
   /// Rows of `input` (dim 0) go out in chunks of in_splits[r] rows to rank r; `output` receives
   /// out_splits[r] rows from rank r, in rank order. Both contiguous, same dtype and row shape.

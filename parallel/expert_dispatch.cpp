@@ -122,11 +122,8 @@ torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const to
 }
 
 void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups) {
-  for (const auto& layer : *lm->model->layers) {
-    auto block = layer->as<model::Block>();
-    if (!block->moe_mlp) continue;
-    block->moe_mlp->set_executor(
-        std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, block->moe_mlp->experts));
+  for (auto& moe : lm->moe_layers()) {
+    moe->set_executor(std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, moe->experts));
   }
 }
 

@@ -5,10 +5,8 @@
 namespace moe::parallel {
 
 void use_global_batch_aux_loss(model::CausalLM& lm, std::shared_ptr<Communicator> data_parallel) {
-  for (const auto& layer : *lm->model->layers) {
-    auto block = layer->as<model::Block>();
-    if (!block->moe_mlp) continue;
-    block->moe_mlp->gate->set_count_reducer([comm = data_parallel](const torch::Tensor& counts) {
+  for (auto& moe : lm->moe_layers()) {
+    moe->gate->set_count_reducer([comm = data_parallel](const torch::Tensor& counts) {
       auto total = counts.detach().clone();
       comm->all_reduce(total, ReduceOp::kSum);
       return total;
