@@ -1,7 +1,7 @@
 # moe_add_test(NAME <name> SOURCES <src...> [LIBS <libs...>] [MPI] [RUNS "<ranks>[:<args>]" ...] [TIMEOUT s])
 # One GoogleTest executable per test file. Without MPI it runs once, as is. With MPI it uses the
 # shared tests/mpi_test_main.cpp and runs under mpiexec once per RUNS entry, e.g. "2" or
-# "4:--ep_size=2" (registered as <name>_np<ranks>[_<args>]). Every run has a TIMEOUT so that a
+# "4:--ep_size=2" or "2:--device=cuda --gtest_filter=X" (registered as <name>_np<ranks>[_<args>]). Every run has a TIMEOUT so that a
 # hang fails instead of blocking CI.
 find_package(GTest REQUIRED)
 
@@ -34,6 +34,7 @@ function(moe_add_test)
     if(_n GREATER 1)
       list(GET _parts 1 _args)
       string(REGEX REPLACE "[^A-Za-z0-9]+" "_" _suffix "${_args}")
+      string(REPLACE " " ";" _args "${_args}")  # several arguments
     endif()
     add_test(NAME ${T_NAME}_np${_ranks}${_suffix}
              COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${_ranks} --oversubscribe ${MPIEXEC_PREFLAGS}

@@ -43,10 +43,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   }
   MOE_CHECK(attn_mask.defined() || t == 1 || k.size(1) == t,
             "attention over a non-empty KV cache with ", t, " new tokens needs an explicit mask");
-  const auto n_rep = num_heads_ / num_kv_heads_;
-  // [B, heads, T, D] for the kernel.
-  const auto out = attend(q.transpose(1, 2), repeat_kv(k, n_rep).transpose(1, 2),
-                          repeat_kv(v, n_rep).transpose(1, 2), attn_mask);
+  // [B, heads, T, D] for the kernel; k and v keep their kv_heads (attend repeats them if it must).
+  const auto out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask);
   return resid_dropout(o_proj(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_})));
 }
 
@@ -54,12 +52,16 @@ torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor&
                                     const torch::Tensor& attn_mask) {
   const double p = is_training() ? dropout_ : 0.0;
   const bool causal = !attn_mask.defined() && q.size(2) > 1;
-  if (flash_) {
-    return at::scaled_dot_product_attention(q, k, v, attn_mask.defined() ? std::optional<at::Tensor>(attn_mask)
-                                                                         : std::nullopt,
-                                            p, causal);
+  const auto n_rep = num_heads_ / num_kv_heads_;
+  if (flash_ && !attn_mask.defined()) {
+    // Grouped-query attention inside the kernel: no copy of k and v per query head.
+    return at::scaled_dot_product_attention(q, k, v, std::nullopt, p, causal, std::nullopt, /*enable_gqa=*/n_rep > 1);
   }
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+  // [B, kv_heads, T, D] -> [B, heads, T, D], each kv head repeated n_rep times in place.
+  const auto k_all = repeat_kv(k.transpose(1, 2), n_rep).transpose(1, 2);
+  const auto v_all = repeat_kv(v.transpose(1, 2), n_rep).transpose(1, 2);
+  if (flash_) return at::scaled_dot_product_attention(q, k_all, v_all, attn_mask, p, causal);
+  auto scores = torch::matmul(q, k_all.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
   if (causal) {
     const auto t = q.size(2);
     scores = scores.masked_fill(torch::ones({t, t}, q.options().dtype(torch::kBool)).triu(1), -INFINITY);
@@ -68,7 +70,7 @@ torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor&
   }
   auto probs = torch::softmax(scores.to(compute_dtype(q.scalar_type())), -1).to(q.scalar_type());
   probs = torch::dropout(probs, p, is_training());
-  return torch::matmul(probs, v);
+  return torch::matmul(probs, v_all);
 }
 
 }  // namespace moe::model

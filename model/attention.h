@@ -32,6 +32,7 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Dropout resid_dropout = nullptr;
 
  private:
+  /// q: [B, heads, T, D]; k, v: [B, kv_heads, T_past + T, D].
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& attn_mask);
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "common/step_regions.h"
+
 namespace moe::model {
 
 BlockImpl::BlockImpl(const ModelConfig& c, int64_t id, ExpertRange local_experts) : layer_id(id) {
@@ -17,8 +19,10 @@ BlockImpl::BlockImpl(const ModelConfig& c, int64_t id, ExpertRange local_experts
 
 BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                                const torch::Tensor& attn_mask, LayerKVCache* cache) {
+  ScopedRegion attention("attention");
   const auto h = x + self_attn(input_layernorm(x), cos, sin, attn_mask, cache);
   const auto normed = post_attention_layernorm(h);
+  attention.close();
   if (moe_mlp) {
     auto moe = moe_mlp(normed);
     return {h + moe.hidden, moe.aux_loss, moe.load};

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/step_regions.h"
 #include "model/functional.h"
 
 namespace moe::model {
@@ -102,6 +103,7 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& c, ExpertRange local_experts) {
 CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& targets,
                                      const torch::Tensor& attention_mask, KVCache* cache) {
   auto out = model(input_ids, attention_mask, cache);
+  ScopedRegion head("lm_head_and_loss");
   CausalLMOutput result;
   result.logits = torch::linear(out.hidden, model->embed_tokens->weight);
   result.aux_loss = out.aux_loss;

@@ -1,11 +1,13 @@
 // Where routed experts run. The MoE layer hands over token copies grouped by expert; an executor
-// runs each expert on its contiguous slice. The default runs them in this process; parallel/
-// implements one that sends each slice to the rank that holds the expert.
+// runs each expert on its contiguous slice. The default runs them in this process (one expert at a
+// time, or all at once as grouped matrix products); parallel/ implements one that sends each slice
+// to the rank that holds the expert and runs the received rows with a local executor.
 #pragma once
 #include <torch/nn/modules/container/moduledict.h>
 #include <torch/types.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace moe::model {
@@ -19,21 +21,35 @@ struct ExpertRange {
 class ExpertExecutor {
  public:
   virtual ~ExpertExecutor() = default;
-  /// grouped: token copies, the first counts[0] rows for expert 0, the next counts[1] for expert 1,
-  /// ...; rows past sum(counts) (dropped copies) are ignored. counts: [n_routed_experts] int64 on
-  /// grouped's device. Returns the expert outputs in the same order, [sum(counts), hidden].
-  /// Differentiable. An executor copies the counts to the host once (the layer's only sync).
+  /// grouped: [M, hidden] token copies, the first counts[0] rows for the first expert, the next
+  /// counts[1] for the second, ...; rows past sum(counts) (dropped copies) are ignored. counts:
+  /// int64, one entry per expert the executor serves (the layer passes all n_routed_experts, on
+  /// grouped's device). Returns [M, hidden], the expert outputs in the same order, with zero rows
+  /// past sum(counts). Differentiable.
   virtual torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) = 0;
 };
 
-/// Runs every expert in this process. experts: keyed by global expert id ("0", "1", ...).
+/// How a LocalExpertExecutor runs its experts (ModelConfig::expert_compute).
+enum class ExpertCompute {
+  kLoop,     // one SwiGLU per expert on its slice; copies the counts to the host once
+  kGrouped,  // two grouped matrix products for all experts; no host synchronisation
+  kAuto,     // grouped where it pays (bfloat16 matrix products on CUDA), else loop
+};
+ExpertCompute parse_expert_compute(const std::string& name);
+
+/// Runs the given experts in this process. experts: FeedForward modules keyed by global expert
+/// id, in id order; counts[j] belongs to the j-th of them.
 class LocalExpertExecutor : public ExpertExecutor {
  public:
-  explicit LocalExpertExecutor(torch::nn::ModuleDict experts) : experts_(std::move(experts)) {}
+  explicit LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCompute compute = ExpertCompute::kAuto);
   torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override;
+
+  /// Whether run() takes the grouped path for these rows (resolves kAuto).
+  bool uses_grouped(const torch::Tensor& grouped) const;
 
  private:
   torch::nn::ModuleDict experts_;
+  ExpertCompute compute_;
 };
 
 }  // namespace moe::model

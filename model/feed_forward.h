@@ -16,6 +16,7 @@ class FeedForwardImpl : public torch::nn::Module {
   explicit FeedForwardImpl(const ModelConfig& config);
   /// x: [..., hidden] -> [..., hidden].
   torch::Tensor forward(const torch::Tensor& x);
+  const std::string& activation_name() const { return act_; }
 
   torch::nn::Linear gate_proj = nullptr, up_proj = nullptr, down_proj = nullptr;
   torch::nn::Dropout dropout = nullptr;

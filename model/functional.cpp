@@ -1,5 +1,6 @@
 #include "model/functional.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "common/check.h"
@@ -10,7 +11,17 @@ c10::ScalarType compute_dtype(c10::ScalarType dtype) {
   return dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
+c10::ScalarType matmul_dtype(const at::Tensor& x) {
+  const auto device = x.device().type();
+  if (at::autocast::is_autocast_enabled(device) && at::isFloatingType(x.scalar_type())) {
+    return at::autocast::get_autocast_dtype(device);
+  }
+  return x.scalar_type();
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  // ATen's fused kernel (one pass on CUDA) where the dtypes agree; it computes in float32 at least.
+  if (x.scalar_type() == weight.scalar_type()) return at::rms_norm(x, {x.size(-1)}, weight, eps);
   const auto xf = x.to(compute_dtype(x.scalar_type()));
   const auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());

@@ -9,6 +9,10 @@ namespace moe::model {
 /// Floating dtype used for numerically sensitive math: at least float32, float64 stays float64.
 c10::ScalarType compute_dtype(c10::ScalarType dtype);
 
+/// The dtype matrix products on x compute in: the autocast dtype where autocast is on for x's
+/// device type (bfloat16 in training on GPUs), else x's own.
+c10::ScalarType matmul_dtype(const at::Tensor& x);
+
 /// weight * x / sqrt(mean(x^2, -1) + eps), computed in compute_dtype and returned in x's dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 

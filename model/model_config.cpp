@@ -45,6 +45,8 @@ void ModelConfig::validate() const {
   MOE_CHECK(scoring_func == "softmax", "scoring_func '", scoring_func, "' is not supported (only softmax)");
   MOE_CHECK(aux_loss_alpha >= 0, "aux_loss_alpha must be >= 0, got ", aux_loss_alpha);
   MOE_CHECK(capacity_factor >= 0, "capacity_factor must be >= 0 (0 = dropless), got ", capacity_factor);
+  MOE_CHECK(expert_compute == "auto" || expert_compute == "loop" || expert_compute == "grouped", "expert_compute '",
+            expert_compute, "' is not one of auto, loop, grouped");
 }
 
 std::string ModelConfig::to_string() const {
@@ -59,7 +61,8 @@ std::string ModelConfig::to_string() const {
      << "\nuse_moe = " << use_moe << "\nnum_experts_per_tok = " << num_experts_per_tok
      << "\nn_routed_experts = " << n_routed_experts << "\nn_shared_experts = " << n_shared_experts
      << "\nscoring_func = " << scoring_func << "\naux_loss_alpha = " << aux_loss_alpha << "\nseq_aux = " << seq_aux
-     << "\nnorm_topk_prob = " << norm_topk_prob << "\ncapacity_factor = " << capacity_factor << "\n";
+     << "\nnorm_topk_prob = " << norm_topk_prob << "\ncapacity_factor = " << capacity_factor
+     << "\nexpert_compute = " << expert_compute << "\n";
   return os.str();
 }
 

@@ -36,6 +36,9 @@ struct ModelConfig {
   // Beyond MiniMind.
   double capacity_factor = 0.0;  // > 0: in training, each expert takes at most ceil(cf * tokens * k / E)
                                  // copies of the local batch, the rest are dropped; 0 = dropless
+  std::string expert_compute = "auto";  // how local experts run: loop (one expert at a time), grouped
+                                        // (one grouped matrix product for all), auto (grouped for
+                                        // bfloat16 on CUDA, else loop)
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   /// intermediate_size, or when unset MiniMind's 64 * ceil(int(8 * hidden / 3) / 64).

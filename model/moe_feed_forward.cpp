@@ -3,28 +3,15 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <numeric>
 #include <string>
 
+#include "model/copy_permutation.h"
 #include "model/feed_forward.h"
 #include "common/check.h"
+#include "common/step_regions.h"
 #include "model/functional.h"
 
 namespace moe::model {
-
-torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
-  const auto host = counts.to(torch::kCPU);
-  const std::vector<int64_t> sizes(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
-  const auto slices = grouped.narrow(0, 0, std::accumulate(sizes.begin(), sizes.end(), int64_t{0})).split_with_sizes(sizes);
-  std::vector<torch::Tensor> outputs;
-  outputs.reserve(slices.size());
-  for (size_t e = 0; e < slices.size(); ++e) {
-    // NOTE: an expert with no token still runs on its empty slice, so the graph (and a later
-    // gradient all-reduce) sees the same parameters used on every step.
-    outputs.push_back(experts_[std::to_string(e)]->as<FeedForward>()->forward(slices[e]));
-  }
-  return outputs.empty() ? grouped.narrow(0, 0, 0) : torch::cat(outputs, 0);
-}
 
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t num_experts) {
   if (capacity_factor <= 0) return 0;
@@ -47,7 +34,8 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
     order = order.index_select(0, std::get<1>(key.sort(std::optional<bool>(true), 0, false)));
     kept = routed.clamp_max(capacity);
   }
-  return {order, torch::div(order, k, "floor"), routed, kept};
+  const auto position = torch::empty_like(order).scatter_(0, order, torch::arange(order.size(0), order.options()));
+  return {order, torch::div(order, k, "floor"), position, routed, kept};
 }
 
 MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)
@@ -61,7 +49,9 @@ MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)
   experts = register_module("experts", torch::nn::ModuleDict(by_id));
   shared_experts = register_module("shared_experts", torch::nn::ModuleList());
   for (int64_t s = 0; s < c.n_shared_experts; ++s) shared_experts->push_back(FeedForward(c));
-  if (count == c.n_routed_experts) executor_ = std::make_shared<LocalExpertExecutor>(experts);
+  if (count == c.n_routed_experts) {
+    executor_ = std::make_shared<LocalExpertExecutor>(experts, parse_expert_compute(c.expert_compute));
+  }
 }
 
 void MoEFeedForwardImpl::set_executor(std::shared_ptr<ExpertExecutor> executor) { executor_ = std::move(executor); }
@@ -69,6 +59,7 @@ void MoEFeedForwardImpl::set_executor(std::shared_ptr<ExpertExecutor> executor) 
 MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto h = x.size(-1);
   const auto tokens = x.reshape({-1, h});  // [N, H]
+  ScopedRegion routing("gate_and_routing");
   const auto route = gate(x);
   const auto capacity = is_training() ? expert_capacity(capacity_factor_, tokens.size(0), route.topk_idx.size(1),
                                                         num_experts_)
@@ -77,16 +68,25 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   MOE_CHECK(executor_ != nullptr, "this MoE layer holds ", experts->size(), " of ", num_experts_,
             " experts and has no executor for the others (see parallel/expert_dispatch.h)");
 
-  const auto grouped = tokens.index_select(0, grouping.token_of_copy);  // [N*k, H]
-  const auto expert_out = executor_->run(grouped, grouping.kept);       // [kept copies, H]
-  const auto kept = expert_out.size(0);
-  // Weighted sum back onto the tokens, in the routing dtype (float32 for half inputs).
-  const auto weights =
-      route.topk_weight.reshape({-1}).index_select(0, grouping.copy_order.narrow(0, 0, kept)).unsqueeze(1);
-  const auto weighted = expert_out.to(weights.scalar_type()) * weights;
-  auto y = torch::zeros({tokens.size(0), h}, weighted.options())
-               .index_add(0, grouping.token_of_copy.narrow(0, 0, kept), weighted);
+  routing.close();
+  // Gather in the matmul dtype: under autocast that halves the bytes the gather moves.
+  ScopedRegion dispatch("dispatch");
+  const auto grouped = gather_copies(tokens.to(matmul_dtype(tokens)), grouping.token_of_copy,
+                                     grouping.position_of_copy);  // [N*k, H]
+  dispatch.close();
+  ScopedRegion run_experts("experts");
+  const auto expert_out = executor_->run(grouped, grouping.kept);  // [N*k, H], dropped copies zero
+  run_experts.close();
+  ScopedRegion combine("combine");
+  // Back to (token, slot) order, then each token's k outputs weighted and summed as one batched
+  // product [N, 1, k] x [N, k, H] (in the matmul dtype, accumulated in float32 on GPUs).
+  const auto k = route.topk_idx.size(1);
+  const auto by_slot = ungroup_copies(expert_out, grouping.copy_order, grouping.position_of_copy)
+                           .view({tokens.size(0), k, h});
+  auto y = torch::bmm(route.topk_weight.unsqueeze(1).to(by_slot.scalar_type()), by_slot).squeeze(1);  // [N, H]
   y = y.to(x.scalar_type()).view(x.sizes());
+  combine.close();
+  ScopedRegion shared_region("shared_experts");
   for (const auto& shared : *shared_experts) y = y + shared->as<FeedForward>()->forward(x);
   return {y, route.aux_loss, {grouping.routed, grouping.routed - grouping.kept}};
 }

@@ -22,6 +22,7 @@ namespace moe::model {
 struct ExpertGrouping {
   torch::Tensor copy_order;     // [N*k] int64: flat (token*k + slot) index of each grouped copy
   torch::Tensor token_of_copy;  // [N*k] int64: source token of each grouped copy
+  torch::Tensor position_of_copy;  // [N*k] int64: where flat copy token*k + slot sits (inverse of copy_order)
   torch::Tensor routed;         // [E] int64: copies the gate sent to each expert
   torch::Tensor kept;           // [E] int64: of those, the ones within capacity (the slice lengths)
 };

@@ -83,7 +83,10 @@ std::shared_ptr<Communicator> make_communicator(const std::string& backend, doub
   std::string chosen = backend;
   if (backend == "auto") {
 #ifdef MOE_WITH_CUDA
-    chosen = torch::cuda::is_available() ? "nccl" : "mpi";
+    // NCCL needs a GPU of its own per rank ("Duplicate GPU detected" otherwise): with more ranks
+    // on a node than GPUs, the ranks share them through MPI.
+    const bool gpu_each = torch::cuda::is_available() && node_local_size() <= int(torch::cuda::device_count());
+    chosen = gpu_each ? "nccl" : "mpi";
 #else
     chosen = "mpi";
 #endif

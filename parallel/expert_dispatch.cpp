@@ -50,12 +50,12 @@ torch::Tensor all_to_all_rows(const torch::Tensor& x, const std::vector<int64_t>
 }
 
 ExpertParallelExecutor::ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology,
-                                               torch::nn::ModuleDict local_experts)
-    : ep_(std::move(ep)), topology_(topology), local_experts_(std::move(local_experts)) {
+                                               torch::nn::ModuleDict local_experts, model::ExpertCompute compute)
+    : ep_(std::move(ep)), topology_(topology), local_(local_experts, compute) {
   MOE_CHECK(ep_->size() == topology_.ep_size, "EP communicator of ", ep_->size(), " ranks for ep_size ",
             topology_.ep_size);
-  MOE_CHECK(static_cast<int64_t>(local_experts_->size()) == topology_.experts_per_rank, "rank holds ",
-            local_experts_->size(), " experts, expected ", topology_.experts_per_rank);
+  MOE_CHECK(static_cast<int64_t>(local_experts->size()) == topology_.experts_per_rank, "rank holds ",
+            local_experts->size(), " experts, expected ", topology_.experts_per_rank);
 }
 
 torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
@@ -68,15 +68,17 @@ torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const to
   //    expert]). One device-to-host copy of both: NCCL exchanges them on the device first.
   const auto split_each = std::vector<int64_t>(ep, per_rank);
   torch::Tensor host;  // [mine (E), theirs (E)]
+  torch::Tensor theirs;  // on grouped's device
   if (grouped.is_cuda() && ep_->backend() == "nccl") {
-    auto theirs = torch::empty_like(counts);
+    theirs = torch::empty_like(counts);
     ep_->all_to_all(theirs, counts.contiguous(), split_each, split_each);
     host = torch::cat({counts, theirs}).cpu();
   } else {
     const auto mine = counts.cpu();
-    auto theirs = torch::empty_like(mine);
-    ep_->all_to_all(theirs, mine, split_each, split_each);
-    host = torch::cat({mine, theirs});
+    auto theirs_host = torch::empty_like(mine);
+    ep_->all_to_all(theirs_host, mine, split_each, split_each);
+    host = torch::cat({mine, theirs_host});
+    theirs = theirs_host.to(grouped.device(), /*non_blocking=*/true);
   }
   const auto* my_counts = host.data_ptr<int64_t>();
   const auto* rc = my_counts + topology_.n_routed_experts;
@@ -85,45 +87,37 @@ torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const to
   for (int s = 0; s < ep; ++s) {
     for (int64_t j = 0; j < per_rank; ++j) recv_splits[s] += rc[s * per_rank + j];
   }
-  const auto sent = grouped.narrow(0, 0, std::accumulate(send_splits.begin(), send_splits.end(), int64_t{0}));
+  const int64_t sent_rows = std::accumulate(send_splits.begin(), send_splits.end(), int64_t{0});
+  const int64_t received_rows = std::accumulate(recv_splits.begin(), recv_splits.end(), int64_t{0});
 
   // 2. Dispatch.
-  const auto received = all_to_all_rows(sent, send_splits, recv_splits, *ep_);  // (source, expert) order
+  const auto received = all_to_all_rows(grouped.narrow(0, 0, sent_rows), send_splits, recv_splits, *ep_);
   last_received_rows_ = received.size(0);
 
-  // 3. Regroup (source, expert) -> (expert, source), run each local expert on its slice.
-  std::vector<int64_t> order, rows_per_expert(per_rank, 0);
-  order.reserve(received.size(0));
-  std::vector<int64_t> source_start(ep, 0);
-  for (int s = 1; s < ep; ++s) source_start[s] = source_start[s - 1] + recv_splits[s - 1];
-  for (int64_t j = 0; j < per_rank; ++j) {
-    for (int s = 0; s < ep; ++s) {
-      int64_t offset = source_start[s];
-      for (int64_t i = 0; i < j; ++i) offset += rc[s * per_rank + i];
-      for (int64_t r = 0; r < rc[s * per_rank + j]; ++r) order.push_back(offset + r);
-      rows_per_expert[j] += rc[s * per_rank + j];
-    }
-  }
-  const auto order_t = torch::tensor(order, torch::kInt64).to(grouped.device());
-  const auto by_expert = received.index_select(0, order_t);
-  const auto slices = by_expert.split_with_sizes(rows_per_expert);
-  std::vector<torch::Tensor> outputs;
-  const auto first = topology_.local_experts().first;
-  for (int64_t j = 0; j < per_rank; ++j) {
-    outputs.push_back(local_experts_[std::to_string(first + j)]->as<model::FeedForward>()->forward(slices[j]));
-  }
-  const auto expert_out = torch::cat(outputs, 0);
-  auto inverse = torch::empty_like(order_t);
-  inverse.index_copy_(0, order_t, torch::arange(order_t.size(0), order_t.options()));
+  // 3. Regroup (source, expert) -> (expert, source) on the device: each received row's segment
+  //    (s, j) gets the key j * ep + s, and a stable sort by key orders the rows by local expert.
+  const auto options = torch::TensorOptions(torch::kInt64).device(grouped.device());
+  const auto segment = torch::arange(ep * per_rank, options);  // (s, j) = (segment / per_rank, segment % per_rank)
+  const auto key_of_segment = torch::remainder(segment, per_rank) * ep + torch::div(segment, per_rank, "floor");
+  const auto row_key = torch::repeat_interleave(key_of_segment, theirs, /*dim=*/0, received_rows);
+  const auto order = std::get<1>(row_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const auto per_expert = theirs.view({ep, per_rank}).sum(0);  // [per_rank] rows for each local expert
+  const auto expert_out = local_.run(received.index_select(0, order), per_expert);
+  auto inverse = torch::empty_like(order).scatter_(0, order, torch::arange(received_rows, options));
   const auto restored = expert_out.index_select(0, inverse);
 
-  // 4. Combine: back to the ranks the copies came from, in the layer's grouped order.
-  return all_to_all_rows(restored, recv_splits, send_splits, *ep_);
+  // 4. Combine: back to the ranks the copies came from, in the layer's grouped order; dropped
+  //    copies (past sent_rows) get zero rows.
+  const auto combined = all_to_all_rows(restored, recv_splits, send_splits, *ep_);
+  if (sent_rows == grouped.size(0)) return combined;
+  return torch::constant_pad_nd(combined, {0, 0, 0, grouped.size(0) - sent_rows});
 }
 
 void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups) {
+  if (groups.topology.ep_size == 1) return;  // every expert is local: the layer's own executor
+  const auto compute = model::parse_expert_compute(lm->config().expert_compute);
   for (auto& moe : lm->moe_layers()) {
-    moe->set_executor(std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, moe->experts));
+    moe->set_executor(std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, moe->experts, compute));
   }
 }
 

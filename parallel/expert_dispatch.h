@@ -2,8 +2,8 @@
 // since each rank of the EP group holds a contiguous range of experts, that order is also by
 // destination rank. The executor then:
 //   exchanges per-expert counts -> all-to-all the copies (dispatch) -> regroups received rows by
-//   local expert -> runs the local experts -> restores the received order -> all-to-all back
-//   (combine).
+//   local expert on the device -> runs the local experts (a model::LocalExpertExecutor: a loop or
+//   grouped matrix products) -> restores the received order -> all-to-all back (combine).
 // Dispatch and combine are one differentiable all-to-all each; each one's backward is the other's
 // communication, so gradients reach the experts, the gate and the input.
 #pragma once
@@ -26,7 +26,8 @@ torch::Tensor all_to_all_rows(const torch::Tensor& x, const std::vector<int64_t>
 class ExpertParallelExecutor : public model::ExpertExecutor {
  public:
   /// local_experts: this rank's experts (keys = global ids of topology.local_experts()).
-  ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts);
+  ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts,
+                         model::ExpertCompute compute = model::ExpertCompute::kAuto);
   torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override;
 
   /// Rows received from other ranks in the last run (for statistics and tests).
@@ -35,7 +36,7 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
  private:
   std::shared_ptr<Communicator> ep_;
   Topology topology_;
-  torch::nn::ModuleDict local_experts_;
+  model::LocalExpertExecutor local_;
   int64_t last_received_rows_ = 0;
 };
 
@@ -45,7 +46,8 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
 model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
                                            uint64_t seed);
 
-/// Installs ExpertParallelExecutors on a model built with groups.topology.local_experts().
+/// Installs ExpertParallelExecutors on a model built with groups.topology.local_experts() (none
+/// with ep_size 1: the layers' own local executors then run every expert).
 void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups);
 
 }  // namespace moe::parallel

@@ -63,16 +63,23 @@ void finalize_mpi() {
   if (g_we_initialized && !finalized) MPI_Finalize();
 }
 
-int node_local_rank() {
+namespace {
+// This rank's (index, count) among the ranks of its node.
+std::pair<int, int> node_local_rank_and_size() {
   ensure_mpi_initialized();
-  int world_rank = 0, local_rank = 0;
+  int world_rank = 0, local_rank = 0, local_size = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
   MPI_Comm node;
   MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &node));
   MPI_CHECK(MPI_Comm_rank(node, &local_rank));
+  MPI_CHECK(MPI_Comm_size(node, &local_size));
   MPI_CHECK(MPI_Comm_free(&node));
-  return local_rank;
+  return {local_rank, local_size};
 }
+}  // namespace
+
+int node_local_rank() { return node_local_rank_and_size().first; }
+int node_local_size() { return node_local_rank_and_size().second; }
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned)
     : comm_(comm), owned_(owned), timeout_s_(timeout_s) {

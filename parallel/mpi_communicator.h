@@ -13,6 +13,8 @@ void ensure_mpi_initialized();
 void finalize_mpi();
 /// This rank's index among the ranks of its node (for the rank-to-GPU binding).
 int node_local_rank();
+/// How many ranks run on this rank's node.
+int node_local_size();
 
 class MpiCommunicator : public Communicator {
  public:

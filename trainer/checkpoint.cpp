@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/check.h"
+#include "common/remove_tree.h"
 #include "parallel/gradient_sync.h"
 #include "trainer/config_cli.h"
 
@@ -41,7 +42,7 @@ std::string save_model_checkpoint(model::CausalLM& lm, const parallel::ParallelG
   const auto dir = fs::path(run_dir) / "checkpoints";
   const auto final_dir = dir / step_name(step), tmp_dir = dir / (step_name(step) + ".tmp");
   if (topo.rank == 0) {
-    fs::remove_all(tmp_dir);
+    remove_tree(tmp_dir.string());
     fs::create_directories(tmp_dir);
   }
   groups.world->barrier();
@@ -59,7 +60,7 @@ std::string save_model_checkpoint(model::CausalLM& lm, const parallel::ParallelG
   if (topo.rank == 0) {
     std::ofstream(tmp_dir / "config.ini") << dump_config(config);
     if (!tokenizer_path.empty()) fs::copy_file(tokenizer_path, tmp_dir / "tokenizer.model");
-    fs::remove_all(final_dir);
+    remove_tree(final_dir.string());
     fs::rename(tmp_dir, final_dir);
     write_text_atomically(dir / "latest", step_name(step) + "\n");
   }

@@ -64,7 +64,9 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("model.aux_loss_alpha", bound(m.aux_loss_alpha), "load-balancing loss weight")
       ("model.seq_aux", bound(m.seq_aux), "sequence-level aux loss (false = batch-level)")
       ("model.norm_topk_prob", bound(m.norm_topk_prob), "renormalise the top-k weights")
-      ("model.capacity_factor", bound(m.capacity_factor), "expert capacity in training; 0 = dropless");
+      ("model.capacity_factor", bound(m.capacity_factor), "expert capacity in training; 0 = dropless")
+      ("model.expert_compute", bound(m.expert_compute),
+       "local experts: auto (grouped GEMM for bf16 on CUDA) | grouped | loop");
   po::options_description parallel("parallel");
   parallel.add_options()
       ("parallel.backend", bound(c.parallel.backend), "auto | mpi | nccl | single")

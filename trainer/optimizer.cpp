@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "parallel/gradient_sync.h"
+#include "trainer/fused_adamw.h"
 
 namespace moe::trainer {
 
@@ -18,7 +19,7 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(model::CausalLM& lm, const Optim
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, options(o.weight_decay));
   groups.emplace_back(no_decay, options(0.0));
-  return std::make_unique<torch::optim::AdamW>(std::move(groups), torch::optim::AdamWOptions(o.lr));
+  return std::make_unique<FusedAdamW>(std::move(groups), torch::optim::AdamWOptions(o.lr));
 }
 
 double lr_at(const OptimOptions& o, int64_t step, int64_t total_steps) {
@@ -35,30 +36,54 @@ void set_lr(torch::optim::Optimizer& optimizer, double lr) {
 
 double global_grad_norm(model::CausalLM& lm, const parallel::ParallelGroups& groups) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> dense_sq, expert_sq;
+  std::vector<torch::Tensor> dense, expert;
   for (const auto& p : lm->named_parameters()) {
     const auto& g = p.value().grad();
-    if (!g.defined()) continue;
-    (parallel::is_expert_parameter(p.key()) ? expert_sq : dense_sq).push_back(g.to(torch::kFloat64).square().sum());
+    if (g.defined()) (parallel::is_expert_parameter(p.key()) ? expert : dense).push_back(g);
   }
   const auto device = lm->parameters().front().device();
-  // float64 sums of squares: [dense, this rank's experts].
-  auto total = torch::zeros({2}, torch::TensorOptions(torch::kFloat64).device(device));
-  if (!dense_sq.empty()) total[0] = torch::stack(dense_sq).sum();
-  if (!expert_sq.empty()) total[1] = torch::stack(expert_sq).sum();
-  auto experts = total.narrow(0, 1, 1).clone();
+  // Sum of squares of one list: per-tensor norms in one multi-tensor kernel, summed in float64.
+  auto squares = [&](const std::vector<torch::Tensor>& grads) {
+    if (grads.empty()) return torch::zeros({1}, torch::TensorOptions(torch::kFloat64).device(device));
+    return torch::stack(torch::_foreach_norm(grads, 2)).to(torch::kFloat64).square().sum().reshape({1});
+  };
+  auto experts = squares(expert);  // this rank's experts: summed over the EP group
   if (groups.ep->size() > 1) groups.ep->all_reduce(experts, parallel::ReduceOp::kSum);
-  return std::sqrt((total[0] + experts[0]).item<double>());
+  return std::sqrt((squares(dense) + experts).item<double>());
 }
 
 double clip_gradients(model::CausalLM& lm, double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
   const double factor = max_norm / (norm + 1e-6);
   torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
   for (auto& p : lm->parameters()) {
-    if (p.grad().defined()) p.mutable_grad().mul_(factor);
+    if (p.grad().defined()) grads.push_back(p.mutable_grad());
   }
+  torch::_foreach_mul_(grads, factor);
   return factor;
+}
+
+UpdateResult apply_update(model::CausalLM& lm, const parallel::ParallelGroups& groups, torch::optim::Optimizer& optimizer,
+                          const OptimOptions& options, double lr) {
+  UpdateResult result;
+  result.grad_norm = global_grad_norm(lm, groups);
+  result.skipped = !std::isfinite(result.grad_norm);
+  if (result.skipped) {
+    optimizer.zero_grad();
+    return result;
+  }
+  set_lr(optimizer, lr);
+  if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) {
+    // Clipping inside the update kernel: the same factor clip_gradients would apply.
+    if (options.grad_clip > 0 && result.grad_norm > options.grad_clip) {
+      fused->scale_next_gradients(options.grad_clip / (result.grad_norm + 1e-6));
+    }
+  } else {
+    clip_gradients(lm, result.grad_norm, options.grad_clip);
+  }
+  optimizer.step();
+  return result;
 }
 
 }  // namespace moe::trainer

@@ -13,6 +13,7 @@
 namespace moe::trainer {
 
 /// Two parameter groups: matrices (weight decay) and vectors such as norm weights and biases (none).
+/// The update runs as ATen's fused multi-tensor AdamW (trainer/fused_adamw.h).
 std::unique_ptr<torch::optim::AdamW> make_adamw(model::CausalLM& lm, const OptimOptions& options);
 
 /// Learning rate of step (0-based): linear warm-up to lr over warmup_steps, then cosine decay to
@@ -29,5 +30,16 @@ double global_grad_norm(model::CausalLM& lm, const parallel::ParallelGroups& gro
 
 /// Scales the gradients so that their global norm is at most max_norm; returns the factor applied.
 double clip_gradients(model::CausalLM& lm, double norm, double max_norm);
+
+struct UpdateResult {
+  double grad_norm = 0;  // before clipping
+  bool skipped = false;  // the norm was not finite: no update, gradients cleared
+};
+
+/// The optimiser half of a step, after the gradients are synchronised: the global gradient norm
+/// (one host synchronisation), skip the step if it is not finite, else clip to options.grad_clip
+/// and take an AdamW step at learning rate lr. Collective over groups.ep.
+UpdateResult apply_update(model::CausalLM& lm, const parallel::ParallelGroups& groups, torch::optim::Optimizer& optimizer,
+                          const OptimOptions& options, double lr);
 
 }  // namespace moe::trainer

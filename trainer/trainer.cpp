@@ -1,6 +1,5 @@
 #include "trainer/trainer.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -16,11 +15,9 @@
 #include "parallel/mpi_communicator.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config_cli.h"
+#include "trainer/device.h"
+#include "trainer/mfu.h"
 #include "trainer/optimizer.h"
-
-#ifdef MOE_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -28,46 +25,6 @@ using Clock = std::chrono::steady_clock;
 namespace moe::trainer {
 
 namespace {
-
-torch::Device choose_device(const std::string& wanted) {
-  const bool cuda = wanted == "cuda" || (wanted == "auto" && torch::cuda::is_available());
-  if (!cuda) return torch::kCPU;
-  MOE_CHECK(torch::cuda::is_available(), "--train.device cuda: no CUDA device is visible (or this LibTorch has no CUDA)");
-  const int index = parallel::node_local_rank() % static_cast<int>(torch::cuda::device_count());
-  return {torch::kCUDA, static_cast<c10::DeviceIndex>(index)};
-}
-
-// Dense bf16 peak of known data-centre GPUs, per device.
-double known_peak_flops(const torch::Device& device) {
-#ifdef MOE_WITH_CUDA
-  if (!device.is_cuda()) return 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device.index()) != cudaSuccess) return 0;
-  const std::string name = prop.name;
-  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
-  if (name.find("A100") != std::string::npos) return 312e12;
-#endif
-  (void)device;
-  return 0;
-}
-
-// bf16 autocast for the forward pass; weights, gradients and optimiser state stay fp32.
-class AutocastScope {
- public:
-  explicit AutocastScope(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool enabled_;
-};
 
 std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
@@ -173,28 +130,11 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
     }
   }
   sync_->sync();
-  stats.grad_norm = global_grad_norm(lm_, groups_);
   stats.lr = lr_at(config_.optim, step, t.steps);
-  stats.skipped = !std::isfinite(stats.grad_norm);
-  if (stats.skipped) {
-    optimizer_->zero_grad();
-    return stats;
-  }
-  clip_gradients(lm_, stats.grad_norm, config_.optim.grad_clip);
-  set_lr(*optimizer_, stats.lr);
-  optimizer_->step();
+  const auto update = apply_update(lm_, groups_, *optimizer_, config_.optim, stats.lr);
+  stats.grad_norm = update.grad_norm;
+  stats.skipped = update.skipped;
   return stats;
-}
-
-double Trainer::flops_per_token() const {
-  // Forward + backward = 3 x forward; a matmul of an [in, out] weight is 2*in*out per token.
-  const auto& c = config_.model;
-  const double h = c.hidden_size, d = c.head_dim(), i = c.resolved_intermediate_size();
-  const double attn = h * d * (2.0 * c.num_attention_heads + 2.0 * c.num_key_value_heads);
-  const double ffn = c.use_moe ? (c.num_experts_per_tok + c.n_shared_experts) * 3 * h * i + h * c.n_routed_experts
-                               : 3 * h * i;
-  const double per_layer = 2 * (attn + ffn) + 4.0 * config_.data.seq_len * c.num_attention_heads * d / 2;
-  return 3 * (c.num_hidden_layers * per_layer + 2 * h * c.vocab_size);
 }
 
 void Trainer::log_progress(int64_t step, const StepStats& stats) {
@@ -207,7 +147,7 @@ void Trainer::log_progress(int64_t step, const StepStats& stats) {
   const double tok_s = tokens_since_log_ / std::max(window, 1e-9);
   const double step_time = window / std::max<int64_t>(1, steps_since_log_);
   const double eta = step_time * double(config_.train.steps - step - 1);
-  const double mfu = peak_flops_ > 0 ? tok_s * flops_per_token() / (peak_flops_ * groups_.world->size()) : -1;
+  const double mfu = peak_flops_ > 0 ? tok_s * training_flops_per_token(config_.model, config_.data.seq_len) / (peak_flops_ * groups_.world->size()) : -1;
   std::ostringstream os;
   os << std::fixed << "step " << step + 1 << "/" << config_.train.steps << " | loss " << std::setprecision(4)
      << l[0].item<float>() << " | ce " << l[1].item<float>() << " | aux " << l[2].item<float>() << " | lr "

@@ -51,7 +51,6 @@ class Trainer {
   void log_progress(int64_t step, const StepStats& stats);
   void log_expert_load(int64_t step);
   void write_metrics(const std::string& json_line);
-  double flops_per_token() const;
 
   TrainConfig config_;
   parallel::ParallelGroups groups_;

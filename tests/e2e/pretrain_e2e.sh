@@ -5,7 +5,7 @@
 set -euo pipefail
 bin="$1" src="$2"; shift 2
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-corpus=/usr/share/games/fortunes
+corpus=${MOE_FORTUNES_DIR:-/usr/share/games/fortunes}  # where Debian's fortunes package puts it
 [ -d "$corpus" ] || { echo "e2e: $corpus missing (launch/setup.sh installs Debian's fortunes)"; exit 1; }
 
 "$bin/moe-prepare" --input "$corpus" --separator % --vocab_size 1024 --val_fraction 0.05 --out_dir "$tmp/data" --quiet

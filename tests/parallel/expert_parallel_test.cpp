@@ -52,7 +52,11 @@ std::pair<int64_t, int64_t> my_rows(const std::vector<int64_t>& rows, int rank) 
 }
 
 // Full layer on the global batch vs the EP layer on this rank's rows.
+// With --device=cuda the EP layer runs on the GPU (ranks share it through the MPI backend, which
+// stages through host memory), the reference on the CPU.
 void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t>& rows, bool one_expert) {
+  const torch::Device device(test::mpi_test_device());
+  if (device.is_cuda() && !torch::cuda::is_available()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
   test::DtypeAndSeed guard;
   auto g = groups_for(cfg.n_routed_experts);
   const auto& topo = g.topology;
@@ -69,6 +73,7 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
     for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
   }
   local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, topo, local->experts));
+  local->to(device);
 
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
   const auto x = one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
@@ -80,12 +85,12 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   const auto y_full = full(x_full).hidden;
   y_full.backward(grad_out);
 
-  auto x_local = x.slice(0, first, first + count).clone().requires_grad_(true);
+  auto x_local = x.slice(0, first, first + count).to(device).requires_grad_(true);
   local->train();
   const auto y_local = local(x_local).hidden;
-  y_local.backward(grad_out.slice(0, first, first + count));
+  y_local.backward(grad_out.slice(0, first, first + count).to(device));
 
-  const auto where = "rank " + std::to_string(topo.rank) + " (ep " + std::to_string(topo.ep_size) + " x edp " +
+  const auto where = "rank " + std::to_string(topo.rank) + " on " + device.str() + " (ep " + std::to_string(topo.ep_size) + " x edp " +
                      std::to_string(topo.edp_size) + ")";
   EXPECT_TRUE(all_close(y_local, y_full.slice(0, first, first + count), 1e-12, 1e-10)) << "output, " << where;
   EXPECT_TRUE(all_close(x_local.grad(), x_full.grad().slice(0, first, first + count), 1e-12, 1e-10))
@@ -94,7 +99,7 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   for (auto& p : local->named_parameters()) {
     // Loss = sum over the global batch: dense grads sum over the world, expert grads over edp.
     auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
-    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()), comm), grad_or_zeros(full_params[p.key()]), 1e-12,
+    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), 1e-12,
                           1e-10))
         << "gradient of " << p.key() << ", " << where;
   }
