@@ -35,6 +35,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
 #include "trainer/device.h"
+#include "trainer/graphed_step.h"
 #include "trainer/mfu.h"
 #include "trainer/optimizer.h"
 
@@ -133,7 +134,7 @@ class CudaRegionTimer : public moe::RegionRecorder {
 
 struct Options {
   int64_t steps = 20, warmup = 10, batch = 0, seq = 0;
-  bool breakdown = false, unfused_adamw = false;
+  bool breakdown = false, unfused_adamw = false, cuda_graph = false;
   std::string expert_compute = "auto", profile_dir;
 };
 
@@ -167,7 +168,15 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const auto x = ids.narrow(1, 0, t), y = ids.narrow(1, 1, t);
   const bool bf16 = device.is_cuda();
   double loss = 0;
+  std::unique_ptr<moe::trainer::GraphedStep> graphed;
+  if (o.cuda_graph) graphed = std::make_unique<moe::trainer::GraphedStep>(lm, b, t, bf16);
   auto step = [&] {
+    if (graphed) {  // forward and backward replayed as one graph; the update as in the trainer
+      const auto& out = graphed->run(x, y);
+      moe::trainer::apply_update(lm, groups, *optimizer, optim, optim.lr);
+      loss = out.loss.item<double>();
+      return;
+    }
     optimizer->zero_grad();
     moe::model::CausalLMOutput out;
     {
@@ -201,15 +210,16 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times.ms.begin(), times.ms.end());
   const double mem = peak_gib(device);
-  std::printf("%-5s %-5s %-8s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %8.3f\n", k.name.c_str(),
-              device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(), long(b), long(t),
+  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "");
+  std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %8.3f\n", k.name.c_str(),
+              device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
               moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median, *hi, tok_s,
               mfu >= 0 ? 100 * mfu : 0.0, mem, loss);
-  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"adamw\":\"%s\",\"batch\":%ld,"
+  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
               "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_mem_gib\":%.3f,\"loss_last\":%.4f}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(),
-              o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
+              o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
               long(moe::trainer::active_parameters(c)), median, *lo, *hi, tok_s, mfu, mem, loss);
   std::fflush(stdout);
   if (!o.profile_dir.empty()) {
@@ -226,7 +236,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     prof::disableProfiler()->save(o.profile_dir + "/trace_" + k.name + ".json");
   }
 #ifdef MOE_TORCH_CUDA
-  if (o.breakdown && device.is_cuda()) {
+  if (o.breakdown && device.is_cuda() && !graphed) {
     CudaRegionTimer timer;
     moe::set_region_recorder(&timer);
     for (int64_t i = 0; i < o.steps; ++i) step();
@@ -328,7 +338,8 @@ int main(int argc, char** argv) try {
       ("seq-len", po::value(&o.seq)->default_value(0), "tokens per sequence (0: the config's)")
       ("expert-compute", po::value(&o.expert_compute)->default_value(o.expert_compute), "auto, grouped or loop")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
-      ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events")
+      ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
+      ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
       ("profile", po::value(&o.profile_dir), "also write a kineto trace of 3 steps per config into this directory")
       ("layer", po::value(&layer_tokens)->default_value(0),
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
@@ -340,7 +351,7 @@ int main(int argc, char** argv) try {
     return 0;
   }
   if (configs.empty()) configs = device.is_cuda() ? "a,b,c" : "tiny";
-  std::printf("%-5s %-5s %-8s %12s %8s %8s %9s %9s %11s %6s %7s %8s\n", "cfg", "dev", "experts", "batch", "params",
+  std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %8s\n", "cfg", "dev", "experts", "batch", "params",
               "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "GiB", "loss");
   for (const auto& name : split(configs)) {
     auto k = make_case(name);

@@ -54,6 +54,7 @@ GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bu
     }
     close();
   }
+  if (groups_.world->size() == 1) overlap_ = false;  // nothing to exchange, nothing to overlap
   if (!overlap_) return;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     for (auto& p : buckets_[b]->params) {
@@ -109,6 +110,17 @@ void GradientSync::finish(Bucket& bucket) {
 }
 
 void GradientSync::sync() {
+  if (groups_.world->size() == 1) {
+    // One rank: the gradients are final. Only unused parameters get the zero gradient the
+    // collective path would give them; no copies through the buckets.
+    torch::NoGradGuard no_grad;
+    for (auto& bucket : buckets_) {
+      for (auto& p : bucket->params) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      }
+    }
+    return;
+  }
   // Buckets whose gradients did not all arrive (unused parameters), or all without overlap.
   while (next_to_start_ < buckets_.size()) start(*buckets_[next_to_start_++]);
   for (auto& bucket : buckets_) finish(*bucket);

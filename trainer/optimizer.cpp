@@ -70,7 +70,7 @@ UpdateResult apply_update(model::CausalLM& lm, const parallel::ParallelGroups& g
   result.grad_norm = global_grad_norm(lm, groups);
   result.skipped = !std::isfinite(result.grad_norm);
   if (result.skipped) {
-    optimizer.zero_grad();
+    optimizer.zero_grad(/*set_to_none=*/false);  // in place: a CUDA graph may own the gradients
     return result;
   }
   set_lr(optimizer, lr);

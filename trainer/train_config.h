@@ -46,6 +46,7 @@ struct TrainOptions {
   uint64_t seed = 42;           // model initialisation
   int64_t max_bad_steps = 5;    // consecutive non-finite steps before aborting
   double peak_tflops = 0;       // per GPU, for MFU; 0 = from the device name when known
+  bool cuda_graph = false;      // forward+backward as one replayed CUDA graph (one rank, no accumulation)
 };
 
 struct CheckpointOptions {

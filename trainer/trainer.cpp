@@ -69,6 +69,18 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
                                                    config_.parallel.overlap_grad_sync);
   optimizer_ = make_adamw(lm_, config_.optim);
   peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : known_peak_flops(device_);
+  if (t.cuda_graph) {
+    MOE_CHECK(device_.is_cuda(), "--train.cuda_graph needs a GPU (the device is ", device_.str(), ")");
+    MOE_CHECK(topo.world_size == 1, "--train.cuda_graph runs one rank only (the collectives of ", topo.world_size,
+              " ranks are outside the graph); this job has ", topo.world_size);
+    MOE_CHECK(t.grad_accum == 1, "--train.cuda_graph needs --train.grad_accum 1 (each replay overwrites the "
+              "gradients), got ", t.grad_accum);
+    MOE_CHECK(!config_.model.use_moe || config_.model.expert_compute == "grouped" ||
+                  (config_.model.expert_compute == "auto" && autocast_bf16_),
+              "--train.cuda_graph needs grouped experts (--model.expert_compute grouped, or auto with bf16): the "
+              "loop reads the split sizes on the host, which a graph cannot");
+    graphed_ = std::make_unique<GraphedStep>(lm_, t.micro_batch, config_.data.seq_len, autocast_bf16_);
+  }
 
   if (topo.rank == 0) {
     fs::create_directories(t.out_dir);
@@ -107,17 +119,21 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   const auto& t = config_.train;
   StepStats stats;
   stats.losses = torch::zeros({3}, torch::TensorOptions(torch::kFloat32).device(device_));
-  optimizer_->zero_grad();
+  if (!graphed_) optimizer_->zero_grad();  // a graph overwrites its gradients on every run
   for (int64_t m = 0; m < t.grad_accum; ++m) {
     const auto batch = train_loader_->next(t.micro_batch);
     const auto x = batch.inputs.to(device_), y = batch.targets.to(device_);
     model::CausalLMOutput out;
-    {
-      AutocastScope autocast(autocast_bf16_);
-      out = lm_(x, y);
+    if (graphed_) {
+      out = graphed_->run(x, y);
+    } else {
+      {
+        AutocastScope autocast(autocast_bf16_);
+        out = lm_(x, y);
+      }
+      sync_->begin_backward(m + 1 == t.grad_accum);
+      (out.loss / double(t.grad_accum)).backward();
     }
-    sync_->begin_backward(m + 1 == t.grad_accum);
-    (out.loss / double(t.grad_accum)).backward();
     stats.losses += torch::stack({out.loss.detach(), out.ce_loss.detach(), out.aux_loss.detach()}).to(torch::kFloat32) /
                     double(t.grad_accum);
     for (size_t l = 0; l < out.expert_load.size(); ++l) {

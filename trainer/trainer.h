@@ -15,6 +15,7 @@
 #include "parallel/gradient_sync.h"
 #include "parallel/topology.h"
 #include "trainer/data_loader.h"
+#include "trainer/graphed_step.h"
 #include "trainer/train_config.h"
 
 namespace torch::optim {
@@ -59,6 +60,7 @@ class Trainer {
   model::CausalLM lm_ = nullptr;
   std::unique_ptr<parallel::GradientSync> sync_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<GraphedStep> graphed_;  // with train.cuda_graph
   std::shared_ptr<const TokenDataset> train_data_, val_data_;
   std::unique_ptr<PackedLoader> train_loader_;
   std::string tokenizer_path_;
