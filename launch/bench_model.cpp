@@ -81,21 +81,33 @@ Case make_case(const std::string& name) {
 // writing 5 to clear_refs).
 void reset_peak(const torch::Device& d) {
 #ifdef MOE_TORCH_CUDA
-  if (d.is_cuda()) return c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
+  if (d.is_cuda()) {
+    // Released cached blocks first, so that the peak counts what this configuration holds.
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    return c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
+  }
 #endif
   std::ofstream("/proc/self/clear_refs") << "5";
 }
-double peak_gib(const torch::Device& d) {
+struct PeakMemory {
+  double allocated_gib = -1;  // what tensors held at most (the baseline's max_memory_allocated)
+  double reserved_gib = -1;   // what the allocator took from the device at most; includes a CUDA graph's pool
+};
+PeakMemory peak_memory(const torch::Device& d) {
 #ifdef MOE_TORCH_CUDA
   if (d.is_cuda()) {
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(d.index()).allocated_bytes[0].peak / double(1 << 30);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
+    return {stats.allocated_bytes[0].peak / double(1 << 30), stats.reserved_bytes[0].peak / double(1 << 30)};
   }
 #endif
   std::ifstream status("/proc/self/status");
   for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / double(1 << 20);
+    if (line.rfind("VmHWM:", 0) == 0) {
+      const double gib = std::stod(line.substr(6)) / double(1 << 20);
+      return {gib, gib};
+    }
   }
-  return -1;
+  return {};
 }
 
 void sync(const torch::Device& d) {
@@ -209,18 +221,19 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double peak = moe::trainer::known_peak_flops(device);
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times.ms.begin(), times.ms.end());
-  const double mem = peak_gib(device);
+  const auto mem = peak_memory(device);
   const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "");
-  std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %8.3f\n", k.name.c_str(),
+  std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
               moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median, *hi, tok_s,
-              mfu >= 0 ? 100 * mfu : 0.0, mem, loss);
+              mfu >= 0 ? 100 * mfu : 0.0, mem.allocated_gib, mem.reserved_gib, loss);
   std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
-              "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_mem_gib\":%.3f,\"loss_last\":%.4f}\n",
+              "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_allocated_gib\":%.3f,\"peak_reserved_gib\":%.3f,\"loss_last\":%.4f}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(),
               o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
-              long(moe::trainer::active_parameters(c)), median, *lo, *hi, tok_s, mfu, mem, loss);
+              long(moe::trainer::active_parameters(c)), median, *lo, *hi, tok_s, mfu, mem.allocated_gib,
+              mem.reserved_gib, loss);
   std::fflush(stdout);
   if (!o.profile_dir.empty()) {
     // Three steps under the kineto profiler (CPU ops and CUDA kernels): a Chrome trace per config
@@ -351,8 +364,8 @@ int main(int argc, char** argv) try {
     return 0;
   }
   if (configs.empty()) configs = device.is_cuda() ? "a,b,c" : "tiny";
-  std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %8s\n", "cfg", "dev", "experts", "batch", "params",
-              "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "GiB", "loss");
+  std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
+              "params", "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "allocGB", "resvGB", "loss");
   for (const auto& name : split(configs)) {
     auto k = make_case(name);
     k.config.expert_compute = o.expert_compute;

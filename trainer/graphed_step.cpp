@@ -6,6 +6,7 @@
 #include "trainer/device.h"
 
 #ifdef MOE_TORCH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,7 +17,7 @@ namespace moe::trainer {
 #ifdef MOE_TORCH_CUDA
 
 struct GraphedStep::Impl {
-  model::CausalLM lm;
+  model::CausalLM lm = nullptr;
   bool autocast;
   torch::Tensor inputs, targets;
   model::CausalLMOutput out;
@@ -42,8 +43,11 @@ GraphedStep::GraphedStep(model::CausalLM lm, int64_t batch, int64_t seq, bool au
   impl_->inputs = torch::zeros({batch, seq}, options);
   impl_->targets = torch::zeros({batch, seq}, options);
   // Warm-up on the capture stream: libraries create their handles and workspaces outside the capture.
+  auto main = at::cuda::getCurrentCUDAStream(device.index());
   auto side = at::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
-  side.wait(at::cuda::getCurrentCUDAStream(device.index()));
+  at::cuda::CUDAEvent ready;
+  ready.record(main);
+  ready.block(side);  // the side stream starts after the work queued so far
   {
     c10::cuda::CUDAStreamGuard guard(side);
     for (int i = 0; i < 3; ++i) {
@@ -55,7 +59,9 @@ GraphedStep::GraphedStep(model::CausalLM lm, int64_t batch, int64_t seq, bool au
     impl_->forward_backward();
     impl_->graph.capture_end();
   }
-  at::cuda::getCurrentCUDAStream(device.index()).wait(side);
+  at::cuda::CUDAEvent captured;
+  captured.record(side);
+  captured.block(main);
 }
 
 GraphedStep::~GraphedStep() = default;
