@@ -6,6 +6,7 @@
 #include "common/check.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
+#include "tests/parallel/rank_rows.h"
 
 using namespace moe;
 using namespace moe::parallel;
@@ -16,9 +17,6 @@ std::shared_ptr<Communicator> world() {
   static auto comm = std::make_shared<MpiCommunicator>(MPI_COMM_WORLD, 60.0);
   return comm;
 }
-
-// Rows that rank `src` sends to rank `dst`: unequal, and zero for some pairs.
-int64_t rows_between(int src, int dst) { return (src + 2 * dst) % 3; }
 
 const std::vector<c10::ScalarType> kDtypes = {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kInt64};
 
@@ -42,29 +40,12 @@ TEST(Communicator, AllReduceSumAndAverage) {
 
 TEST(Communicator, AllToAllUnequalAndZeroSplitsRouteEveryRow) {
   auto comm = world();
-  const int w = comm->size(), me = comm->rank();
+  const int me = comm->rank();
+  const auto sent = test::rank_rows(me, comm->size());
   for (auto dtype : kDtypes) {
-    std::vector<int64_t> in_splits(w), out_splits(w);
-    std::vector<torch::Tensor> rows;
-    for (int d = 0; d < w; ++d) {
-      in_splits[d] = rows_between(me, d);
-      out_splits[d] = rows_between(d, me);
-      for (int64_t k = 0; k < in_splits[d]; ++k) rows.push_back(torch::tensor({double(me), double(d), double(k)}));
-    }
-    const auto input = rows.empty() ? torch::zeros({0, 3}) : torch::stack(rows);
-    auto output = torch::full({std::accumulate(out_splits.begin(), out_splits.end(), int64_t{0}), 3}, -1.0).to(dtype);
-    comm->all_to_all(output, input.to(dtype), out_splits, in_splits);
-    int64_t row = 0, wrong = 0;
-    for (int s = 0; s < w; ++s) {
-      for (int64_t k = 0; k < out_splits[s]; ++k, ++row) {
-        const auto got = output[row].to(torch::kFloat64);
-        const bool ok = got[0].item<double>() == s && got[1].item<double>() == me && got[2].item<double>() == k;
-        wrong += !ok;
-        EXPECT_TRUE(ok) << "rank " << me << " row " << row << " expected (src " << s << ", dst " << me << ", k " << k
-                        << ") got " << got << " dtype " << dtype;
-      }
-    }
-    EXPECT_EQ(wrong, 0);
+    auto output = torch::full({sent.received(), 3}, -1.0).to(dtype);
+    comm->all_to_all(output, sent.input.to(dtype), sent.out_splits, sent.in_splits);
+    EXPECT_EQ(test::expect_rank_rows_received(output, sent, me), 0);
   }
 }
 

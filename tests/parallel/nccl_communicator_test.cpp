@@ -11,6 +11,7 @@
 #include "parallel/expert_dispatch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
+#include "tests/parallel/rank_rows.h"
 #include "tests/support.h"
 
 using namespace moe;
@@ -60,26 +61,11 @@ TEST(NcclCommunicator, AllToAllGatherBroadcastSplit) {
   SKIP_WITHOUT_GPU_PER_RANK();
   auto comm = nccl_world();
   const int w = comm->size(), me = comm->rank();
-  auto rows_between = [](int src, int dst) { return int64_t((src + 2 * dst) % 3); };
+  const auto sent = test::rank_rows(me, w);
   for (auto dtype : kDtypes) {
-    std::vector<int64_t> in_splits(w), out_splits(w);
-    std::vector<torch::Tensor> rows;
-    for (int d = 0; d < w; ++d) {
-      in_splits[d] = rows_between(me, d);
-      out_splits[d] = rows_between(d, me);
-      for (int64_t k = 0; k < in_splits[d]; ++k) rows.push_back(torch::tensor({double(me), double(d), double(k)}));
-    }
-    const auto input = (rows.empty() ? torch::zeros({0, 3}) : torch::stack(rows)).to(my_gpu(), dtype);
-    auto output = torch::full({std::accumulate(out_splits.begin(), out_splits.end(), int64_t{0}), 3}, -1.0)
-                      .to(my_gpu(), dtype);
-    comm->all_to_all(output, input, out_splits, in_splits);
-    const auto got = output.cpu().to(torch::kFloat64);
-    int64_t row = 0;
-    for (int s = 0; s < w; ++s) {
-      for (int64_t k = 0; k < out_splits[s]; ++k, ++row) {
-        EXPECT_TRUE(torch::equal(got[row], torch::tensor({double(s), double(me), double(k)}))) << dtype << " row " << row;
-      }
-    }
+    auto output = torch::full({sent.received(), 3}, -1.0).to(my_gpu(), dtype);
+    comm->all_to_all(output, sent.input.to(my_gpu(), dtype), sent.out_splits, sent.in_splits);
+    EXPECT_EQ(test::expect_rank_rows_received(output, sent, me), 0);
     auto gathered = torch::zeros({w * 2, 3}, torch::TensorOptions(dtype).device(my_gpu()));
     comm->all_gather(gathered, torch::full({2, 3}, double(me), torch::TensorOptions(dtype).device(my_gpu())));
     for (int s = 0; s < w; ++s) {
