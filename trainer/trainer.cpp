@@ -49,6 +49,17 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   const auto& topo = groups_.topology;
   autocast_bf16_ = device_.is_cuda() && t.dtype != "fp32";
   MOE_CHECK(!(t.dtype == "bf16" && !device_.is_cuda()), "--train.dtype bf16 needs a GPU; on the CPU training is fp32");
+  if (t.cuda_graph) {
+    MOE_CHECK(topo.world_size == 1, "--train.cuda_graph runs one rank only (the collectives of ", topo.world_size,
+              " ranks are outside the graph); this job has ", topo.world_size);
+    MOE_CHECK(device_.is_cuda(), "--train.cuda_graph needs a GPU (the device is ", device_.str(), ")");
+    MOE_CHECK(t.grad_accum == 1, "--train.cuda_graph needs --train.grad_accum 1 (each replay overwrites the "
+              "gradients), got ", t.grad_accum);
+    MOE_CHECK(!config_.model.use_moe || config_.model.expert_compute == "grouped" ||
+                  (config_.model.expert_compute == "auto" && autocast_bf16_),
+              "--train.cuda_graph needs grouped experts (--model.expert_compute grouped, or auto with bf16): the "
+              "loop reads the split sizes on the host, which a graph cannot");
+  }
 
   train_data_ = std::make_shared<TokenDataset>(config_.data.dir, "train");
   MOE_CHECK(int64_t(train_data_->vocab_size()) <= config_.model.vocab_size, "the tokenizer of '", config_.data.dir,
@@ -70,15 +81,6 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   optimizer_ = make_adamw(lm_, config_.optim);
   peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : known_peak_flops(device_);
   if (t.cuda_graph) {
-    MOE_CHECK(device_.is_cuda(), "--train.cuda_graph needs a GPU (the device is ", device_.str(), ")");
-    MOE_CHECK(topo.world_size == 1, "--train.cuda_graph runs one rank only (the collectives of ", topo.world_size,
-              " ranks are outside the graph); this job has ", topo.world_size);
-    MOE_CHECK(t.grad_accum == 1, "--train.cuda_graph needs --train.grad_accum 1 (each replay overwrites the "
-              "gradients), got ", t.grad_accum);
-    MOE_CHECK(!config_.model.use_moe || config_.model.expert_compute == "grouped" ||
-                  (config_.model.expert_compute == "auto" && autocast_bf16_),
-              "--train.cuda_graph needs grouped experts (--model.expert_compute grouped, or auto with bf16): the "
-              "loop reads the split sizes on the host, which a graph cannot");
     graphed_ = std::make_unique<GraphedStep>(lm_, t.micro_batch, config_.data.seq_len, autocast_bf16_);
   }
 
