@@ -54,10 +54,15 @@ std::pair<int64_t, int64_t> my_rows(const std::vector<int64_t>& rows, int rank) 
 // Full layer on the global batch vs the EP layer on this rank's rows.
 // With --device=cuda the EP layer runs on the GPU (ranks share it through the MPI backend, which
 // stages through host memory), the reference on the CPU.
-void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t>& rows, bool one_expert) {
+// compute: how the EP ranks run their local experts; grouped runs in float32 (the CPU's
+// _grouped_mm takes no float64), so its tolerances are a few float32 roundings.
+void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t>& rows, bool one_expert,
+                        model::ExpertCompute compute = model::ExpertCompute::kAuto) {
   const torch::Device device(test::mpi_test_device());
   if (device.is_cuda() && !torch::cuda::is_available()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
-  test::DtypeAndSeed guard;
+  const bool f32 = compute == model::ExpertCompute::kGrouped;
+  test::DtypeAndSeed guard(f32 ? caffe2::TypeMeta::Make<float>() : caffe2::TypeMeta::Make<double>());
+  const double atol = f32 ? 1e-5 : 1e-12, rtol = f32 ? 1e-4 : 1e-10;
   auto g = groups_for(cfg.n_routed_experts);
   const auto& topo = g.topology;
   model::MoEFeedForward full(cfg);
@@ -72,7 +77,7 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
     const auto full_params = full->named_parameters();
     for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
   }
-  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, topo, local->experts));
+  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, topo, local->experts, compute));
   local->to(device);
 
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
@@ -90,17 +95,16 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   const auto y_local = local(x_local).hidden;
   y_local.backward(grad_out.slice(0, first, first + count).to(device));
 
-  const auto where = "rank " + std::to_string(topo.rank) + " on " + device.str() + " (ep " + std::to_string(topo.ep_size) + " x edp " +
-                     std::to_string(topo.edp_size) + ")";
-  EXPECT_TRUE(all_close(y_local, y_full.slice(0, first, first + count), 1e-12, 1e-10)) << "output, " << where;
-  EXPECT_TRUE(all_close(x_local.grad(), x_full.grad().slice(0, first, first + count), 1e-12, 1e-10))
+  const auto where = "rank " + std::to_string(topo.rank) + " on " + device.str() + " (ep " +
+                     std::to_string(topo.ep_size) + " x edp " + std::to_string(topo.edp_size) + ")";
+  EXPECT_TRUE(all_close(y_local, y_full.slice(0, first, first + count), atol, rtol)) << "output, " << where;
+  EXPECT_TRUE(all_close(x_local.grad(), x_full.grad().slice(0, first, first + count), atol, rtol))
       << "input gradient, " << where;
   const auto full_params = full->named_parameters();
   for (auto& p : local->named_parameters()) {
     // Loss = sum over the global batch: dense grads sum over the world, expert grads over edp.
     auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
-    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), 1e-12,
-                          1e-10))
+    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), atol, rtol))
         << "gradient of " << p.key() << ", " << where;
   }
 }
@@ -113,6 +117,19 @@ TEST(ExpertParallel, LayerEqualsSingleProcessRandomRouting) {
   int w = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &w);
   expect_layer_equal(layer_config(), rows_per_rank(w, 3), false);
+}
+
+// The EP ranks run their experts as grouped matrix products (device-side regrouping of the
+// received rows, then _grouped_mm) against the single-process loop.
+TEST(ExpertParallel, GroupedLayerEqualsSingleProcessLoop) {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  auto cfg = layer_config();
+  cfg.expert_compute = "loop";  // the single-process reference
+  expect_layer_equal(cfg, rows_per_rank(w, 3), false, model::ExpertCompute::kGrouped);
+  auto rows = rows_per_rank(w, 2);
+  rows[0] = w == 1 ? 1 : 0;  // and a rank without tokens
+  expect_layer_equal(cfg, rows, true, model::ExpertCompute::kGrouped);
 }
 
 TEST(ExpertParallel, LayerEqualsSingleProcessWhenEveryTokenPicksOneExpert) {
