@@ -65,6 +65,19 @@ inline model::ModelConfig small_moe_config(int64_t vocab_size) {
   return c;
 }
 
+/// One MoE layer's config: the given sizes, softmax top-k gate, norm_topk_prob.
+inline model::ModelConfig moe_layer_config(int64_t hidden, int64_t intermediate, int64_t experts, int64_t top_k,
+                                           int64_t shared) {
+  model::ModelConfig c;
+  c.hidden_size = hidden;
+  c.intermediate_size = intermediate;
+  c.use_moe = true;
+  c.n_routed_experts = experts;
+  c.num_experts_per_tok = top_k;
+  c.n_shared_experts = shared;
+  return c;
+}
+
 /// A gradient that was never produced (a parameter not used) counts as zeros.
 inline torch::Tensor grad_or_zeros(const torch::Tensor& p) {
   return p.grad().defined() ? p.grad().clone() : torch::zeros_like(p);

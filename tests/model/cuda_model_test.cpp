@@ -102,13 +102,7 @@ TEST(CudaModel, Bf16AutocastEqualsFp32WithinBf16Rounding) {
 TEST(CudaModel, MoELayerFp32EqualsSeedsTrainingPath) {
   SKIP_WITHOUT_CUDA();
   test::DtypeAndSeed guard;
-  model::ModelConfig cfg;
-  cfg.hidden_size = 64;
-  cfg.intermediate_size = 96;
-  cfg.use_moe = true;
-  cfg.n_routed_experts = 4;
-  cfg.num_experts_per_tok = 2;
-  cfg.n_shared_experts = 1;
+  auto cfg = test::moe_layer_config(64, 96, 4, 2, 1);
   for (const std::string compute : {"loop", "grouped"}) {
     cfg.expert_compute = compute;
     torch::manual_seed(4);
@@ -142,13 +136,7 @@ TEST(CudaModel, MoELayerFp32EqualsSeedsTrainingPath) {
 TEST(CudaModel, GroupedExpertsEqualLoopInBf16) {
   SKIP_WITHOUT_CUDA();
   for (double capacity : {0.0, 0.6}) {
-    model::ModelConfig cfg;
-    cfg.hidden_size = 128;
-    cfg.intermediate_size = 256;
-    cfg.use_moe = true;
-    cfg.n_routed_experts = 8;
-    cfg.num_experts_per_tok = 2;
-    cfg.n_shared_experts = 1;
+    auto cfg = test::moe_layer_config(128, 256, 8, 2, 1);
     cfg.capacity_factor = capacity;
     std::vector<std::vector<torch::Tensor>> results;
     for (const std::string compute : {"loop", "grouped"}) {

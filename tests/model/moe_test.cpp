@@ -20,14 +20,7 @@ using moe::test::grad_or_zeros;
 namespace {
 
 model::ModelConfig moe_config(int64_t experts, int64_t top_k, int64_t shared) {
-  model::ModelConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.use_moe = true;
-  c.n_routed_experts = experts;
-  c.num_experts_per_tok = top_k;
-  c.n_shared_experts = shared;
-  return c;
+  return test::moe_layer_config(16, 24, experts, top_k, shared);
 }
 
 reference::ExpertWeights weights_of(const torch::nn::Module& m) {

@@ -28,16 +28,7 @@ ParallelGroups groups_for(int64_t experts) {
   return make_groups(world, ep, experts);
 }
 
-model::ModelConfig layer_config() {
-  model::ModelConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.use_moe = true;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  return c;
-}
+model::ModelConfig layer_config() { return test::moe_layer_config(16, 24, 4, 2, 1); }
 
 torch::Tensor all_reduced(torch::Tensor t, Communicator& comm) {
   comm.all_reduce(t, ReduceOp::kSum);
