@@ -150,14 +150,10 @@ struct Options {
   std::string expert_compute = "auto", profile_dir;
 };
 
-struct StepTimes {
-  std::vector<double> ms;
-  double median() const {
-    auto v = ms;
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-  }
-};
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
 
 void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const auto& c = k.config;
@@ -208,31 +204,31 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   for (int64_t i = 0; i < o.warmup; ++i) step();
   sync(device);
   reset_peak(device);
-  StepTimes times;
+  std::vector<double> times_ms;
   for (int64_t i = 0; i < o.steps; ++i) {
     sync(device);
     const auto t0 = Clock::now();
     step();
     sync(device);
-    times.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    times_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
-  const double median = times.median();
-  const double tok_s = double(b * t) / (median / 1000.0);
+  const double median_ms = median(times_ms);
+  const double tok_s = double(b * t) / (median_ms / 1000.0);
   const double peak = moe::trainer::known_peak_flops(device);
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
-  const auto [lo, hi] = std::minmax_element(times.ms.begin(), times.ms.end());
+  const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
   const auto mem = peak_memory(device);
   const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "");
   std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
-              moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median, *hi, tok_s,
+              moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median_ms, *hi, tok_s,
               mfu >= 0 ? 100 * mfu : 0.0, mem.allocated_gib, mem.reserved_gib, loss);
   std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
               "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_allocated_gib\":%.3f,\"peak_reserved_gib\":%.3f,\"loss_last\":%.4f}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(),
               o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
-              long(moe::trainer::active_parameters(c)), median, *lo, *hi, tok_s, mfu, mem.allocated_gib,
+              long(moe::trainer::active_parameters(c)), median_ms, *lo, *hi, tok_s, mfu, mem.allocated_gib,
               mem.reserved_gib, loss);
   std::fflush(stdout);
   if (!o.profile_dir.empty()) {
@@ -312,9 +308,7 @@ void run_layer(const torch::Device& device, int64_t tokens, const Options& o) {
     fwd_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
     bwd_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
   }
-  std::sort(fwd_ms.begin(), fwd_ms.end());
-  std::sort(bwd_ms.begin(), bwd_ms.end());
-  const double f = fwd_ms[fwd_ms.size() / 2], bw = bwd_ms[bwd_ms.size() / 2];
+  const double f = median(fwd_ms), bw = median(bwd_ms);
   const double h = double(c.hidden_size), ffn = double(c.intermediate_size);
   const double fwd_flops = 2.0 * tokens * (c.num_experts_per_tok * 3 * h * ffn + h * c.n_routed_experts);
   std::printf("mixtral-layer %s %s: %ld tokens, forward %.2f ms = %.0f TFLOP/s, backward %.2f ms = %.0f TFLOP/s, "

@@ -40,6 +40,10 @@ struct PermuteRows : torch::autograd::Function<PermuteRows> {
 
 }  // namespace
 
+torch::Tensor inverse_permutation(const torch::Tensor& order) {
+  return torch::empty_like(order).scatter_(0, order, torch::arange(order.size(0), order.options()));
+}
+
 torch::Tensor gather_copies(const torch::Tensor& tokens, const torch::Tensor& token_of_copy,
                             const torch::Tensor& position_of_copy) {
   return GatherCopies::apply(tokens, token_of_copy, position_of_copy);

@@ -8,6 +8,9 @@
 
 namespace moe::model {
 
+/// The inverse of a permutation of [0, n): inverse[order[i]] = i. order: [n] int64 (any device).
+torch::Tensor inverse_permutation(const torch::Tensor& order);
+
 /// tokens: [N, H]; token_of_copy: [N*k] (token of each grouped copy); position_of_copy: [N*k]
 /// (where flat copy token*k + slot sits in the grouping). Returns [N*k, H], grouped[i] =
 /// tokens[token_of_copy[i]]. Differentiable in tokens.

@@ -18,25 +18,25 @@ ExpertCompute parse_expert_compute(const std::string& name) {
   return ExpertCompute::kAuto;
 }
 
-LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCompute compute)
-    : experts_(std::move(experts)), compute_(compute) {}
+bool runs_grouped(ExpertCompute compute, bool on_cuda, c10::ScalarType matmul_dtype) {
+  if (compute != ExpertCompute::kAuto) return compute == ExpertCompute::kGrouped;
+  return on_cuda && matmul_dtype == torch::kBFloat16;
+}
 
-bool LocalExpertExecutor::uses_grouped(const torch::Tensor& grouped) const {
-  if (compute_ != ExpertCompute::kAuto) return compute_ == ExpertCompute::kGrouped;
-  return grouped.is_cuda() && matmul_dtype(grouped) == torch::kBFloat16;
+LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCompute compute) : compute_(compute) {
+  for (const auto& module : experts->values()) {
+    auto expert = std::dynamic_pointer_cast<FeedForwardImpl>(module);
+    MOE_CHECK(expert != nullptr, "LocalExpertExecutor: '", module->name(), "' is not a FeedForward expert");
+    experts_.emplace_back(std::move(expert));
+  }
 }
 
 torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
-  std::vector<FeedForward> experts;
-  for (const auto& module : experts_->values()) {
-    auto expert = std::dynamic_pointer_cast<FeedForwardImpl>(module);
-    MOE_CHECK(expert != nullptr, "LocalExpertExecutor: '", module->name(), "' is not a FeedForward expert");
-    experts.emplace_back(std::move(expert));
-  }
-  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts.size()), "executor of ", experts.size(),
+  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(),
             " experts got ", counts.numel(), " counts");
-  if (uses_grouped(grouped)) {
-    return grouped_swiglu(grouped, counts, experts, matmul_dtype(grouped), experts_->is_training());
+  const auto dtype = matmul_dtype(grouped);
+  if (runs_grouped(compute_, grouped.is_cuda(), dtype)) {
+    return grouped_swiglu(grouped, counts, experts_, dtype, !experts_.empty() && experts_.front()->is_training());
   }
   const auto host = counts.to(torch::kCPU);  // the loop's only host synchronisation
   const std::vector<int64_t> sizes(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
@@ -47,7 +47,7 @@ torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch
   for (size_t e = 0; e < slices.size(); ++e) {
     // NOTE: an expert with no token still runs on its empty slice, so the graph (and a later
     // gradient all-reduce) sees the same parameters used on every step.
-    outputs.push_back(experts[e]->forward(slices[e]));
+    outputs.push_back(experts_[e]->forward(slices[e]));
   }
   if (kept < grouped.size(0)) {
     auto shape = grouped.sizes().vec();

@@ -4,6 +4,8 @@
 // to the rank that holds the expert and runs the received rows with a local executor.
 #pragma once
 #include <torch/nn/modules/container/moduledict.h>
+
+#include "model/feed_forward.h"
 #include <torch/types.h>
 
 #include <cstdint>
@@ -35,7 +37,11 @@ enum class ExpertCompute {
   kGrouped,  // two grouped matrix products for all experts; no host synchronisation
   kAuto,     // grouped where it pays (bfloat16 matrix products on CUDA), else loop
 };
+/// "auto", "loop" or "grouped"; throws naming any other value.
 ExpertCompute parse_expert_compute(const std::string& name);
+/// Whether experts run grouped for matrix products in `matmul_dtype` on a CUDA device or not
+/// (resolves kAuto: grouped for bfloat16 on CUDA).
+bool runs_grouped(ExpertCompute compute, bool on_cuda, c10::ScalarType matmul_dtype);
 
 /// Runs the given experts in this process. experts: FeedForward modules keyed by global expert
 /// id, in id order; counts[j] belongs to the j-th of them.
@@ -44,11 +50,8 @@ class LocalExpertExecutor : public ExpertExecutor {
   explicit LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCompute compute = ExpertCompute::kAuto);
   torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override;
 
-  /// Whether run() takes the grouped path for these rows (resolves kAuto).
-  bool uses_grouped(const torch::Tensor& grouped) const;
-
  private:
-  torch::nn::ModuleDict experts_;
+  std::vector<FeedForward> experts_;  // the dict's modules, in id order
   ExpertCompute compute_;
 };
 

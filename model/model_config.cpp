@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "model/expert_executor.h"
 
 namespace moe::model {
 
@@ -45,8 +46,7 @@ void ModelConfig::validate() const {
   MOE_CHECK(scoring_func == "softmax", "scoring_func '", scoring_func, "' is not supported (only softmax)");
   MOE_CHECK(aux_loss_alpha >= 0, "aux_loss_alpha must be >= 0, got ", aux_loss_alpha);
   MOE_CHECK(capacity_factor >= 0, "capacity_factor must be >= 0 (0 = dropless), got ", capacity_factor);
-  MOE_CHECK(expert_compute == "auto" || expert_compute == "loop" || expert_compute == "grouped", "expert_compute '",
-            expert_compute, "' is not one of auto, loop, grouped");
+  parse_expert_compute(expert_compute);  // names a value other than auto, loop, grouped
 }
 
 std::string ModelConfig::to_string() const {

@@ -34,8 +34,7 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
     order = order.index_select(0, std::get<1>(key.sort(std::optional<bool>(true), 0, false)));
     kept = routed.clamp_max(capacity);
   }
-  const auto position = torch::empty_like(order).scatter_(0, order, torch::arange(order.size(0), order.options()));
-  return {order, torch::div(order, k, "floor"), position, routed, kept};
+  return {order, torch::div(order, k, "floor"), inverse_permutation(order), routed, kept};
 }
 
 MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)

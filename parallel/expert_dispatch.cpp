@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/check.h"
+#include "model/copy_permutation.h"
 #include "model/feed_forward.h"
 
 namespace moe::parallel {
@@ -103,8 +104,7 @@ torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const to
   const auto order = std::get<1>(row_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const auto per_expert = theirs.view({ep, per_rank}).sum(0);  // [per_rank] rows for each local expert
   const auto expert_out = local_.run(received.index_select(0, order), per_expert);
-  auto inverse = torch::empty_like(order).scatter_(0, order, torch::arange(received_rows, options));
-  const auto restored = expert_out.index_select(0, inverse);
+  const auto restored = expert_out.index_select(0, model::inverse_permutation(order));
 
   // 4. Combine: back to the ranks the copies came from, in the layer's grouped order; dropped
   //    copies (past sent_rows) get zero rows.

@@ -52,9 +52,14 @@ double global_grad_norm(model::CausalLM& lm, const parallel::ParallelGroups& gro
   return std::sqrt((squares(dense) + experts).item<double>());
 }
 
-double clip_gradients(model::CausalLM& lm, double norm, double max_norm) {
+double clip_factor(double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
-  const double factor = max_norm / (norm + 1e-6);
+  return max_norm / (norm + 1e-6);
+}
+
+double clip_gradients(model::CausalLM& lm, double norm, double max_norm) {
+  const double factor = clip_factor(norm, max_norm);
+  if (factor == 1.0) return 1.0;
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
   for (auto& p : lm->parameters()) {
@@ -75,10 +80,7 @@ UpdateResult apply_update(model::CausalLM& lm, const parallel::ParallelGroups& g
   }
   set_lr(optimizer, lr);
   if (auto* fused = dynamic_cast<FusedAdamW*>(&optimizer)) {
-    // Clipping inside the update kernel: the same factor clip_gradients would apply.
-    if (options.grad_clip > 0 && result.grad_norm > options.grad_clip) {
-      fused->scale_next_gradients(options.grad_clip / (result.grad_norm + 1e-6));
-    }
+    fused->scale_next_gradients(clip_factor(result.grad_norm, options.grad_clip));  // inside the update kernel
   } else {
     clip_gradients(lm, result.grad_norm, options.grad_clip);
   }

@@ -28,6 +28,10 @@ void set_lr(torch::optim::Optimizer& optimizer, double lr);
 /// not over its edp replicas). Equal on every rank. Collective over groups.ep.
 double global_grad_norm(model::CausalLM& lm, const parallel::ParallelGroups& groups);
 
+/// The factor that brings a global gradient norm down to max_norm: 1 when it is within (or
+/// max_norm <= 0, no clipping).
+double clip_factor(double norm, double max_norm);
+
 /// Scales the gradients so that their global norm is at most max_norm; returns the factor applied.
 double clip_gradients(model::CausalLM& lm, double norm, double max_norm);
 

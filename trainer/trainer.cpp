@@ -55,8 +55,9 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
     MOE_CHECK(device_.is_cuda(), "--train.cuda_graph needs a GPU (the device is ", device_.str(), ")");
     MOE_CHECK(t.grad_accum == 1, "--train.cuda_graph needs --train.grad_accum 1 (each replay overwrites the "
               "gradients), got ", t.grad_accum);
-    MOE_CHECK(!config_.model.use_moe || config_.model.expert_compute == "grouped" ||
-                  (config_.model.expert_compute == "auto" && autocast_bf16_),
+    MOE_CHECK(!config_.model.use_moe ||
+                  model::runs_grouped(model::parse_expert_compute(config_.model.expert_compute), device_.is_cuda(),
+                                      autocast_bf16_ ? torch::kBFloat16 : torch::kFloat32),
               "--train.cuda_graph needs grouped experts (--model.expert_compute grouped, or auto with bf16): the "
               "loop reads the split sizes on the host, which a graph cannot");
   }
@@ -165,7 +166,8 @@ void Trainer::log_progress(int64_t step, const StepStats& stats) {
   const double tok_s = tokens_since_log_ / std::max(window, 1e-9);
   const double step_time = window / std::max<int64_t>(1, steps_since_log_);
   const double eta = step_time * double(config_.train.steps - step - 1);
-  const double mfu = peak_flops_ > 0 ? tok_s * training_flops_per_token(config_.model, config_.data.seq_len) / (peak_flops_ * groups_.world->size()) : -1;
+  const double flops_per_token = training_flops_per_token(config_.model, config_.data.seq_len);
+  const double mfu = peak_flops_ > 0 ? tok_s * flops_per_token / (peak_flops_ * groups_.world->size()) : -1;
   std::ostringstream os;
   os << std::fixed << "step " << step + 1 << "/" << config_.train.steps << " | loss " << std::setprecision(4)
      << l[0].item<float>() << " | ce " << l[1].item<float>() << " | aux " << l[2].item<float>() << " | lr "
