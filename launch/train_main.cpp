@@ -9,6 +9,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "parallel/collective_text.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
@@ -43,6 +44,9 @@ int train(const trainer::TrainConfig& config) {
     if (!s.checkpoint.empty()) os << "; checkpoint " << s.checkpoint;
     log_rank0("train", os.str());
     return 0;
+  } catch (const parallel::CollectiveError& e) {
+    log("error", e.what());  // every rank has it: all exit together
+    return 1;
   } catch (const std::exception& e) {
     log("error", e.what());
     world->abort(e.what());  // the other ranks may be inside a collective: stop them all

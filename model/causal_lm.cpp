@@ -2,7 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <cmath>
+#include <map>
+#include <regex>
 
 #include "common/check.h"
 #include "common/step_regions.h"
@@ -89,15 +93,58 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
 
 CausalLMImpl::CausalLMImpl(const ModelConfig& c, ExpertRange local_experts) {
   c.validate();
+  // One draw from the default generator, before the submodules consume any: the same on every
+  // rank whatever experts it builds.
+  const auto seed = static_cast<uint64_t>(torch::randint(INT64_MAX, {1}, torch::kInt64).item<int64_t>());
   model = register_module("model", MiniMindModel(c, local_experts));
+  initialize_parameters(*this, c, seed);
+}
+
+void initialize_parameters(torch::nn::Module& lm, const ModelConfig& c, uint64_t seed) {
   torch::NoGradGuard no_grad;
   const double residual_std = 0.02 / std::sqrt(2.0 * c.num_hidden_layers);
-  for (auto& p : named_parameters()) {
+  auto dense = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::map<std::pair<int64_t, int64_t>, at::Generator> expert_generators;
+  for (auto& p : lm.named_parameters()) {
     const auto& name = p.key();
-    if (ends_with(name, "norm.weight") || ends_with(name, ".gate.weight")) continue;  // ones / Kaiming
-    const bool residual = ends_with(name, "up_proj.weight") || ends_with(name, "o_proj.weight");
-    p.value().normal_(0.0, residual ? residual_std : 0.02);
+    if (ends_with(name, "norm.weight")) continue;  // ones
+    at::Generator* gen = &dense;
+    if (const auto id = routed_expert_of(name)) {
+      auto it = expert_generators.find(*id);
+      if (it == expert_generators.end()) {
+        it = expert_generators.emplace(*id, at::make_generator<at::CPUGeneratorImpl>(expert_seed(seed, id->first,
+                                                                                                  id->second))).first;
+      }
+      gen = &it->second;
+    }
+    // Drawn on the CPU in float32 and copied, so that the values do not depend on the device or dtype.
+    auto value = torch::empty(p.value().sizes(), torch::kFloat32);
+    if (ends_with(name, ".gate.weight")) {
+      const double bound = 1.0 / std::sqrt(double(p.value().size(1)));  // Kaiming-uniform, a = sqrt(5)
+      value.uniform_(-bound, bound, *gen);
+    } else {
+      const bool residual = ends_with(name, "up_proj.weight") || ends_with(name, "o_proj.weight");
+      value.normal_(0.0, residual ? residual_std : 0.02, *gen);
+    }
+    p.value().copy_(value);
   }
+}
+
+std::optional<std::pair<int64_t, int64_t>> routed_expert_of(const std::string& name) {
+  static const std::regex pattern(R"(^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.)");
+  std::smatch m;
+  if (!std::regex_search(name, m, pattern)) return std::nullopt;
+  return std::make_pair(std::stoll(m[1].str()), std::stoll(m[2].str()));
+}
+
+uint64_t expert_seed(uint64_t seed, int64_t layer, int64_t expert) {
+  // splitmix64 finaliser over the three numbers: distinct, well-mixed seeds per expert.
+  auto mix = [](uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(mix(seed + 0x9E3779B97F4A7C15ULL) + uint64_t(layer)) + uint64_t(expert) * 0x9E3779B97F4A7C15ULL);
 }
 
 CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& targets,

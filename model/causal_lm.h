@@ -8,6 +8,7 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/pimpl.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,10 +64,10 @@ class CausalLMImpl : public torch::nn::Module {
  public:
   static constexpr int64_t kIgnoreIndex = -100;
 
-  /// Validates the config, builds the model and applies the notebook's initialisation: normal(0, 0.02)
-  /// for linear and embedding weights, 0.02/sqrt(2*layers) for up_proj and o_proj, Kaiming-uniform
-  /// gates, unit norms.
-  /// local_experts: the routed experts this process holds (default all; see parallel/).
+  /// Validates the config, builds the model and initialises it with initialize_parameters() from a
+  /// seed drawn from torch's default generator (so torch::manual_seed(s) fixes the model).
+  /// local_experts: the routed experts this process holds (default all; see parallel/); each
+  /// expert's values do not depend on which others are built.
   explicit CausalLMImpl(const ModelConfig& config, ExpertRange local_experts = {});
 
   /// targets: optional [B, T] int64, the token expected after each input position (already
@@ -85,5 +86,19 @@ class CausalLMImpl : public torch::nn::Module {
   MiniMindModel model = nullptr;  // the output projection is model->embed_tokens->weight (tied)
 };
 TORCH_MODULE(CausalLM);
+
+/// The notebook's initialisation: normal(0, 0.02) for linear and embedding weights,
+/// 0.02/sqrt(2*layers) for up_proj and o_proj, Kaiming-uniform gates, unit norms. Dense parameters
+/// draw from one generator seeded by `seed`, in name order; each routed expert from its own,
+/// seeded by expert_seed(seed, layer, global id): a rank that builds some experts gets exactly the
+/// values a single process gets for them.
+void initialize_parameters(torch::nn::Module& lm, const ModelConfig& config, uint64_t seed);
+
+/// (layer, global expert id) of a routed expert's parameter name
+/// ("model.layers.3.mlp.experts.5.up_proj.weight" -> (3, 5)); nullopt for every other name.
+std::optional<std::pair<int64_t, int64_t>> routed_expert_of(const std::string& name);
+
+/// The initialisation seed of one routed expert.
+uint64_t expert_seed(uint64_t seed, int64_t layer, int64_t expert);
 
 }  // namespace moe::model

@@ -124,13 +124,7 @@ void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups) {
 model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
                                            uint64_t seed) {
   torch::manual_seed(seed);
-  model::CausalLM full(config);
-  const auto full_params = full->named_parameters();
-  model::CausalLM local(config, groups.topology.local_experts());
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
-  }
+  model::CausalLM local(config, groups.topology.local_experts());  // only this rank's experts
   attach_expert_parallel(local, groups);
   return local;
 }

@@ -42,7 +42,8 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
 
 /// The model for this rank: dense parameters and this rank's experts, initialised exactly like a
 /// single-process CausalLM built after torch::manual_seed(seed), with every MoE layer dispatching
-/// through `groups.ep`. NOTE: builds the full model once to copy from (memory of one full model).
+/// through `groups.ep`. Builds only this rank's experts (model/causal_lm.h: each expert's
+/// initialisation depends on (seed, layer, expert id) alone).
 model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
                                            uint64_t seed);
 

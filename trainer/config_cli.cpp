@@ -111,7 +111,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
   po::options_description checkpoint("checkpoint");
   checkpoint.add_options()
       ("checkpoint.every", bound(c.checkpoint.every), "steps between checkpoints; 0 = at the end only")
-      ("checkpoint.save_final", bound(c.checkpoint.save_final), "save the model at the end");
+      ("checkpoint.save_final", bound(c.checkpoint.save_final), "save a checkpoint at the end")
+      ("checkpoint.keep", bound(c.checkpoint.keep), "newest checkpoints to keep (latest always kept)")
+      ("checkpoint.resume", bound(c.checkpoint.resume),
+       "auto (continue from out_dir's latest checkpoint if any) | none | PATH (a run or step directory)");
   return {model, parallel, data, optim, train, checkpoint};
 }
 
@@ -139,14 +142,19 @@ std::string format_value(const boost::any& v) {
   throw std::logic_error("config option of an unexpected type");
 }
 
-void store_config_file(const std::string& path, const po::options_description& options, po::variables_map& vm) {
-  std::ifstream in(path);
-  MOE_CHECK(in.good(), "config file '", path, "' not found");
+void store_config_stream(std::istream& in, const std::string& path, const po::options_description& options,
+                         po::variables_map& vm) {
   try {
     po::store(po::parse_config_file(in, options, /*allow_unregistered=*/false), vm);
   } catch (const po::error& e) {
     throw InvalidArgument(path + ": " + e.what());
   }
+}
+
+void store_config_file(const std::string& path, const po::options_description& options, po::variables_map& vm) {
+  std::ifstream in(path);
+  MOE_CHECK(in.good(), "config file '", path, "' not found");
+  store_config_stream(in, path, options, vm);
 }
 
 }  // namespace
@@ -181,24 +189,56 @@ std::string usage() {
   return os.str();
 }
 
-std::string dump_config(const TrainConfig& config) {
+namespace {
+
+std::vector<std::pair<std::string, std::string>> config_entries(const TrainConfig& config) {
   auto copy = config;
   const auto all = all_options(copy);
   po::variables_map vm;
   const char* argv0[] = {"moe-train"};
   po::store(po::parse_command_line(1, argv0, all), vm);  // every option at its (= config's) value
+  std::vector<std::pair<std::string, std::string>> entries;
+  for (const auto& option : all.options()) {
+    entries.emplace_back(option->long_name(), format_value(vm[option->long_name()].value()));
+  }
+  return entries;
+}
+
+std::string ini_text(const std::vector<std::pair<std::string, std::string>>& entries) {
   std::ostringstream os;
   std::string section;
-  for (const auto& option : all.options()) {
-    const auto& name = option->long_name();
+  for (const auto& [name, value] : entries) {
     const auto dot = name.find('.');
     if (name.substr(0, dot) != section) {
       section = name.substr(0, dot);
       os << (os.tellp() > 0 ? "\n" : "") << "[" << section << "]\n";
     }
-    os << name.substr(dot + 1) << " = " << format_value(vm[name].value()) << "\n";
+    os << name.substr(dot + 1) << " = " << value << "\n";
   }
   return os.str();
+}
+
+}  // namespace
+
+std::string dump_config(const TrainConfig& config) { return ini_text(config_entries(config)); }
+
+std::map<std::string, std::string> config_values(const TrainConfig& config) {
+  const auto entries = config_entries(config);
+  return {entries.begin(), entries.end()};
+}
+
+TrainConfig config_from_values(const std::map<std::string, std::string>& values, const std::string& what) {
+  TrainConfig config;
+  const auto options = all_options(config);
+  // Keys this build does not know (an older or newer version's) are reported, not guessed.
+  for (const auto& [key, value] : values) {
+    MOE_CHECK(options.find_nothrow(key, false) != nullptr, what, ": unknown configuration key '", key, "'");
+  }
+  std::istringstream in(ini_text({values.begin(), values.end()}));
+  po::variables_map vm;
+  store_config_stream(in, what, options, vm);
+  po::notify(vm);
+  return config;
 }
 
 TrainConfig load_config_file(const std::string& path) {

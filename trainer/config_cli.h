@@ -2,6 +2,7 @@
 // checkpoint) over TrainConfig, INI files in configs/, with the precedence
 // defaults < --config file < command line, and --dump-config to print the result as an INI file.
 #pragma once
+#include <map>
 #include <string>
 
 #include "trainer/train_config.h"
@@ -24,6 +25,13 @@ std::string usage();
 
 /// The configuration as an INI file that --config reads back to the same values.
 std::string dump_config(const TrainConfig& config);
+
+/// The configuration as "group.key" -> value text, as dump_config writes it.
+std::map<std::string, std::string> config_values(const TrainConfig& config);
+
+/// The inverse of config_values (keys missing from `values` keep their defaults); refuses an
+/// unknown key or a bad value, naming `what`.
+TrainConfig config_from_values(const std::map<std::string, std::string>& values, const std::string& what);
 
 /// Reads an INI file written by dump_config (or by hand) over the defaults.
 TrainConfig load_config_file(const std::string& path);

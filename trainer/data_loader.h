@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/loader_position.h"
 #include "trainer/token_shard.h"
 
 namespace moe::trainer {
@@ -31,12 +32,6 @@ class TokenDataset {
   std::vector<TokenShard> shards_;
   std::vector<uint64_t> starts_;  // first stream token of each shard
   uint64_t total_ = 0;
-};
-
-struct LoaderPosition {
-  uint64_t epoch = 0;
-  uint64_t window = 0;  // next window of the epoch's order
-  bool operator==(const LoaderPosition& o) const { return epoch == o.epoch && window == o.window; }
 };
 
 struct TokenBatch {

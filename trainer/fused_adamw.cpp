@@ -64,4 +64,24 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
   return loss;
 }
 
+std::optional<AdamMoments> FusedAdamW::moments_of(const torch::Tensor& param) const {
+  const auto it = state_.find(param.unsafeGetTensorImpl());
+  if (it == state_.end() || !it->second) return std::nullopt;
+  const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+  return AdamMoments{s.exp_avg(), s.exp_avg_sq(), s.step()};
+}
+
+void FusedAdamW::set_moments(const torch::Tensor& param, const AdamMoments& moments) {
+  MOE_CHECK(moments.exp_avg.sizes() == param.sizes() && moments.exp_avg_sq.sizes() == param.sizes(),
+            "optimizer state of shape ", moments.exp_avg.sizes(), " for a parameter of shape ", param.sizes());
+  MOE_CHECK(moments.step >= 0, "optimizer step count ", moments.step, " is negative");
+  void* key = param.unsafeGetTensorImpl();
+  auto state = std::make_unique<torch::optim::AdamWParamState>();
+  state->exp_avg(moments.exp_avg.to(param.options()).clone(torch::MemoryFormat::Preserve));
+  state->exp_avg_sq(moments.exp_avg_sq.to(param.options()).clone(torch::MemoryFormat::Preserve));
+  state->step(moments.step);
+  state_[key] = std::move(state);
+  step_tensors_[key] = torch::full({}, double(moments.step), param.options().dtype(torch::kFloat32));
+}
+
 }  // namespace moe::trainer

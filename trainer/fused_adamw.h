@@ -6,9 +6,16 @@
 #pragma once
 #include <torch/optim/adamw.h>
 
+#include <optional>
 #include <unordered_map>
 
 namespace moe::trainer {
+
+/// One parameter's AdamW state: what a checkpoint saves under the parameter's name.
+struct AdamMoments {
+  torch::Tensor exp_avg, exp_avg_sq;  // like the parameter
+  int64_t step = 0;                   // updates taken
+};
 
 class FusedAdamW : public torch::optim::AdamW {
  public:
@@ -19,6 +26,12 @@ class FusedAdamW : public torch::optim::AdamW {
   /// divides each gradient by its grad_scale as it reads it: no separate pass over the gradients).
   /// The gradients themselves are left as they are.
   void scale_next_gradients(double factor) { grad_factor_ = factor; }
+
+  /// The state of `param` (one of this optimiser's parameters); nullopt before its first update.
+  std::optional<AdamMoments> moments_of(const torch::Tensor& param) const;
+  /// Replaces the state of `param` (copies onto its device and dtype), as if it had taken
+  /// `moments.step` updates with these moments.
+  void set_moments(const torch::Tensor& param, const AdamMoments& moments);
 
  private:
   double grad_factor_ = 1.0;

@@ -9,7 +9,7 @@
 
 namespace moe::trainer {
 
-std::unique_ptr<torch::optim::AdamW> make_adamw(model::CausalLM& lm, const OptimOptions& o) {
+std::unique_ptr<FusedAdamW> make_adamw(model::CausalLM& lm, const OptimOptions& o) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : lm->named_parameters()) (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
   auto options = [&](double weight_decay) {

@@ -8,13 +8,14 @@
 
 #include "model/causal_lm.h"
 #include "parallel/topology.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/train_config.h"
 
 namespace moe::trainer {
 
 /// Two parameter groups: matrices (weight decay) and vectors such as norm weights and biases (none).
 /// The update runs as ATen's fused multi-tensor AdamW (trainer/fused_adamw.h).
-std::unique_ptr<torch::optim::AdamW> make_adamw(model::CausalLM& lm, const OptimOptions& options);
+std::unique_ptr<FusedAdamW> make_adamw(model::CausalLM& lm, const OptimOptions& options);
 
 /// Learning rate of step (0-based): linear warm-up to lr over warmup_steps, then cosine decay to
 /// min_lr at total_steps - 1.

@@ -44,6 +44,8 @@ void TrainConfig::validate() const {
   MOE_CHECK(t.max_bad_steps > 0, "--train.max_bad_steps must be positive, got ", t.max_bad_steps);
   MOE_CHECK(t.peak_tflops >= 0, "--train.peak_tflops must be >= 0, got ", t.peak_tflops);
   MOE_CHECK(checkpoint.every >= 0, "--checkpoint.every must be >= 0, got ", checkpoint.every);
+  MOE_CHECK(checkpoint.keep >= 1, "--checkpoint.keep must be >= 1, got ", checkpoint.keep);
+  MOE_CHECK(!checkpoint.resume.empty(), "--checkpoint.resume is empty (auto, none or a checkpoint path)");
 }
 
 }  // namespace moe::trainer

@@ -52,6 +52,8 @@ struct TrainOptions {
 struct CheckpointOptions {
   int64_t every = 0;  // save every N steps (0 = only at the end)
   bool save_final = true;
+  int64_t keep = 3;             // newest checkpoints kept (the one `latest` names always is)
+  std::string resume = "auto";  // auto (the run directory's latest, if any) | none | a checkpoint path
 };
 
 struct TrainConfig {

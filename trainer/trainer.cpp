@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -13,11 +14,15 @@
 #include "parallel/expert_dispatch.h"
 #include "parallel/global_aux_loss.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/collective_text.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config_cli.h"
 #include "trainer/device.h"
 #include "trainer/mfu.h"
 #include "trainer/optimizer.h"
+#include "trainer/resume.h"
+#include "trainer/rng_state.h"
+#include "trainer/stop_signal.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -85,12 +90,6 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
     graphed_ = std::make_unique<GraphedStep>(lm_, t.micro_batch, config_.data.seq_len, autocast_bf16_);
   }
 
-  if (topo.rank == 0) {
-    fs::create_directories(t.out_dir);
-    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
-    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
-    MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
-  }
   int64_t params = 0, expert_params = 0;
   for (const auto& p : lm_->named_parameters()) {
     params += p.value().numel();
@@ -108,9 +107,112 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
        << "; global batch " << t.micro_batch * t.grad_accum * topo.world_size << " sequences = "
        << t.micro_batch * t.grad_accum * topo.world_size * config_.data.seq_len << " tokens";
   log_rank0("train", data.str());
+
+  if (const auto dir = checkpoint_to_resume()) {
+    resume_from(*dir);
+  } else {
+    start_fresh();
+  }
 }
 
 Trainer::~Trainer() = default;
+
+std::optional<std::string> Trainer::checkpoint_to_resume() {
+  const auto& resume = config_.checkpoint.resume;
+  if (resume == "none") return std::nullopt;
+  // Rank 0 looks; every rank uses its answer (a shared file system is assumed for the run directory).
+  std::string found, error;
+  if (groups_.topology.rank == 0) {
+    try {
+      if (resume == "auto") {
+        found = latest_checkpoint(config_.train.out_dir).value_or("");
+      } else {
+        found = resolve_checkpoint_dir(resume);
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  parallel::agree_or_throw(*groups_.world, error, "--checkpoint.resume " + resume);
+  found = parallel::all_gather_strings(*groups_.world, found).front();
+  if (found.empty()) return std::nullopt;
+  return found;
+}
+
+void Trainer::start_fresh() {
+  state_ = TrainingState{};
+  if (groups_.topology.rank == 0) {
+    const auto& t = config_.train;
+    fs::create_directories(t.out_dir);
+    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
+    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
+    MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
+  }
+}
+
+void Trainer::resume_from(const std::string& step_dir) {
+  const auto& topo = groups_.topology;
+  std::string error;
+  std::vector<std::string> notes;
+  int saved_world = 1;
+  try {
+    const CheckpointReader reader(step_dir);
+    const auto& m = reader.manifest();
+    notes = check_resumable(m, reader.config(), config_, train_data_->tokens(), topo.world_size, "checkpoint '" +
+                            step_dir + "'");
+    restore_parameters(reader, lm_);
+    restore_optimizer(reader, lm_, *optimizer_);
+    state_ = m.state;
+    saved_world = m.world;
+    // Same layout: each rank its own generators; another one: dropout draws cannot repeat anyway.
+    restore_rng(m.rng[size_t(topo.rank % m.world)], device_, reader.dir() + "/manifest.json");
+    train_loader_->seek(state_.data);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  parallel::agree_or_throw(*groups_.world, error, "resuming");
+  if (topo.rank == 0) {
+    const auto& t = config_.train;
+    fs::create_directories(t.out_dir);
+    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
+    const auto metrics = (fs::path(t.out_dir) / "metrics.jsonl").string();
+    truncate_metrics(metrics, state_.step);
+    metrics_.open(metrics, std::ios::app);
+    MOE_CHECK(metrics_.good(), "cannot write '", metrics, "'");
+  }
+  std::ostringstream os;
+  os << "resumed from " << step_dir << ": step " << state_.step << ", " << state_.tokens << " tokens, data epoch "
+     << state_.data.epoch << " window " << state_.data.window << "; saved by a world of " << saved_world;
+  log_rank0("resume", os.str());
+  for (const auto& note : notes) log_rank0("resume", "changed: " + note);
+}
+
+std::string Trainer::save() {
+  CheckpointInputs in;
+  in.lm = lm_;
+  in.optimizer = optimizer_.get();
+  in.groups = &groups_;
+  in.config = &config_;
+  in.state = state_;
+  in.state.rng = capture_rng(device_);
+  in.train_tokens = train_data_->tokens();
+  in.tokenizer_path = tokenizer_path_;
+  const auto saved = save_checkpoint(in);
+  const auto [lo, hi] = std::minmax_element(saved.bytes_per_rank.begin(), saved.bytes_per_rank.end());
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1) << "saved " << saved.dir << ": " << saved.bytes_total / 1e6 << " MB in "
+     << std::setprecision(2) << saved.seconds << " s (" << saved.bytes_total / 1e9 / std::max(saved.seconds, 1e-9)
+     << " GB/s); per rank " << std::setprecision(1) << *lo / 1e6 << "-" << *hi / 1e6 << " MB";
+  log_rank0("checkpoint", os.str());
+  write_metrics(nlohmann::ordered_json({{"type", "checkpoint"},
+                                        {"step", state_.step},
+                                        {"dir", saved.dir},
+                                        {"bytes", saved.bytes_total},
+                                        {"bytes_per_rank", saved.bytes_per_rank},
+                                        {"seconds", saved.seconds}})
+                    .dump());
+  return saved.dir;
+}
 
 void Trainer::write_metrics(const std::string& json_line) {
   if (!metrics_.is_open()) return;
@@ -179,8 +281,7 @@ void Trainer::log_progress(int64_t step, const StepStats& stats) {
   nlohmann::ordered_json j = {{"type", "train"},          {"step", step + 1},       {"loss", l[0].item<float>()},
                       {"ce", l[1].item<float>()}, {"aux", l[2].item<float>()}, {"lr", stats.lr},
                       {"grad_norm", stats.grad_norm}, {"tokens_per_s", tok_s}, {"elapsed_s", elapsed},
-                      {"tokens", (step + 1) * config_.train.micro_batch * config_.train.grad_accum *
-                                     groups_.world->size() * config_.data.seq_len}};
+                      {"tokens", state_.tokens}};
   if (mfu >= 0) j["mfu"] = mfu;
   write_metrics(j.dump());
   log_expert_load(step);
@@ -242,8 +343,8 @@ double Trainer::evaluate() {
 TrainSummary Trainer::run() {
   const auto& t = config_.train;
   TrainSummary summary;
+  summary.first_step = state_.step;
   start_ = last_log_ = Clock::now();
-  int64_t bad_in_a_row = 0;
   const int64_t tokens_per_step = t.micro_batch * t.grad_accum * groups_.world->size() * config_.data.seq_len;
   auto eval_and_log = [&](int64_t step) {
     const double val = evaluate();
@@ -259,40 +360,61 @@ TrainSummary Trainer::run() {
     log_rank0("eval", os.str());
     write_metrics(nlohmann::ordered_json({{"type", "eval"}, {"step", step}, {"val_ce", val}, {"val_ppl", std::exp(val)}}).dump());
   };
-  eval_and_log(0);
-  for (int64_t step = 0; step < t.steps; ++step) {
+  if (state_.step >= t.steps) {
+    log_rank0("train", "the run is already at step " + std::to_string(state_.step) + " of --train.steps " +
+                           std::to_string(t.steps) + ": nothing to train");
+    return summary;
+  }
+  if (state_.step == 0) eval_and_log(0);
+  StopSignals signals;
+  auto stop_flag = torch::zeros({1}, torch::TensorOptions(torch::kFloat32).device(device_));
+  while (state_.step < t.steps) {
+    const int64_t step = state_.step;
     const auto stats = train_step(step);
+    state_.step = step + 1;
+    state_.tokens += tokens_per_step;
+    state_.data = train_loader_->position();
+    state_.last_lr = stats.lr;
     tokens_since_log_ += tokens_per_step;
     ++steps_since_log_;
+    ++summary.steps;
     if (stats.skipped) {
       ++summary.skipped_steps;
-      ++bad_in_a_row;
+      ++state_.bad_steps_in_a_row;
       std::ostringstream os;
       os << "step " << step + 1 << ": gradient norm " << stats.grad_norm << " is not finite; step skipped ("
-         << bad_in_a_row << " in a row, limit --train.max_bad_steps " << t.max_bad_steps << ")";
+         << state_.bad_steps_in_a_row << " in a row, limit --train.max_bad_steps " << t.max_bad_steps << ")";
       log_rank0("warn", os.str());
-      write_metrics(nlohmann::ordered_json({{"type", "skipped"}, {"step", step + 1}, {"in_a_row", bad_in_a_row}}).dump());
-      MOE_CHECK(bad_in_a_row < t.max_bad_steps, bad_in_a_row,
+      write_metrics(nlohmann::ordered_json(
+                        {{"type", "skipped"}, {"step", step + 1}, {"in_a_row", state_.bad_steps_in_a_row}})
+                        .dump());
+      MOE_CHECK(state_.bad_steps_in_a_row < t.max_bad_steps, state_.bad_steps_in_a_row,
                 " consecutive steps with non-finite gradients: stopping (lower --optim.lr, or raise "
                 "--train.max_bad_steps)");
     } else {
-      bad_in_a_row = 0;
+      state_.bad_steps_in_a_row = 0;
     }
-    const bool last = step + 1 == t.steps;
-    if (step == 0 || last) {
+    // A signal may reach some ranks only: they agree, so that all stop after the same step.
+    stop_flag.fill_(StopSignals::requested() ? 1.0 : 0.0);
+    groups_.world->all_reduce(stop_flag, parallel::ReduceOp::kSum);
+    summary.stopped_by_signal = stop_flag.item<float>() > 0;
+    const bool last = state_.step == t.steps, end = last || summary.stopped_by_signal;
+    if (step == summary.first_step || end) {
       auto ce = stats.losses.narrow(0, 1, 1).clone();
       groups_.world->all_reduce(ce, parallel::ReduceOp::kAverage);
-      (step == 0 ? summary.first_loss : summary.last_loss) = ce.item<double>();
+      (step == summary.first_step ? summary.first_loss : summary.last_loss) = ce.item<double>();
+      if (end) summary.last_loss = ce.item<double>();
     }
-    if ((step + 1) % t.log_every == 0 || step == 0 || last) log_progress(step, stats);
-    if ((t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last) eval_and_log(step + 1);
-    const bool periodic = config_.checkpoint.every > 0 && (step + 1) % config_.checkpoint.every == 0;
-    if (periodic || (last && config_.checkpoint.save_final)) {
-      summary.checkpoint = save_model_checkpoint(lm_, groups_, config_, step + 1, t.out_dir, tokenizer_path_);
-      log_rank0("checkpoint", "saved " + summary.checkpoint);
+    if (state_.step % t.log_every == 0 || step == summary.first_step || end) log_progress(step, stats);
+    if ((t.eval_every > 0 && state_.step % t.eval_every == 0) || last) eval_and_log(state_.step);
+    const bool periodic = config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0;
+    if (periodic || (last && config_.checkpoint.save_final) || summary.stopped_by_signal) summary.checkpoint = save();
+    if (summary.stopped_by_signal && !last) {
+      log_rank0("train", "stopped by a signal after step " + std::to_string(state_.step) +
+                             "; continue with the same command (--checkpoint.resume auto)");
+      break;
     }
   }
-  summary.steps = t.steps;
   summary.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
   return summary;
 }

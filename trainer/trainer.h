@@ -3,11 +3,15 @@
 // ranks -> global gradient norm -> skip the step if it is not finite (abort after max_bad_steps in
 // a row), else clip -> AdamW at the scheduled learning rate. Every log_every steps a progress line
 // (rank 0) and records in <out_dir>/metrics.jsonl (see README); evaluation on the validation split
-// every eval_every steps and at the end; model checkpoints (trainer/checkpoint.h).
+// every eval_every steps and at the end; training checkpoints (trainer/checkpoint.h) every
+// checkpoint.every steps, at the end and when a stop signal arrives (trainer/stop_signal.h).
+// Set-up is a fresh start or a resume from a checkpoint (trainer/resume.h); either way the loop
+// then only advances the TrainingState.
 #pragma once
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,12 +19,10 @@
 #include "parallel/gradient_sync.h"
 #include "parallel/topology.h"
 #include "trainer/data_loader.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/graphed_step.h"
 #include "trainer/train_config.h"
-
-namespace torch::optim {
-class AdamW;
-}
+#include "trainer/training_state.h"
 
 namespace moe::trainer {
 
@@ -29,13 +31,15 @@ struct TrainSummary {
   double first_loss = 0, last_loss = 0;  // cross entropy, averaged over ranks, of the first and last step
   double first_val_ce = -1, last_val_ce = -1;  // -1: no evaluation ran
   double seconds = 0;
-  std::string checkpoint;  // the final checkpoint's directory, if saved
+  std::string checkpoint;  // the last checkpoint's directory, if one was saved
+  int64_t first_step = 0;  // steps already taken when this run started (> 0 after a resume)
+  bool stopped_by_signal = false;
 };
 
 class Trainer {
  public:
-  /// Builds this rank's model (dense part + its experts), the loaders and the optimiser.
-  /// Collective over groups.world.
+  /// Builds this rank's model (dense part + its experts), the loaders and the optimiser, then
+  /// starts fresh or resumes (config.checkpoint.resume). Collective over groups.world.
   Trainer(TrainConfig config, parallel::ParallelGroups groups);
   ~Trainer();
 
@@ -45,9 +49,15 @@ class Trainer {
 
   model::CausalLM& model() { return lm_; }
   const torch::Device& device() const { return device_; }
+  const TrainingState& state() const { return state_; }
 
  private:
   struct StepStats;
+  /// The checkpoint to resume from per config.checkpoint.resume (rank 0 decides), if any.
+  std::optional<std::string> checkpoint_to_resume();
+  void start_fresh();
+  void resume_from(const std::string& step_dir);
+  std::string save();
   StepStats train_step(int64_t step);
   void log_progress(int64_t step, const StepStats& stats);
   void log_expert_load(int64_t step);
@@ -59,7 +69,8 @@ class Trainer {
   bool autocast_bf16_ = false;
   model::CausalLM lm_ = nullptr;
   std::unique_ptr<parallel::GradientSync> sync_;
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<FusedAdamW> optimizer_;
+  TrainingState state_;
   std::unique_ptr<GraphedStep> graphed_;  // with train.cuda_graph
   std::shared_ptr<const TokenDataset> train_data_, val_data_;
   std::unique_ptr<PackedLoader> train_loader_;

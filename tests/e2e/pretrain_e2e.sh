@@ -18,8 +18,10 @@ read -r val_first val_last < <(sed -n 's/.*val ce \([0-9.]*\) -> \([0-9.]*\).*/\
 echo "e2e: train ce $first -> $last, val ce $val_first -> $val_last"
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' || { echo "e2e: the training loss did not fall"; exit 1; }
 awk -v a="$val_first" -v b="$val_last" 'BEGIN { exit !(b < a - 1.0) }' || { echo "e2e: the validation loss did not fall"; exit 1; }
-for f in metrics.jsonl config.ini checkpoints/latest checkpoints/step_000050/model-ep0-of-2.pt \
-         checkpoints/step_000050/model-ep1-of-2.pt checkpoints/step_000050/tokenizer.model; do
+step=checkpoints/step_00000050
+for f in metrics.jsonl config.ini checkpoints/latest $step/manifest.json $step/model-00000-of-00002.safetensors \
+         $step/model-00001-of-00002.safetensors $step/optimizer-00000-of-00002.safetensors \
+         $step/optimizer-00001-of-00002.safetensors $step/tokenizer.model; do
   [ -s "$tmp/run/$f" ] || { echo "e2e: $f missing"; exit 1; }
 done
 grep -q '"type":"expert_load"' "$tmp/run/metrics.jsonl" || { echo "e2e: no expert load in metrics"; exit 1; }

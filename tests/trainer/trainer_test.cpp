@@ -17,6 +17,7 @@
 #include "parallel/mpi_communicator.h"
 #include "tests/support.h"
 #include "tests/trainer/temp_dir.h"
+#include "tests/trainer/training_fixture.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 #include "trainer/token_shard.h"
@@ -25,6 +26,7 @@
 using namespace moe;
 using namespace moe::trainer;
 using moe::test::all_close;
+using namespace moe::test;
 
 namespace {
 
@@ -32,72 +34,10 @@ std::shared_ptr<parallel::Communicator> world() {
   return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
 }
 
-// Random documents of a small vocabulary, written by each rank into its own directory (same seed,
-// same bytes), with a repeated phrase the model can learn.
-void write_dataset(const std::string& dir, int64_t documents, uint32_t vocab) {
-  std::filesystem::create_directories(dir);
-  torch::manual_seed(99);
-  for (const char* split : {"train", "val"}) {
-    TokenShardWriter w(dir + "/" + split + "-00000.bin", vocab, 2);
-    for (int64_t d = 0; d < documents; ++d) {
-      auto ids = torch::randint(3, vocab, {24}, torch::kInt64);
-      std::vector<int> doc(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + 24);
-      for (int i : {5, 6, 7, 8, 9}) doc.push_back(i);  // a phrase that recurs
-      w.append_document(doc);
-    }
-    w.close();
-  }
-}
-
-TrainConfig tiny_config(const std::string& dir) {
-  TrainConfig c;
-  c.model = test::small_moe_config(64);
-  c.data.dir = dir + "/data";
-  c.data.seq_len = 16;
-  c.optim.lr = 3e-3;
-  c.optim.min_lr = 3e-4;
-  c.optim.warmup_steps = 2;
-  c.train.steps = 6;
-  c.train.micro_batch = 2;
-  c.train.log_every = 1000;
-  c.train.eval_every = 0;
-  c.train.eval_batches = 0;
-  c.train.out_dir = dir + "/run";
-  c.train.device = "cpu";
-  c.checkpoint.save_final = false;
-  return c;
-}
-
 // Expert parallel over all of comm's ranks.
 parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int64_t experts) {
   const int ep = comm->size();
   return parallel::make_groups(std::move(comm), ep, experts);
-}
-
-// Rank 0's `path` on every rank: the run directory the ranks share (a shared file system).
-std::string rank0_path(parallel::Communicator& comm, const std::string& path) {
-  auto bytes = torch::zeros({4096}, torch::kUInt8);
-  if (comm.rank() == 0) std::memcpy(bytes.data_ptr(), path.data(), std::min<size_t>(path.size(), 4095));
-  comm.broadcast(bytes, 0);
-  return reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
-}
-
-// The grad_norm of every "train" record of a run's metrics.jsonl.
-std::vector<double> logged_grad_norms(const std::string& run_dir) {
-  std::vector<double> norms;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["type"] == "train") norms.push_back(j["grad_norm"].get<double>());
-  }
-  return norms;
-}
-
-std::map<std::string, torch::Tensor> weights(model::CausalLM& lm) {
-  std::map<std::string, torch::Tensor> w;
-  for (const auto& p : lm->named_parameters()) w[p.key()] = p.value().detach().clone();
-  return w;
 }
 
 }  // namespace
@@ -165,7 +105,7 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
   for (auto& [name, value] : weights(ranks.model())) {
     EXPECT_TRUE(all_close(value, want.at(name), 1e-6, 1e-4)) << name << " rank " << comm->rank() << " of " << w;
   }
-  // The sharded checkpoint (one file per EP rank) loads into the whole single-process model.
+  // The sharded checkpoint (one model and one optimizer file per rank) loads into the whole single-process model.
   ASSERT_FALSE(s_ranks.checkpoint.empty());
   const auto loaded = load_model_for_inference(shared + "/run2");
   EXPECT_EQ(loaded.step_dir, s_ranks.checkpoint);
@@ -174,22 +114,24 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
   }
   comm->barrier();
   if (w > 1 && comm->rank() == 0) {
-    std::filesystem::remove(s_ranks.checkpoint + "/model-ep1-of-" + std::to_string(w) + ".pt");
+    const auto file = "model-00001-of-0000" + std::to_string(w) + ".safetensors";
+    std::filesystem::remove(s_ranks.checkpoint + "/" + file);
     try {
       load_model_for_inference(shared + "/run2");
-      ADD_FAILURE() << "a checkpoint without rank 1's experts must be refused";
+      ADD_FAILURE() << "a checkpoint without rank 1's file must be refused";
     } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find("lacks parameter model.layers.0.mlp.experts."), std::string::npos)
+      EXPECT_NE(std::string(e.what()).find("file '" + file + "' listed in the manifest is missing"), std::string::npos)
           << e.what();
     }
   }
   // AdamW hardly sees a gradient's scale; the logged norms do.
   if (comm->rank() == 0) {
-    const auto single_norms = logged_grad_norms(dir + "/run"), rank_norms = logged_grad_norms(shared + "/run2");
+    const auto single_norms = logged(dir + "/run", "train", "grad_norm");
+    const auto rank_norms = logged(shared + "/run2", "train", "grad_norm");
     ASSERT_EQ(single_norms.size(), size_t(cfg.train.steps));
     ASSERT_EQ(rank_norms.size(), single_norms.size());
-    for (size_t i = 0; i < single_norms.size(); ++i) {
-      EXPECT_NEAR(rank_norms[i], single_norms[i], 1e-5 * single_norms[i]) << "step " << i + 1;
+    for (const auto& [step, norm] : single_norms) {
+      EXPECT_NEAR(rank_norms.at(step), norm, 1e-5 * norm) << "step " << step;
     }
   }
   comm->barrier();  // rank 0 removes the shared directory when it leaves
