@@ -11,6 +11,20 @@ namespace moe {
 /// zlib's CRC-32 (the one Python's zlib.crc32 computes), continued from `crc`.
 uint32_t crc32_of(const void* data, size_t bytes, uint32_t crc = 0);
 
+/// An open file descriptor, closed when it goes out of scope (also when a constructor that holds
+/// one throws half-way).
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd();
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
 /// A file opened for writing (created or truncated); write() checks every call and keeps the
 /// running CRC-32 of everything written; close() fsyncs and closes. The destructor of a file that
 /// was not closed closes it without fsync (an error path).

@@ -115,31 +115,27 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t availa
   return h;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) {
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+  if (fd_.get() < 0) {
     const int error = errno;
     throw InvalidArgument("cannot open '" + path + "': " + std::strerror(error));
   }
   struct stat st {};
-  MOE_CHECK(::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode), "'", path, "' is not a regular file");
+  MOE_CHECK(::fstat(fd_.get(), &st) == 0 && S_ISREG(st.st_mode), "'", path, "' is not a regular file");
   file_size_ = uint64_t(st.st_size);
   uint8_t length[8] = {};
-  const uint64_t got = file_size_ >= 8 && ::pread(fd_, length, 8, 0) == 8 ? 8 : 0;
+  const uint64_t got = file_size_ >= 8 && ::pread(fd_.get(), length, 8, 0) == 8 ? 8 : 0;
   const uint64_t n = header_length(length, got, file_size_, path);  // before anything of that size exists
   header_bytes_.resize(8 + n);
   std::memcpy(header_bytes_.data(), length, 8);
-  MOE_CHECK(n == 0 || ::pread(fd_, header_bytes_.data() + 8, n, 8) == ssize_t(n), path, ": cannot read its header");
+  MOE_CHECK(n == 0 || ::pread(fd_.get(), header_bytes_.data() + 8, n, 8) == ssize_t(n), path, ": cannot read its header");
   header_ = parse_safetensors_header(reinterpret_cast<const uint8_t*>(header_bytes_.data()), header_bytes_.size(),
                                      file_size_, path);
   for (size_t i = 0; i < header_.tensors.size(); ++i) {
     MOE_CHECK(index_.emplace(header_.tensors[i].name, i).second, path, ": tensor '", header_.tensors[i].name,
               "' appears twice");
   }
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (fd_ >= 0) ::close(fd_);
 }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
@@ -151,7 +147,7 @@ void SafetensorsFile::read(const SafetensorsEntry& entry, void* out) const {
   auto* p = static_cast<char*>(out);
   uint64_t offset = header_.data_start + entry.begin, left = entry.end - entry.begin;
   while (left > 0) {
-    const ssize_t n = ::pread(fd_, p, left, off_t(offset));
+    const ssize_t n = ::pread(fd_.get(), p, left, off_t(offset));
     if (n < 0 && errno == EINTR) continue;
     MOE_CHECK(n > 0, path_, ": cannot read tensor '", entry.name, "' (", n < 0 ? std::strerror(errno) : "end of file",
               ")");

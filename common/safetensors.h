@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "common/durable_file.h"
+
 namespace moe {
 
 /// Bytes per element of a safetensors dtype name ("F32", "BF16", "I64", ...); 0 if unknown.
@@ -45,7 +47,6 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, uint64_t availa
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -61,7 +62,7 @@ class SafetensorsFile {
 
  private:
   std::string path_;
-  int fd_ = -1;
+  UniqueFd fd_;
   uint64_t file_size_ = 0;
   std::string header_bytes_;
   SafetensorsHeader header_;

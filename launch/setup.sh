@@ -13,7 +13,8 @@ TORCH_VERSION=2.11.0
 CPU_RUNTIME_WHEELS=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
 APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-dev
               libboost-program-options-dev libgtest-dev libgmock-dev
-              libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes)
+              libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
+              clang libclang-rt-dev)
 
 log() { echo "[setup] $*"; }
 

@@ -100,18 +100,29 @@ void TokenShardWriter::close() {
 }
 
 TokenShard::TokenShard(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   MOE_CHECK(fd >= 0, "cannot open token shard '", path, "': ", std::strerror(errno));
   struct stat st {};
-  ::fstat(fd, &st);
-  map_bytes_ = static_cast<size_t>(st.st_size);
-  if (map_bytes_ >= ShardHeader::kBytes) {
-    map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
-  }
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  map_bytes_ = regular ? static_cast<size_t>(st.st_size) : 0;
+  if (map_bytes_ >= ShardHeader::kBytes) map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+  const int map_error = errno;
   ::close(fd);
+  MOE_CHECK(regular, "token shard '", path, "' is not a regular file");
   MOE_CHECK(map_bytes_ >= ShardHeader::kBytes, "'", path, "' is not a token shard: ", map_bytes_,
             " bytes, shorter than the 32-byte header");
-  MOE_CHECK(map_ != MAP_FAILED, "cannot map '", path, "': ", std::strerror(errno));
+  MOE_CHECK(map_ != MAP_FAILED, "cannot map '", path, "': ", std::strerror(map_error));
+  try {
+    validate();
+  } catch (...) {
+    ::munmap(map_, map_bytes_);  // the destructor does not run for a constructor that throws
+    map_ = nullptr;
+    throw;
+  }
+}
+
+void TokenShard::validate() {
+  const auto& path = path_;
   const auto* h = static_cast<const unsigned char*>(map_);
   MOE_CHECK(std::memcmp(h, ShardHeader::kMagic, 8) == 0, "'", path,
             "' is not a token shard (wrong magic; expected MOETOKS from moe-prepare)");
@@ -124,9 +135,35 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   header_.eos_id = get<uint32_t>(h + 28);
   MOE_CHECK(header_.token_bytes == 2 || header_.token_bytes == 4, "'", path, "' has ", header_.token_bytes,
             " bytes per token (expected 2 or 4)");
-  const uint64_t expected = ShardHeader::kBytes + header_.count * header_.token_bytes;
-  MOE_CHECK(map_bytes_ == expected, "token shard '", path, "' is truncated or damaged: ", map_bytes_,
-            " bytes, the header promises ", header_.count, " tokens = ", expected, " bytes");
+  // Overflow-safe: a count that lies about the size must not wrap around to the real one.
+  const uint64_t payload = map_bytes_ - ShardHeader::kBytes;
+  uint64_t promised = 0;
+  const bool fits = !__builtin_mul_overflow(header_.count, uint64_t(header_.token_bytes), &promised);
+  MOE_CHECK(fits && promised == payload, "token shard '", path, "' is truncated or damaged: ", map_bytes_,
+            " bytes, the header promises ", header_.count, " tokens of ", header_.token_bytes, " bytes",
+            fits ? "" : " (more than any file holds)");
+  MOE_CHECK(header_.vocab_size > 0 && header_.eos_id < header_.vocab_size, "token shard '", path, "' has EOS id ",
+            header_.eos_id, " outside its vocabulary of ", header_.vocab_size);
+  if (header_.token_bytes == 2 && header_.vocab_size > 65536) {
+    MOE_CHECK(false, "token shard '", path, "' stores 2-byte tokens for a vocabulary of ", header_.vocab_size);
+  }
+  check_ids();
+}
+
+void TokenShard::check_ids() const {
+  // One pass over the tokens: an id beyond the vocabulary would fail deep inside the model.
+  const auto* data = static_cast<const unsigned char*>(map_) + ShardHeader::kBytes;
+  uint32_t largest = 0;
+  uint64_t at = 0;
+  for (uint64_t i = 0; i < header_.count; ++i) {
+    const uint32_t id = header_.token_bytes == 2 ? get<uint16_t>(data + 2 * i) : get<uint32_t>(data + 4 * i);
+    if (id > largest) {
+      largest = id;
+      at = i;
+    }
+  }
+  MOE_CHECK(header_.count == 0 || largest < header_.vocab_size, "token shard '", path_, "' holds token id ", largest,
+            " (token ", at, ") beyond its vocabulary of ", header_.vocab_size);
 }
 
 TokenShard::TokenShard(TokenShard&& o) noexcept

@@ -58,7 +58,9 @@ class TokenShardWriter {
 };
 
 /// A read-only memory-mapped shard. Refuses (moe::InvalidArgument naming the file) a missing,
-/// foreign (wrong magic or version), or truncated file.
+/// foreign (wrong magic or version), truncated or padded file, a header whose count does not fit
+/// the file (checked without overflow), and a token id or EOS id beyond the vocabulary (one pass
+/// over the tokens when opened).
 class TokenShard {
  public:
   explicit TokenShard(const std::string& path);
@@ -74,6 +76,8 @@ class TokenShard {
   void read(uint64_t first, uint64_t n, int64_t* out) const;
 
  private:
+  void validate();
+  void check_ids() const;
   std::string path_;
   ShardHeader header_;
   void* map_ = nullptr;
