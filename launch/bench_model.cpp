@@ -38,6 +38,7 @@
 #include "trainer/graphed_step.h"
 #include "trainer/mfu.h"
 #include "trainer/optimizer.h"
+#include "trainer/peak_memory.h"
 
 namespace po = boost::program_options;
 using moe::model::ModelConfig;
@@ -75,39 +76,6 @@ Case make_case(const std::string& name) {
     return Case{name, c, 8, 256};
   }
   throw std::invalid_argument("unknown config '" + name + "' (a, b, c or tiny)");
-}
-
-// Peak memory: CUDA's allocator statistics, or the CPU's peak resident set (VmHWM, reset by
-// writing 5 to clear_refs).
-void reset_peak(const torch::Device& d) {
-#ifdef MOE_TORCH_CUDA
-  if (d.is_cuda()) {
-    // Released cached blocks first, so that the peak counts what this configuration holds.
-    c10::cuda::CUDACachingAllocator::emptyCache();
-    return c10::cuda::CUDACachingAllocator::resetPeakStats(d.index());
-  }
-#endif
-  std::ofstream("/proc/self/clear_refs") << "5";
-}
-struct PeakMemory {
-  double allocated_gib = -1;  // what tensors held at most (the baseline's max_memory_allocated)
-  double reserved_gib = -1;   // what the allocator took from the device at most; includes a CUDA graph's pool
-};
-PeakMemory peak_memory(const torch::Device& d) {
-#ifdef MOE_TORCH_CUDA
-  if (d.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
-    return {stats.allocated_bytes[0].peak / double(1 << 30), stats.reserved_bytes[0].peak / double(1 << 30)};
-  }
-#endif
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      const double gib = std::stod(line.substr(6)) / double(1 << 20);
-      return {gib, gib};
-    }
-  }
-  return {};
 }
 
 void sync(const torch::Device& d) {
@@ -203,7 +171,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   };
   for (int64_t i = 0; i < o.warmup; ++i) step();
   sync(device);
-  reset_peak(device);
+  moe::trainer::reset_peak_memory(device);
   std::vector<double> times_ms;
   for (int64_t i = 0; i < o.steps; ++i) {
     sync(device);
@@ -217,7 +185,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double peak = moe::trainer::known_peak_flops(device);
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
-  const auto mem = peak_memory(device);
+  const auto mem = moe::trainer::peak_memory(device);
   const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "");
   std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),

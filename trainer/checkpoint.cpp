@@ -202,11 +202,13 @@ std::optional<int64_t> step_of_dir_name(const std::string& name) {
   return std::stoll(m[1].str());
 }
 
-// Newest `keep` step directories stay, and the one `latest` names.
-void prune(const fs::path& dir, int64_t keep, const std::string& latest) {
+// Of the step directories up to this save's, the newest `keep` stay (the one `latest` names among
+// them). Later steps, left by a run that was resumed from an earlier checkpoint, are not touched.
+void prune(const fs::path& dir, int64_t keep, const std::string& latest, int64_t step_saved) {
   std::vector<std::pair<int64_t, std::string>> steps;
   for (const auto& e : fs::directory_iterator(dir)) {
-    if (const auto step = step_of_dir_name(e.path().filename().string()); step && e.is_directory()) {
+    const auto step = step_of_dir_name(e.path().filename().string());
+    if (step && *step <= step_saved && e.is_directory()) {
       steps.emplace_back(*step, e.path().filename().string());
     }
   }
@@ -296,7 +298,7 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
       replace_file_durably((dir / "latest").string(), name + "\n");
       fault_point("latest", topo.rank, in.state.step);
       remove_stale(dir);
-      prune(dir, in.config->checkpoint.keep, name);
+      prune(dir, in.config->checkpoint.keep, name, in.state.step);
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -309,6 +311,17 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
   saved.dir = final_dir.string();
   saved.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return saved;
+}
+
+std::vector<std::string> step_dirs(const std::string& run_dir) {
+  std::vector<std::string> names;
+  const auto dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return names;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (step_of_dir_name(e.path().filename().string()) && e.is_directory()) names.push_back(e.path().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& run_dir) {

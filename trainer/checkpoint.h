@@ -51,7 +51,8 @@ struct CheckpointInputs {
 };
 
 /// Collective over groups.world: saves into <config.train.out_dir>/checkpoints/, replaces `latest`
-/// and keeps the newest config.checkpoint.keep step directories. A failure on any rank throws the
+/// and keeps the newest config.checkpoint.keep step directories up to this step (later ones, of an
+/// abandoned continuation, are left alone). A failure on any rank throws the
 /// same error on every rank and leaves the earlier checkpoints and `latest` as they were.
 /// Test hook: MOE_CHECKPOINT_FAULT=<point>[:<rank>|all[:kill|fail[:<step>]]] stops the save (of
 /// that step, or every save) at a named point by SIGKILL (default) or an error: before_write,
@@ -62,6 +63,9 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& inputs);
 /// The step directory `path` names: a step directory, a run directory or its checkpoints/
 /// directory (then the step `latest` names). Refuses, naming the path, one that has none.
 std::string resolve_checkpoint_dir(const std::string& path);
+
+/// The step directories in <run_dir>/checkpoints/, in step order.
+std::vector<std::string> step_dirs(const std::string& run_dir);
 
 /// The step directory <run_dir>/checkpoints/latest names, if there is one.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);

@@ -141,13 +141,24 @@ std::optional<std::string> Trainer::checkpoint_to_resume() {
 
 void Trainer::start_fresh() {
   state_ = TrainingState{};
+  std::string error;
   if (groups_.topology.rank == 0) {
     const auto& t = config_.train;
-    fs::create_directories(t.out_dir);
-    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
-    metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
-    MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
+    try {
+      // Never mix two runs' checkpoints (pruning would delete the older run's).
+      const auto existing = step_dirs(t.out_dir);
+      MOE_CHECK(existing.empty(), "'", t.out_dir, "' already holds checkpoints of a run (", existing.back(),
+                "): continue it with --checkpoint.resume auto (or a step directory), or train into another "
+                "--train.out_dir");
+      fs::create_directories(t.out_dir);
+      std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
+      metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
+      MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
   }
+  parallel::agree_or_throw(*groups_.world, error, "starting a new run");
 }
 
 void Trainer::resume_from(const std::string& step_dir) {
@@ -156,6 +167,11 @@ void Trainer::resume_from(const std::string& step_dir) {
   std::vector<std::string> notes;
   int saved_world = 1;
   try {
+    const auto own = fs::weakly_canonical(fs::path(config_.train.out_dir) / "checkpoints");
+    const auto existing = step_dirs(config_.train.out_dir);
+    MOE_CHECK(existing.empty() || fs::weakly_canonical(step_dir).parent_path() == own, "'",
+              config_.train.out_dir, "' already holds checkpoints of another run (", existing.back(),
+              "): continue from '", step_dir, "' into another --train.out_dir");
     const CheckpointReader reader(step_dir);
     const auto& m = reader.manifest();
     notes = check_resumable(m, reader.config(), config_, train_data_->tokens(), topo.world_size, "checkpoint '" +

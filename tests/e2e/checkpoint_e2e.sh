@@ -41,7 +41,8 @@ PY
 train ref
 [ "$(latest ref)" = step_00000016 ] || fail "reference: latest is $(latest ref)"
 ls "$tmp/ref/checkpoints" | grep -qx step_00000004 && fail "reference: --checkpoint.keep 3 kept step 4"
-echo "e2e: reference run done"
+python3 "$src/launch/inspect_checkpoint.py" "$tmp/ref" --verify > "$tmp/inspect.txt" || fail "inspect --verify: $(cat "$tmp/inspect.txt")"
+echo "e2e: reference run done, its checkpoint verified by launch/inspect_checkpoint.py"
 
 # Graceful stops: SIGUSR1 to mpirun (which forwards it), SIGTERM to the ranks (as a scheduler does).
 wait_for_step() {

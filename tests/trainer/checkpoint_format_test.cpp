@@ -220,3 +220,21 @@ TEST_F(CheckpointCorruption, AnUnknownFormatVersionOrAForeignManifestIsRefused) 
   message = load_error();
   EXPECT_NE(message.find("does not name a step directory"), std::string::npos) << message;
 }
+
+TEST_F(CheckpointCorruption, ANewRunNeverMixesWithAnotherRunsCheckpoints) {
+  auto cfg = test::tiny_config(tmp_.path());
+  cfg.parallel.backend = "single";
+  const auto groups = [] { return parallel::make_groups(parallel::make_single_communicator(), 1, 4); };
+  auto message = refusal([&] { Trainer(cfg, groups()); });  // resume none, same out_dir
+  EXPECT_NE(message.find("already holds checkpoints of a run"), std::string::npos) << message;
+  cfg.checkpoint.resume = step_dir_;  // its own checkpoint: fine
+  EXPECT_EQ(refusal([&] { Trainer(cfg, groups()); }), "(no error)");
+  auto other = test::tiny_config(tmp_.path() + "/other");
+  other.data.dir = cfg.data.dir;
+  other.parallel.backend = "single";
+  other.checkpoint.save_final = true;
+  Trainer(other, groups()).run();  // a second run, with its own checkpoint
+  cfg.train.out_dir = other.train.out_dir;
+  message = refusal([&] { Trainer(cfg, groups()); });  // resume step_dir_ into other/run
+  EXPECT_NE(message.find("already holds checkpoints of another run"), std::string::npos) << message;
+}

@@ -119,6 +119,17 @@ TEST(Checkpoint, ResumeIsBitwiseExact) {
     }
   }
 
+  // Resuming the run's own earlier checkpoint saves step 8 again, replacing the old directory.
+  auto redo = cfg;
+  redo.checkpoint.resume = dir + "/a/checkpoints/step_00000004";
+  Trainer(redo, groups_of(comm, ep)).run();
+  if (comm->rank() == 0) {
+    expect_same_tensors(sb.checkpoint, sa.checkpoint);
+    for (const auto& e : fs::directory_iterator(dir + "/a/checkpoints")) {
+      EXPECT_EQ(e.path().extension(), "") << "leftover " << e.path();
+    }
+  }
+
   // Resuming in the run's own directory ("auto") continues its metrics without duplicates.
   auto again = cfg;
   again.train.steps = 10;
