@@ -36,6 +36,11 @@ int main(int argc, char** argv) try {
   launch::parse_or_exit(argc, argv, desc);
   MOE_CHECK(device == "cpu" || device == "cuda", "--device '", device, "' is not cpu or cuda");
   MOE_CHECK(device == "cpu" || torch::cuda::is_available(), "--device cuda: no CUDA device is visible");
+  try {
+    s.validate();  // before anything is loaded or printed
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("--") + e.what());
+  }
   auto loaded = trainer::load_model_for_inference(checkpoint);
   loaded.lm->to(torch::Device(device));
   const trainer::Tokenizer tokenizer(tokenizer_path.empty() ? loaded.tokenizer_path : tokenizer_path);

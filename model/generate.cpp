@@ -1,5 +1,7 @@
 #include "model/generate.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -30,6 +32,16 @@ at::Tensor filter_top_k(const at::Tensor& logits, int64_t k) {
   if (k <= 0 || k >= logits.size(-1)) return logits;
   const auto kth = std::get<0>(logits.topk(k, -1)).narrow(-1, k - 1, 1);
   return logits.masked_fill(logits < kth, -INFINITY);
+}
+
+void SamplingConfig::validate() const {
+  MOE_CHECK(max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", max_new_tokens);
+  MOE_CHECK(std::isfinite(temperature) && temperature >= 0, "temperature must be finite and >= 0 (0 = greedy), got ",
+            temperature);
+  MOE_CHECK(top_k >= 0, "top_k must be >= 0 (0 = off), got ", top_k);
+  MOE_CHECK(top_p > 0 && top_p <= 1, "top_p must be in (0, 1] (1 = off), got ", top_p);
+  MOE_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
+            "repetition_penalty must be a finite positive number (1 = off), got ", repetition_penalty);
 }
 
 at::Tensor filter_top_p(const at::Tensor& logits, double p) {
@@ -72,8 +84,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM& lm, const std::vector<std::
                                            const SamplingConfig& s, const TokenCallback& on_token) {
   MOE_CHECK(!prompts.empty(), "generate needs at least one prompt");
   for (size_t i = 0; i < prompts.size(); ++i) MOE_CHECK(!prompts[i].empty(), "prompt ", i, " is empty");
-  MOE_CHECK(s.temperature >= 0, "temperature must be >= 0, got ", s.temperature);
-  MOE_CHECK(s.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", s.max_new_tokens);
+  s.validate();
   const auto& cfg = lm->config();
   for (const auto& p : prompts) {
     for (auto id : p) MOE_CHECK(id >= 0 && id < cfg.vocab_size, "token id ", id, " outside vocabulary ", cfg.vocab_size);

@@ -19,6 +19,9 @@ struct SamplingConfig {
   double repetition_penalty = 1.0;  // 1 = off; >1 discourages tokens already in the row
   int64_t eos_token_id = -1;        // stop a row at this token (not emitted); -1 = never
   uint64_t seed = 0;
+  /// Throws moe::InvalidArgument naming the first option outside its range: max_new_tokens >= 0,
+  /// temperature finite >= 0, top_k >= 0, top_p in (0, 1], repetition_penalty finite > 0.
+  void validate() const;
 };
 
 /// Called once per generated token, row = index of the prompt.

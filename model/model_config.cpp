@@ -1,5 +1,7 @@
 #include "model/model_config.h"
 
+#include <cmath>
+
 #include <sstream>
 
 #include "common/check.h"
@@ -33,19 +35,23 @@ void ModelConfig::validate() const {
             intermediate_size);
   MOE_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive, got ",
             max_position_embeddings);
-  MOE_CHECK(rms_norm_eps > 0, "rms_norm_eps must be positive, got ", rms_norm_eps);
-  MOE_CHECK(rope_theta > 0, "rope_theta must be positive, got ", rope_theta);
+  MOE_CHECK(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "rms_norm_eps must be a finite positive number, got ",
+            rms_norm_eps);
+  MOE_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "rope_theta must be a finite positive number, got ",
+            rope_theta);
   MOE_CHECK(dropout >= 0 && dropout < 1, "dropout must be in [0, 1), got ", dropout);
   MOE_CHECK(hidden_act == "silu" || hidden_act == "gelu" || hidden_act == "relu", "hidden_act '", hidden_act,
             "' is not one of silu, gelu, relu");
+  MOE_CHECK(std::isfinite(aux_loss_alpha) && aux_loss_alpha >= 0, "aux_loss_alpha must be finite and >= 0, got ",
+            aux_loss_alpha);
+  MOE_CHECK(std::isfinite(capacity_factor) && capacity_factor >= 0,
+            "capacity_factor must be finite and >= 0 (0 = dropless), got ", capacity_factor);
   if (!use_moe) return;
   MOE_CHECK(n_routed_experts > 0, "n_routed_experts must be positive, got ", n_routed_experts);
   MOE_CHECK(num_experts_per_tok > 0 && num_experts_per_tok <= n_routed_experts, "num_experts_per_tok ",
             num_experts_per_tok, " must be in [1, n_routed_experts = ", n_routed_experts, "]");
   MOE_CHECK(n_shared_experts >= 0, "n_shared_experts must be >= 0, got ", n_shared_experts);
   MOE_CHECK(scoring_func == "softmax", "scoring_func '", scoring_func, "' is not supported (only softmax)");
-  MOE_CHECK(aux_loss_alpha >= 0, "aux_loss_alpha must be >= 0, got ", aux_loss_alpha);
-  MOE_CHECK(capacity_factor >= 0, "capacity_factor must be >= 0 (0 = dropless), got ", capacity_factor);
   parse_expert_compute(expert_compute);  // names a value other than auto, loop, grouped
 }
 

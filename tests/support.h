@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <sstream>
+#include <string>
 
+#include "common/check.h"
 #include "model/model_config.h"
 
 namespace moe::test {
@@ -76,6 +79,16 @@ inline model::ModelConfig moe_layer_config(int64_t hidden, int64_t intermediate,
   c.num_experts_per_tok = top_k;
   c.n_shared_experts = shared;
   return c;
+}
+
+/// The message of the moe::InvalidArgument that f throws, or "(no error)".
+inline std::string refusal(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 /// A gradient that was never produced (a parameter not used) counts as zeros.

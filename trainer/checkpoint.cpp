@@ -452,6 +452,10 @@ LoadedModel load_model_for_inference(const std::string& path) {
   loaded.config = reader.config();
   loaded.lm = model::CausalLM(loaded.config.model);
   restore_parameters(reader, loaded.lm);
+  for (const auto& p : loaded.lm->named_parameters()) {
+    MOE_CHECK(torch::isfinite(p.value()).all().item<bool>(), "checkpoint '", loaded.step_dir, "': parameter ", p.key(),
+              " holds non-finite values (the run diverged); use an earlier checkpoint");
+  }
   loaded.tokenizer_path = reader.verified_file("tokenizer.model");
   loaded.lm->eval();
   return loaded;

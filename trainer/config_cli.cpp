@@ -2,6 +2,7 @@
 
 #include <boost/any.hpp>
 #include <boost/program_options.hpp>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -152,6 +153,7 @@ void store_config_stream(std::istream& in, const std::string& path, const po::op
 }
 
 void store_config_file(const std::string& path, const po::options_description& options, po::variables_map& vm) {
+  MOE_CHECK(!std::filesystem::is_directory(path), "config file '", path, "' is a directory, not an INI file");
   std::ifstream in(path);
   MOE_CHECK(in.good(), "config file '", path, "' not found");
   store_config_stream(in, path, options, vm);

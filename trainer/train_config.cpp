@@ -1,8 +1,17 @@
 #include "trainer/train_config.h"
 
+#include <cmath>
+
 #include "common/check.h"
 
 namespace moe::trainer {
+
+namespace {
+
+// inf passes "> 0" and NaN fails every comparison: both are refused by name.
+bool finite(double x) { return std::isfinite(x); }
+
+}  // namespace
 
 void TrainConfig::validate() const {
   try {
@@ -14,21 +23,25 @@ void TrainConfig::validate() const {
   MOE_CHECK(p.backend == "auto" || p.backend == "mpi" || p.backend == "nccl" || p.backend == "single",
             "--parallel.backend '", p.backend, "' is not one of auto, mpi, nccl, single");
   MOE_CHECK(p.ep_size >= 0, "--parallel.ep_size must be >= 0 (0 = the world), got ", p.ep_size);
-  MOE_CHECK(p.comm_timeout > 0, "--parallel.comm_timeout must be positive, got ", p.comm_timeout);
-  MOE_CHECK(p.bucket_mb > 0, "--parallel.bucket_mb must be positive, got ", p.bucket_mb);
+  MOE_CHECK(finite(p.comm_timeout) && p.comm_timeout > 0, "--parallel.comm_timeout must be a finite positive number of "
+            "seconds, got ", p.comm_timeout);
+  MOE_CHECK(finite(p.bucket_mb) && p.bucket_mb > 0, "--parallel.bucket_mb must be a finite positive number, got ",
+            p.bucket_mb);
   MOE_CHECK(!p.global_batch_aux || !model.seq_aux, "--parallel.global_batch_aux needs --model.seq_aux false");
   MOE_CHECK(!data.dir.empty(), "--data.dir is not set (the directory moe-prepare wrote)");
   MOE_CHECK(data.seq_len > 0 && data.seq_len <= model.max_position_embeddings, "--data.seq_len ", data.seq_len,
             " must be in [1, model.max_position_embeddings = ", model.max_position_embeddings, "]");
   const auto& o = optim;
-  MOE_CHECK(o.lr > 0, "--optim.lr must be positive, got ", o.lr);
+  MOE_CHECK(finite(o.lr) && o.lr > 0, "--optim.lr must be a finite positive number, got ", o.lr);
   MOE_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr, "--optim.min_lr ", o.min_lr, " must be in [0, optim.lr = ", o.lr, "]");
   MOE_CHECK(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0, got ", o.warmup_steps);
-  MOE_CHECK(o.weight_decay >= 0, "--optim.weight_decay must be >= 0, got ", o.weight_decay);
+  MOE_CHECK(finite(o.weight_decay) && o.weight_decay >= 0, "--optim.weight_decay must be finite and >= 0, got ",
+            o.weight_decay);
   MOE_CHECK(o.beta1 >= 0 && o.beta1 < 1, "--optim.beta1 must be in [0, 1), got ", o.beta1);
   MOE_CHECK(o.beta2 >= 0 && o.beta2 < 1, "--optim.beta2 must be in [0, 1), got ", o.beta2);
-  MOE_CHECK(o.eps > 0, "--optim.eps must be positive, got ", o.eps);
-  MOE_CHECK(o.grad_clip >= 0, "--optim.grad_clip must be >= 0 (0 = off), got ", o.grad_clip);
+  MOE_CHECK(finite(o.eps) && o.eps > 0, "--optim.eps must be a finite positive number, got ", o.eps);
+  MOE_CHECK(finite(o.grad_clip) && o.grad_clip >= 0, "--optim.grad_clip must be finite and >= 0 (0 = off), got ",
+            o.grad_clip);
   const auto& t = train;
   MOE_CHECK(t.steps > 0, "--train.steps must be positive, got ", t.steps);
   MOE_CHECK(t.micro_batch > 0, "--train.micro_batch must be positive, got ", t.micro_batch);
@@ -42,7 +55,8 @@ void TrainConfig::validate() const {
   MOE_CHECK(t.dtype == "auto" || t.dtype == "fp32" || t.dtype == "bf16", "--train.dtype '", t.dtype,
             "' is not one of auto, fp32, bf16");
   MOE_CHECK(t.max_bad_steps > 0, "--train.max_bad_steps must be positive, got ", t.max_bad_steps);
-  MOE_CHECK(t.peak_tflops >= 0, "--train.peak_tflops must be >= 0, got ", t.peak_tflops);
+  MOE_CHECK(finite(t.peak_tflops) && t.peak_tflops >= 0, "--train.peak_tflops must be finite and >= 0, got ",
+            t.peak_tflops);
   MOE_CHECK(checkpoint.every >= 0, "--checkpoint.every must be >= 0, got ", checkpoint.every);
   MOE_CHECK(checkpoint.keep >= 1, "--checkpoint.keep must be >= 1, got ", checkpoint.keep);
   MOE_CHECK(!checkpoint.resume.empty(), "--checkpoint.resume is empty (auto, none or a checkpoint path)");

@@ -204,6 +204,17 @@ void Trainer::resume_from(const std::string& step_dir) {
 }
 
 std::string Trainer::save() {
+  {
+    // Never replace a good checkpoint by a diverged model.
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> params;
+    for (const auto& p : lm_->parameters()) params.push_back(p);
+    const bool finite = torch::stack(torch::_foreach_norm(params)).isfinite().all().item<bool>();
+    parallel::agree_or_throw(*groups_.world,
+                             finite ? "" : "the weights hold non-finite values (the run diverged): the last good "
+                                           "checkpoint is kept; lower --optim.lr and resume from it",
+                             "checkpoint at step " + std::to_string(state_.step));
+  }
   CheckpointInputs in;
   in.lm = lm_;
   in.optimizer = optimizer_.get();

@@ -4,6 +4,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
+
+#include <cmath>
 
 #include "common/check.h"
 #include "model/generate.h"
@@ -123,6 +126,25 @@ TEST(Generate, RefusesBadInput) {
   s.temperature = -1;
   EXPECT_THROW(model::generate(lm, {{1}}, s), moe::InvalidArgument);
   EXPECT_THROW(model::generate(lm, {{1}}, greedy(100)), moe::InvalidArgument);  // beyond 64 positions
+}
+
+TEST(Sampling, OptionsOutsideTheirRangeAreRefusedByName) {
+  const std::vector<std::pair<std::function<void(model::SamplingConfig&)>, std::string>> cases = {
+      {[](auto& s) { s.top_p = 1.5; }, "top_p must be in (0, 1] (1 = off), got 1.5"},
+      {[](auto& s) { s.top_p = 0; }, "top_p must be in (0, 1] (1 = off), got 0"},
+      {[](auto& s) { s.top_p = NAN; }, "top_p must be in (0, 1]"},
+      {[](auto& s) { s.top_k = -3; }, "top_k must be >= 0 (0 = off), got -3"},
+      {[](auto& s) { s.temperature = INFINITY; }, "temperature must be finite and >= 0 (0 = greedy), got inf"},
+      {[](auto& s) { s.repetition_penalty = 0; }, "repetition_penalty must be a finite positive number"},
+      {[](auto& s) { s.max_new_tokens = -1; }, "max_new_tokens must be >= 0, got -1"},
+  };
+  for (const auto& [set, expected] : cases) {
+    model::SamplingConfig s;
+    set(s);
+    const auto message = moe::test::refusal([&] { s.validate(); });
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+  }
+  EXPECT_EQ(moe::test::refusal([] { model::SamplingConfig().validate(); }), "(no error)");
 }
 
 TEST(Sampling, RepetitionPenaltyMakesNegativeLogitsLessLikelyToo) {

@@ -1,6 +1,8 @@
 // Every ModelConfig::validate() rule refuses its bad value with a message naming the field.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <functional>
 #include <string>
 
@@ -65,8 +67,10 @@ TEST(ModelConfig, EveryRuleRefusesWithFieldAndValue) {
       {"eos_token_id -1 is outside the vocabulary", [](auto& c) { c.eos_token_id = -1; }},
       {"intermediate_size must be positive", [](auto& c) { c.intermediate_size = -5; }},
       {"max_position_embeddings must be positive, got 0", [](auto& c) { c.max_position_embeddings = 0; }},
-      {"rms_norm_eps must be positive, got 0", [](auto& c) { c.rms_norm_eps = 0; }},
-      {"rope_theta must be positive, got -1", [](auto& c) { c.rope_theta = -1; }},
+      {"rms_norm_eps must be a finite positive number, got 0", [](auto& c) { c.rms_norm_eps = 0; }},
+      {"rms_norm_eps must be a finite positive number, got inf", [](auto& c) { c.rms_norm_eps = INFINITY; }},
+      {"rope_theta must be a finite positive number, got -1", [](auto& c) { c.rope_theta = -1; }},
+      {"rope_theta must be a finite positive number, got nan", [](auto& c) { c.rope_theta = NAN; }},
       {"dropout must be in [0, 1), got 1", [](auto& c) { c.dropout = 1.0; }},
       {"hidden_act 'tanh' is not one of silu, gelu, relu", [](auto& c) { c.hidden_act = "tanh"; }},
       {"n_routed_experts must be positive, got 0", [](auto& c) { c.n_routed_experts = 0; }},
@@ -74,7 +78,10 @@ TEST(ModelConfig, EveryRuleRefusesWithFieldAndValue) {
       {"num_experts_per_tok 0", [](auto& c) { c.num_experts_per_tok = 0; }},
       {"n_shared_experts must be >= 0, got -1", [](auto& c) { c.n_shared_experts = -1; }},
       {"scoring_func 'sigmoid' is not supported", [](auto& c) { c.scoring_func = "sigmoid"; }},
-      {"aux_loss_alpha must be >= 0, got -0.1", [](auto& c) { c.aux_loss_alpha = -0.1; }},
+      {"aux_loss_alpha must be finite and >= 0, got -0.1", [](auto& c) { c.aux_loss_alpha = -0.1; }},
+      {"aux_loss_alpha must be finite and >= 0, got inf", [](auto& c) { c.aux_loss_alpha = INFINITY; }},
+      {"capacity_factor must be finite and >= 0 (0 = dropless), got inf",
+       [](auto& c) { c.capacity_factor = INFINITY; }},
   };
   for (const auto& rule : rules) {
     auto c = valid_moe();

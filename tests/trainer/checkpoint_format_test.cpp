@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -23,17 +24,9 @@
 using namespace moe;
 using namespace moe::trainer;
 namespace fs = std::filesystem;
+using moe::test::refusal;
 
 namespace {
-
-std::string refusal(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 std::string read_bytes(const std::string& path) { return read_small_file(path, 1 << 30); }
 
@@ -237,4 +230,22 @@ TEST_F(CheckpointCorruption, ANewRunNeverMixesWithAnotherRunsCheckpoints) {
   cfg.train.out_dir = other.train.out_dir;
   message = refusal([&] { Trainer(cfg, groups()); });  // resume step_dir_ into other/run
   EXPECT_NE(message.find("already holds checkpoints of another run"), std::string::npos) << message;
+}
+
+TEST_F(CheckpointCorruption, NonFiniteWeightsAreRefusedNamingTheCheckpoint) {
+  // A NaN written into a parameter, with the checksums made to match: the file is "intact".
+  const SafetensorsFile file(model_file());
+  const auto* entry = file.find("model.norm.weight");
+  ASSERT_NE(entry, nullptr);
+  auto bytes = read_bytes(model_file());
+  const float nan = NAN;
+  std::memcpy(bytes.data() + file.header().data_start + entry->begin, &nan, sizeof(nan));
+  write_bytes(model_file(), bytes);
+  const auto at = file.header().data_start + entry->begin;
+  manifest_["tensors"]["model.norm.weight"]["crc32"] = crc32_of(bytes.data() + at, entry->end - entry->begin);
+  manifest_["files"]["model-00000-of-00001.safetensors"]["crc32"] = crc32_of(bytes.data(), bytes.size());
+  write_bytes(step_dir_ + "/manifest.json", manifest_.dump());
+  const auto message = load_error();
+  EXPECT_NE(message.find("parameter model.norm.weight holds non-finite values"), std::string::npos) << message;
+  EXPECT_NE(message.find(step_dir_), std::string::npos) << message;
 }

@@ -69,15 +69,6 @@ void expect_close_weights(model::CausalLM& lm, const std::map<std::string, torch
   }
 }
 
-std::string refusal(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 }  // namespace
 
 TEST(Checkpoint, ResumeIsBitwiseExact) {

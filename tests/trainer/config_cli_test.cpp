@@ -102,6 +102,21 @@ TEST(ConfigCli, EveryDocumentedErrorNamesTheKeyAndValue) {
             "--data.seq_len 100000 must be in [1, model.max_position_embeddings = 32768]");
   EXPECT_EQ(error_of(with_data({"--parallel.global_batch_aux", "true"})),
             "--parallel.global_batch_aux needs --model.seq_aux false");
+  // Every floating-point option is finite and in its range.
+  EXPECT_EQ(error_of(with_data({"--optim.lr", "inf"})), "--optim.lr must be a finite positive number, got inf");
+  EXPECT_EQ(error_of(with_data({"--optim.lr", "nan"})), "--optim.lr must be a finite positive number, got nan");
+  EXPECT_EQ(error_of(with_data({"--optim.eps", "inf"})), "--optim.eps must be a finite positive number, got inf");
+  EXPECT_EQ(error_of(with_data({"--optim.grad_clip", "inf"})),
+            "--optim.grad_clip must be finite and >= 0 (0 = off), got inf");
+  EXPECT_EQ(error_of(with_data({"--optim.beta2", "nan"})), "--optim.beta2 must be in [0, 1), got nan");
+  EXPECT_EQ(error_of(with_data({"--model.capacity_factor", "inf"})),
+            "model.capacity_factor must be finite and >= 0 (0 = dropless), got inf");
+  EXPECT_EQ(error_of(with_data({"--model.dropout", "nan"})), "model.dropout must be in [0, 1), got nan");
+  EXPECT_EQ(error_of(with_data({"--parallel.comm_timeout", "inf"})),
+            "--parallel.comm_timeout must be a finite positive number of seconds, got inf");
+  // A directory given as --config is not read as an empty file.
+  const auto as_dir = error_of(with_data({"--config", dir.path()}));
+  EXPECT_NE(as_dir.find("is a directory, not an INI file"), std::string::npos) << as_dir;
   // --help skips validation (nothing else is needed to read the usage).
   EXPECT_TRUE(parse({"--help"}).help);
   EXPECT_NE(usage().find("--model.n_routed_experts"), std::string::npos);

@@ -174,3 +174,29 @@ TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {
         << e.what();
   }
 }
+
+// A run that diverges never saves its non-finite weights over the last good checkpoint.
+TEST(Trainer, DivergedWeightsAreNeverSaved) {
+  auto comm = world();
+  test::TempDir tmp("moe_trainer_test");
+  const auto dir = rank0_path(*comm, tmp.path());
+  if (comm->rank() == 0) write_dataset(dir + "/data", 100, 64);
+  comm->barrier();
+  auto cfg = tiny_config(dir);
+  cfg.train.steps = 2;
+  cfg.checkpoint.save_final = true;
+  Trainer(cfg, groups_of(comm, 4)).run();
+  auto diverging = cfg;
+  diverging.train.steps = 6;
+  diverging.checkpoint.every = 1;
+  diverging.checkpoint.resume = "auto";
+  diverging.optim.lr = diverging.optim.min_lr = 1e30;  // the next update overflows the weights
+  const auto message = refusal([&] { Trainer(diverging, groups_of(comm, 4)).run(); });
+  EXPECT_NE(message.find("checkpoint at step 3: rank 0 of " + std::to_string(comm->size()) +
+                         ": the weights hold non-finite values"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(latest_checkpoint(dir + "/run"), dir + "/run/checkpoints/step_00000002");
+  EXPECT_EQ(refusal([&] { load_model_for_inference(dir + "/run"); }), "(no error)");
+  comm->barrier();
+}
