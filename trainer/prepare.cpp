@@ -11,6 +11,7 @@
 
 #include "common/check.h"
 #include "common/log.h"
+#include "common/remove_tree.h"
 #include "trainer/token_shard.h"
 #include "trainer/tokenizer.h"
 
@@ -84,16 +85,39 @@ class ShardSet {
   uint64_t shards_ = 0, tokens_ = 0;
 };
 
-void remove_old_shards(const std::string& dir) {
-  for (const auto* split : {"train", "val"}) {
-    for (const auto& path : list_shards(dir, split)) fs::remove(path);
+// The outputs are written into <out_dir>/.prepare.tmp/ and moved into out_dir only when the whole
+// job has succeeded: a failure leaves out_dir exactly as it was (the guard removes the staging).
+class Staging {
+ public:
+  explicit Staging(const std::string& out_dir) : out_(out_dir), dir_(fs::path(out_dir) / ".prepare.tmp") {
+    fs::create_directories(out_);
+    remove_tree(dir_.string());  // left by a run that was killed
+    fs::create_directories(dir_);
   }
-}
+  ~Staging() {
+    try {
+      remove_tree(dir_.string());
+    } catch (const std::exception&) {  // never mask the error that unwinds
+    }
+  }
+  std::string dir() const { return dir_.string(); }
+  /// Replaces the old outputs by the staged ones.
+  void commit() {
+    for (const auto* split : {"train", "val"}) {
+      for (const auto& path : list_shards(out_.string(), split)) fs::remove(path);
+    }
+    for (const auto& e : fs::directory_iterator(dir_)) fs::rename(e.path(), out_ / e.path().filename());
+  }
+
+ private:
+  fs::path out_, dir_;
+};
 
 // Lines of the corpus for tokenizer training, through a temporary file (the trainer pulls lines,
 // the reader pushes documents).
-std::string tokenizer_training_text(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes) {
-  const auto path = (fs::path(o.out_dir) / "tokenizer-input.tmp").string();
+std::string tokenizer_training_text(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes,
+                                    const std::string& dir) {
+  const auto path = (fs::path(dir) / "tokenizer-input.tmp").string();
   std::ofstream out(path, std::ios::binary);
   Progress progress(o.progress, "reading for the tokenizer", bytes);
   const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
@@ -133,26 +157,27 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
   const auto files = list_corpus_files(o.inputs, &summary.skipped_files);
   MOE_CHECK(!files.empty(), "no input files (a directory contributes .jsonl, .txt and extension-less files)");
   const uint64_t bytes = total_bytes(files);
-  fs::create_directories(o.out_dir);
-  remove_old_shards(o.out_dir);
+  Staging staging(o.out_dir);
+  const auto& out = staging.dir();
 
-  const auto model_path = (fs::path(o.out_dir) / "tokenizer.model").string();
+  const auto model_path = (fs::path(out) / "tokenizer.model").string();
   if (o.tokenizer.empty()) {
-    const auto text = tokenizer_training_text(files, o, bytes);
+    const auto text = tokenizer_training_text(files, o, bytes, out);
     std::ifstream lines(text, std::ios::binary);
     log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces");
     Tokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size, model_path,
                      o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
     fs::remove(text);
-  } else if (fs::absolute(o.tokenizer) != fs::absolute(model_path)) {
+  } else {
+    MOE_CHECK(fs::is_regular_file(o.tokenizer), "--tokenizer '", o.tokenizer, "' is not a file");
     fs::copy_file(o.tokenizer, model_path, fs::copy_options::overwrite_existing);
   }
   const Tokenizer tokenizer(model_path);
   summary.vocab_size = tokenizer.vocab_size();
 
   const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
-  ShardSet train(o.out_dir, "train", o.shard_tokens, vocab, eos);
-  ShardSet val(o.out_dir, "val", o.shard_tokens, vocab, eos);
+  ShardSet train(out, "train", o.shard_tokens, vocab, eos);
+  ShardSet val(out, "val", o.shard_tokens, vocab, eos);
   const uint64_t period = o.val_fraction > 0 ? std::max<uint64_t>(2, std::llround(1.0 / o.val_fraction)) : 0;
   Progress progress(o.progress, "tokenizing", bytes);
   const auto encode_start = Clock::now();
@@ -177,7 +202,11 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
   summary.bytes = stats.bytes;
   summary.malformed_lines = stats.malformed_lines;
   summary.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::ofstream(fs::path(o.out_dir) / "prepare.json") << summary.to_json() << "\n";
+  std::ofstream summary_file(fs::path(out) / "prepare.json");
+  summary_file << summary.to_json() << "\n";
+  summary_file.close();
+  MOE_CHECK(summary_file.good(), "cannot write '", (fs::path(out) / "prepare.json").string(), "'");
+  staging.commit();
   return summary;
 }
 

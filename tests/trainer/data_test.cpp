@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "common/check.h"
@@ -95,6 +97,23 @@ TEST(TokenShard, RefusesTruncatedForeignAndMissingFiles) {
   newer[8] = 9;  // version 9
   std::ofstream(dir / "newer.bin", std::ios::binary) << newer;
   expect_error([&] { TokenShard s(dir / "newer.bin"); }, {dir / "newer.bin", "version 9"});
+  // A count whose size in bytes wraps around to the real one (5 + 2^63 tokens of 2 bytes).
+  auto lying = bytes;
+  const uint64_t count = 5 + (uint64_t(1) << 63);
+  std::memcpy(lying.data() + 16, &count, 8);
+  std::ofstream(dir / "lying.bin", std::ios::binary) << lying;
+  expect_error([&] { TokenShard s(dir / "lying.bin"); }, {dir / "lying.bin", "more than any file holds"});
+  // Token ids and EOS are checked against the vocabulary when the shard is opened.
+  auto small_vocab = bytes;
+  const uint32_t vocab = 4;
+  std::memcpy(small_vocab.data() + 24, &vocab, 4);
+  std::ofstream(dir / "vocab.bin", std::ios::binary) << small_vocab;
+  expect_error([&] { TokenShard s(dir / "vocab.bin"); }, {dir / "vocab.bin", "token id 5 (token 4) beyond its vocabulary of 4"});
+  auto bad_eos = bytes;
+  const uint32_t eos = 7000;
+  std::memcpy(bad_eos.data() + 28, &eos, 4);
+  std::ofstream(dir / "eos.bin", std::ios::binary) << bad_eos;
+  expect_error([&] { TokenShard s(dir / "eos.bin"); }, {dir / "eos.bin", "EOS id 7000 outside its vocabulary of 6400"});
 }
 
 TEST(Prepare, JsonlAndTextRoundTripThroughTheTokenizer) {
@@ -190,6 +209,26 @@ TEST(Prepare, EmptyInputAndMissingDataAreRefused) {
                {"no documents"});
   expect_error([&] { prepare_corpus(prepare_options({dir / "nope.jsonl"}, dir / "o")); }, {"nope.jsonl", "not found"});
   expect_error([&] { TokenDataset d(dir / "o", "train"); }, {"train-*.bin", "moe-prepare"});
+}
+
+// A failed re-run into an existing folder leaves it exactly as it was, without temporary files.
+TEST(Prepare, AFailedRerunLeavesTheOldOutputsUntouched) {
+  test::TempDir dir;
+  std::ofstream(dir / "a.txt") << "the first document\nof a small corpus\n";
+  auto o = prepare_options({dir / "a.txt"}, dir / "o");
+  o.val_fraction = 0;
+  prepare_corpus(o);
+  std::map<std::string, std::string> before;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "o")) before[e.path().string()] = read_bytes(e.path());
+  ASSERT_TRUE(before.count(dir / "o/train-00000.bin"));
+  std::ofstream(dir / "empty.txt").close();
+  expect_error([&] { prepare_corpus(prepare_options({dir / "empty.txt"}, dir / "o")); }, {"no documents"});
+  auto with_tokenizer = prepare_options({dir / "empty.txt"}, dir / "o");
+  with_tokenizer.tokenizer = dir / "missing.model";
+  expect_error([&] { prepare_corpus(with_tokenizer); }, {"missing.model"});
+  std::map<std::string, std::string> after;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "o")) after[e.path().string()] = read_bytes(e.path());
+  EXPECT_EQ(after, before);
 }
 
 namespace {
