@@ -61,6 +61,34 @@ std::vector<std::string> list_corpus_files(const std::vector<std::string>& input
   return files;
 }
 
+size_t invalid_utf8_at(const std::string& text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    if (c == 0) return i;  // NUL: binary data, never text
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    uint32_t cp = 0, min = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+    else return i;
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and values past U+10FFFF are not UTF-8.
+    if (cp < min || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return i;
+    i += len;
+  }
+  return std::string::npos;
+}
+
 CorpusStats read_corpus(const std::vector<std::string>& files, const CorpusOptions& options,
                         const std::function<void(const std::string&)>& on_document,
                         const std::function<void(uint64_t)>& on_bytes) {
@@ -89,6 +117,11 @@ CorpusStats read_corpus(const std::vector<std::string>& files, const CorpusOptio
                     "); fix it or pass --skip_malformed to skip such lines");
           ++stats.malformed_lines;
         }
+      } else if (const auto bad = invalid_utf8_at(line); bad != std::string::npos) {
+        MOE_CHECK(options.skip_malformed, path, ":", line_no, ": not UTF-8 text (byte ", bad + 1, " of the line is 0x",
+                  std::hex, int(static_cast<unsigned char>(line[bad])), std::dec,
+                  "): a binary file? Remove it from the inputs, or pass --skip_malformed to skip such lines");
+        ++stats.malformed_lines;
       } else if (line == options.separator || (!line.empty() && line.back() == '\r' &&
                                                line.substr(0, line.size() - 1) == options.separator)) {
         emit(document);

@@ -24,10 +24,14 @@ std::vector<std::string> list_corpus_files(const std::vector<std::string>& input
 
 /// Calls on_document(text) for every non-empty document of every file, in order. .jsonl files are
 /// JSONL: a line that is not an object with a string "text" is an error naming the file and line
-/// (moe::InvalidArgument), or with skip_malformed is counted and skipped. on_bytes(n) reports
+/// (moe::InvalidArgument), or with skip_malformed is counted and skipped. A plain-text line that is
+/// not UTF-8 (or holds a NUL byte: binary data) is treated the same way. on_bytes(n) reports
 /// progress in bytes read.
 CorpusStats read_corpus(const std::vector<std::string>& files, const CorpusOptions& options,
                         const std::function<void(const std::string&)>& on_document,
                         const std::function<void(uint64_t)>& on_bytes = nullptr);
+
+/// Offset of the first byte of `text` that is not part of valid UTF-8 (or is NUL); npos if none.
+size_t invalid_utf8_at(const std::string& text);
 
 }  // namespace moe::trainer

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <string_view>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -113,6 +114,19 @@ class Staging {
   fs::path out_, dir_;
 };
 
+// SentencePiece skips longer lines (max_sentence_length): a corpus of one huge line would train on
+// nothing. Longer lines are cut, at a space where there is one, never inside a UTF-8 character.
+constexpr size_t kMaxTrainingLine = 8192;
+
+size_t training_piece_length(std::string_view line, size_t limit) {
+  if (line.size() <= limit) return line.size();
+  const auto space = line.rfind(' ', limit - 1);
+  if (space != std::string_view::npos && space > limit / 2) return space + 1;
+  size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;  // a continuation byte
+  return cut > 0 ? cut : limit;
+}
+
 // Lines of the corpus for tokenizer training, through a temporary file (the trainer pulls lines,
 // the reader pushes documents).
 std::string tokenizer_training_text(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes,
@@ -125,7 +139,11 @@ std::string tokenizer_training_text(const std::vector<std::string>& files, const
     while (start < doc.size()) {
       const auto end = doc.find('\n', start);
       const auto line = doc.substr(start, end == std::string::npos ? std::string::npos : end - start);
-      if (!line.empty()) out << line << '\n';
+      for (auto piece = std::string_view(line); !piece.empty();) {
+        const auto cut = training_piece_length(piece, kMaxTrainingLine);
+        out << piece.substr(0, cut) << '\n';
+        piece.remove_prefix(cut);
+      }
       if (end == std::string::npos) break;
       start = end + 1;
     }

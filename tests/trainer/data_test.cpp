@@ -13,6 +13,7 @@
 #include "common/check.h"
 #include "tests/trainer/synthetic_corpus.h"
 #include "tests/trainer/temp_dir.h"
+#include "trainer/corpus_reader.h"
 #include "trainer/data_loader.h"
 #include "trainer/prepare.h"
 #include "trainer/token_shard.h"
@@ -310,4 +311,39 @@ TEST(PackedLoader, RefusesDataSmallerThanOneGlobalBatch) {
   const auto data = counting_dataset(dir, 101);
   PackedLoader loader(data, 10, 1, 0, 4);
   expect_error([&] { loader.next(4); }, {"10 windows", "fewer than one global micro-batch of 16"});
+}
+
+TEST(Corpus, Utf8IsValidatedAndBinaryDataRefusedNamingFileAndLine) {
+  EXPECT_EQ(invalid_utf8_at("plain ascii, \xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), std::string::npos);
+  EXPECT_EQ(invalid_utf8_at("ab\xff"), 2u);
+  EXPECT_EQ(invalid_utf8_at(std::string("a\0b", 3)), 1u);      // NUL
+  EXPECT_EQ(invalid_utf8_at("\xc0\xaf"), 0u);                  // overlong '/'
+  EXPECT_EQ(invalid_utf8_at("x\xed\xa0\x80"), 1u);             // a UTF-16 surrogate
+  EXPECT_EQ(invalid_utf8_at("\xf4\x90\x80\x80"), 0u);         // past U+10FFFF
+  EXPECT_EQ(invalid_utf8_at("\xe2\x82"), 0u);                  // truncated
+  test::TempDir dir;
+  std::ofstream(dir / "ok.txt") << "a fine document\n";
+  const char blob[] = "text first\n\x89PNG\r\n\x1a\n\x00\x01";
+  std::ofstream(dir / "blob.txt", std::ios::binary) << std::string(blob, sizeof(blob) - 1);
+  CorpusOptions strict;
+  expect_error([&] { read_corpus({dir / "ok.txt", dir / "blob.txt"}, strict, [](const std::string&) {}); },
+               {dir / "blob.txt:2: not UTF-8 text", "--skip_malformed"});
+  CorpusOptions lenient;
+  lenient.skip_malformed = true;
+  const auto stats = read_corpus({dir / "ok.txt", dir / "blob.txt"}, lenient, [](const std::string&) {});
+  EXPECT_EQ(stats.malformed_lines, 2u);
+  EXPECT_EQ(stats.documents, 2u);
+}
+
+TEST(Prepare, ACorpusOfOneHugeLineTrainsATokenizer) {
+  test::TempDir dir;
+  std::string line;
+  for (int i = 0; i < 20000; ++i) line += "word" + std::to_string(i % 700) + " ";
+  std::ofstream(dir / "huge.txt") << line << "\n";  // about 150 kB in one line, no newline inside
+  auto o = prepare_options({dir / "huge.txt"}, dir / "o");
+  o.val_fraction = 0;
+  const auto summary = prepare_corpus(o);
+  EXPECT_EQ(summary.documents, 1u);
+  EXPECT_GT(summary.vocab_size, 259);  // merges were learnt, not only the byte fallback
+  EXPECT_LT(summary.train_tokens, 150000u);
 }
