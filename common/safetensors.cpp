@@ -129,7 +129,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   const uint64_t n = header_length(length, got, file_size_, path);  // before anything of that size exists
   header_bytes_.resize(8 + n);
   std::memcpy(header_bytes_.data(), length, 8);
-  MOE_CHECK(n == 0 || ::pread(fd_.get(), header_bytes_.data() + 8, n, 8) == ssize_t(n), path, ": cannot read its header");
+  MOE_CHECK(n == 0 || ::pread(fd_.get(), header_bytes_.data() + 8, n, 8) == ssize_t(n), path,
+            ": cannot read its header");
   header_ = parse_safetensors_header(reinterpret_cast<const uint8_t*>(header_bytes_.data()), header_bytes_.size(),
                                      file_size_, path);
   for (size_t i = 0; i < header_.tensors.size(); ++i) {

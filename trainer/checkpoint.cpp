@@ -74,7 +74,9 @@ void fault_point(const char* point, int rank, int64_t step) {
     return;
   }
   log("checkpoint", std::string("MOE_CHECKPOINT_FAULT: ") + action + " at '" + point + "'");
-  if (action == "fail") throw InvalidArgument(std::string("injected failure at '") + point + "' (MOE_CHECKPOINT_FAULT)");
+  if (action == "fail") {
+    throw InvalidArgument(std::string("injected failure at '") + point + "' (MOE_CHECKPOINT_FAULT)");
+  }
   ::kill(::getpid(), SIGKILL);
 }
 
@@ -230,6 +232,15 @@ void remove_stale(const fs::path& dir) {
   }
 }
 
+// The model-ep*.pt files of the checkpoints before the training-state format.
+bool has_torchscript_files(const fs::path& dir) {
+  if (!fs::is_directory(dir)) return false;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".pt") return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string step_dir_name(int64_t step) {
@@ -338,15 +349,17 @@ std::string resolve_checkpoint_dir(const std::string& path) {
   if (fs::exists(dir / "latest")) {
     auto name = read_small_file((dir / "latest").string(), 256);
     while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+    const bool old_name = std::regex_match(name, std::regex(R"(step_\d{6})"));
+    MOE_CHECK(!old_name || !has_torchscript_files(dir / name), "'", (dir / name).string(),
+              "' is a checkpoint of an earlier format (TorchScript .pt files), which this version does not read: "
+              "train into another --train.out_dir");
     MOE_CHECK(step_of_dir_name(name).has_value(), "'", (dir / "latest").string(), "' does not name a step directory");
     MOE_CHECK(fs::exists(dir / name / "manifest.json"), "'", (dir / "latest").string(), "' names '", name,
               "', which is not a complete checkpoint");
     return (dir / name).string();
   }
-  bool old_format = false;
-  for (const auto& e : fs::directory_iterator(path)) old_format |= e.path().extension() == ".pt";
-  MOE_CHECK(!old_format, "'", path, "' holds TorchScript .pt files of an earlier checkpoint format, which this "
-            "version does not read");
+  MOE_CHECK(!has_torchscript_files(path), "'", path, "' is a checkpoint of an earlier format (TorchScript .pt "
+            "files), which this version does not read");
   throw InvalidArgument("no checkpoint in '" + path + "' (no manifest.json, no checkpoints/latest)");
 }
 

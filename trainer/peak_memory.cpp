@@ -1,5 +1,7 @@
 #include "trainer/peak_memory.h"
 
+#include <malloc.h>
+
 #include <fstream>
 #include <string>
 
@@ -19,6 +21,9 @@ void reset_peak_memory(const torch::Device& device) {
 #else
   (void)device;
 #endif
+  // Freed heap memory goes back to the system first: otherwise new allocations reuse it without
+  // raising the resident set, and the peak would miss them.
+  malloc_trim(0);
   std::ofstream("/proc/self/clear_refs") << "5";
 }
 

@@ -11,7 +11,8 @@ struct PeakMemory {
 };
 
 /// Starts a new measurement: on a GPU releases cached blocks and resets the allocator's peaks; on
-/// the CPU resets VmHWM to the current resident set (writes 5 to /proc/self/clear_refs).
+/// the CPU returns freed heap memory to the system (malloc_trim) and resets VmHWM to the current
+/// resident set (writes 5 to /proc/self/clear_refs).
 void reset_peak_memory(const torch::Device& device);
 
 /// The peak since the last reset (CPU: both fields are the peak resident set).

@@ -109,7 +109,8 @@ TEST(TokenShard, RefusesTruncatedForeignAndMissingFiles) {
   const uint32_t vocab = 4;
   std::memcpy(small_vocab.data() + 24, &vocab, 4);
   std::ofstream(dir / "vocab.bin", std::ios::binary) << small_vocab;
-  expect_error([&] { TokenShard s(dir / "vocab.bin"); }, {dir / "vocab.bin", "token id 5 (token 4) beyond its vocabulary of 4"});
+  expect_error([&] { TokenShard s(dir / "vocab.bin"); },
+               {dir / "vocab.bin", "token id 5 (token 4) beyond its vocabulary of 4"});
   auto bad_eos = bytes;
   const uint32_t eos = 7000;
   std::memcpy(bad_eos.data() + 28, &eos, 4);
