@@ -188,6 +188,7 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
     fs::remove(text);
   } else {
     MOE_CHECK(fs::is_regular_file(o.tokenizer), "--tokenizer '", o.tokenizer, "' is not a file");
+    const Tokenizer given(o.tokenizer);  // an error names the user's file, not the staged copy
     fs::copy_file(o.tokenizer, model_path, fs::copy_options::overwrite_existing);
   }
   const Tokenizer tokenizer(model_path);

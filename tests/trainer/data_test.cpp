@@ -228,6 +228,9 @@ TEST(Prepare, AFailedRerunLeavesTheOldOutputsUntouched) {
   auto with_tokenizer = prepare_options({dir / "empty.txt"}, dir / "o");
   with_tokenizer.tokenizer = dir / "missing.model";
   expect_error([&] { prepare_corpus(with_tokenizer); }, {"missing.model"});
+  std::ofstream(dir / "garbage.model") << "not a sentencepiece model";
+  with_tokenizer.tokenizer = dir / "garbage.model";
+  expect_error([&] { prepare_corpus(with_tokenizer); }, {"cannot load tokenizer '" + dir / "garbage.model" + "'"});
   std::map<std::string, std::string> after;
   for (const auto& e : std::filesystem::directory_iterator(dir / "o")) after[e.path().string()] = read_bytes(e.path());
   EXPECT_EQ(after, before);
