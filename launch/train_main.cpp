@@ -36,9 +36,11 @@ int train(const trainer::TrainConfig& config) {
     const auto experts = config.model.use_moe ? config.model.n_routed_experts : int64_t(ep);
     trainer::Trainer trainer(config, parallel::make_groups(world, ep, experts));
     const auto s = trainer.run();
+    if (s.steps == 0) return 0;  // already complete: run() said so
     std::ostringstream os;
-    os << "done: " << s.steps << " steps in " << s.seconds << " s; train ce " << s.first_loss << " -> "
-       << s.last_loss;
+    os << (s.stopped_by_signal ? "stopped: " : "done: ") << s.steps << " steps";
+    if (s.first_step > 0) os << " (" << s.first_step << " -> " << s.first_step + s.steps << ")";
+    os << " in " << s.seconds << " s; train ce " << s.first_loss << " -> " << s.last_loss;
     if (s.last_val_ce >= 0) os << "; val ce " << s.first_val_ce << " -> " << s.last_val_ce;
     if (s.skipped_steps > 0) os << "; " << s.skipped_steps << " steps skipped";
     if (!s.checkpoint.empty()) os << "; checkpoint " << s.checkpoint;
