@@ -1,6 +1,8 @@
 #include "trainer/checkpoint.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -232,6 +234,18 @@ void remove_stale(const fs::path& dir) {
   }
 }
 
+// A step saved again (a run resumed from an earlier step of its own directory): the new directory
+// takes the old one's place in one atomic exchange, so that `latest`, which may name it, never
+// names a missing directory. File systems without RENAME_EXCHANGE get two renames instead.
+void replace_directory(const fs::path& fresh, const fs::path& target, const fs::path& aside) {
+  if (::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+    remove_tree(fresh.string());  // now the old directory
+    return;
+  }
+  rename_path(target.string(), aside.string());
+  rename_path(fresh.string(), target.string());
+}
+
 // The model-ep*.pt files of the checkpoints before the training-state format.
 bool has_torchscript_files(const fs::path& dir) {
   if (!fs::is_directory(dir)) return false;
@@ -302,8 +316,11 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
       manifest.files.erase("manifest.json");  // it cannot list its own checksum
       fsync_directory(tmp_dir.string());
       fault_point("manifest", topo.rank, in.state.step);
-      if (fs::exists(final_dir)) rename_path(final_dir.string(), (dir / (name + ".old.tmp")).string());
-      rename_path(tmp_dir.string(), final_dir.string());
+      if (fs::exists(final_dir)) {
+        replace_directory(tmp_dir, final_dir, dir / (name + ".old.tmp"));
+      } else {
+        rename_path(tmp_dir.string(), final_dir.string());
+      }
       fsync_directory(dir.string());
       fault_point("renamed", topo.rank, in.state.step);
       replace_file_durably((dir / "latest").string(), name + "\n");
