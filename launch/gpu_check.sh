@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   launch/gpu_check.sh LOG_DIR [build] [test] [bench] [layer] [peer PEER.py] [train DATA_DIR]
+#   launch/gpu_check.sh LOG_DIR [build] [test] [bench] [graph] [layer] [peer PEER.py] [ckpt] [train DATA_DIR]
+# On the lent GPU machine the build needs Boost.Program_options, nlohmann-json and zlib carried in
+# the device bundle: ../shared/gpu/make-bundle.sh nlohmann-json3-dev zlib1g-dev
 #   build  launch/setup.sh (MOE_NO_APT=1 where apt is missing), tests included
 #   test   the whole ctest suite (CUDA tests run instead of skipping where a GPU is visible)
 #   bench  moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph  the same with forward+backward replayed as a CUDA graph
 #   layer  one Mixtral-shaped MoE layer, grouped and loop experts
 #   peer   the PyTorch baseline script given, same configs, same GPU, right after ours
+#   ckpt   moe-bench-checkpoint on the GPU: save/load of the training state, sharded start-up
 #   train  launch/run_gpus.sh 1 configs/minimind2-moe.ini on DATA_DIR (200 steps; more moe-train
 #          options in $MOE_TRAIN_ARGS), then moe-generate --device cuda from its checkpoint
 set -uo pipefail
@@ -30,6 +33,10 @@ while [ $# -gt 0 ]; do
              "$bin/moe-bench-model" --device cuda --layer 4096 --expert-compute $compute --steps 10 --warmup 3
            done 2>&1 | tee "$log_dir/layer.log" ;;
     peer) stage peer; python3 "$2" 2>&1 | tee "$log_dir/peer.log"; shift ;;
+    ckpt) stage ckpt
+          "$bin/moe-bench-checkpoint" --device cuda --dir "$log_dir/ckpt-bench" \
+            --configs "$root/configs/minimind2-moe.ini,$root/configs/gpu-768.ini,$root/configs/gpu-1024.ini" \
+            2>&1 | tee "$log_dir/ckpt.log" | grep -v '^{' ;;
     train) stage train
            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "$root/launch/run_gpus.sh" 1 \
              "$root/configs/minimind2-moe.ini" --data.dir "$2" --train.steps 200 --train.log_every 20 \
