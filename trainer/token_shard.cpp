@@ -150,20 +150,33 @@ void TokenShard::validate() {
   check_ids();
 }
 
+namespace {
+
+// The largest token of a little-endian array: a plain loop the compiler vectorizes.
+template <typename T>
+uint32_t largest_token(const unsigned char* data, uint64_t count) {
+  T largest = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    T v;
+    std::memcpy(&v, data + i * sizeof(T), sizeof(T));
+    largest = v > largest ? v : largest;
+  }
+  return largest;
+}
+
+}  // namespace
+
 void TokenShard::check_ids() const {
   // One pass over the tokens: an id beyond the vocabulary would fail deep inside the model.
   const auto* data = static_cast<const unsigned char*>(map_) + ShardHeader::kBytes;
-  uint32_t largest = 0;
-  uint64_t at = 0;
-  for (uint64_t i = 0; i < header_.count; ++i) {
-    const uint32_t id = header_.token_bytes == 2 ? get<uint16_t>(data + 2 * i) : get<uint32_t>(data + 4 * i);
-    if (id > largest) {
-      largest = id;
-      at = i;
-    }
-  }
-  MOE_CHECK(header_.count == 0 || largest < header_.vocab_size, "token shard '", path_, "' holds token id ", largest,
-            " (token ", at, ") beyond its vocabulary of ", header_.vocab_size);
+  const bool narrow = header_.token_bytes == 2;
+  const uint32_t largest = narrow ? largest_token<uint16_t>(data, header_.count)
+                                  : largest_token<uint32_t>(data, header_.count);
+  if (header_.count == 0 || largest < header_.vocab_size) return;
+  uint64_t at = 0;  // where, for the message (a second pass, on the error path only)
+  while ((narrow ? get<uint16_t>(data + 2 * at) : get<uint32_t>(data + 4 * at)) != largest) ++at;
+  MOE_CHECK(false, "token shard '", path_, "' holds token id ", largest, " (token ", at, ") beyond its vocabulary of ",
+            header_.vocab_size);
 }
 
 TokenShard::TokenShard(TokenShard&& o) noexcept
