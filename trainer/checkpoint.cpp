@@ -206,18 +206,25 @@ std::optional<int64_t> step_of_dir_name(const std::string& name) {
   return std::stoll(m[1].str());
 }
 
+// The step directories in `dir` (a checkpoints/ directory): (step, name), by step.
+std::vector<std::pair<int64_t, std::string>> step_entries(const fs::path& dir) {
+  std::vector<std::pair<int64_t, std::string>> steps;
+  if (!fs::is_directory(dir)) return steps;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (const auto step = step_of_dir_name(name); step && e.is_directory()) steps.emplace_back(*step, name);
+  }
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
 // Of the step directories up to this save's, the newest `keep` stay (the one `latest` names among
 // them). Later steps, left by a run that was resumed from an earlier checkpoint, are not touched.
 void prune(const fs::path& dir, int64_t keep, const std::string& latest, int64_t step_saved) {
-  std::vector<std::pair<int64_t, std::string>> steps;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const auto step = step_of_dir_name(e.path().filename().string());
-    if (step && *step <= step_saved && e.is_directory()) {
-      steps.emplace_back(*step, e.path().filename().string());
-    }
-  }
-  std::sort(steps.rbegin(), steps.rend());
-  for (size_t i = size_t(keep); i < steps.size(); ++i) {
+  auto steps = step_entries(dir);
+  steps.erase(std::remove_if(steps.begin(), steps.end(), [&](const auto& s) { return s.first > step_saved; }),
+              steps.end());
+  for (size_t i = 0; i + size_t(keep) < steps.size(); ++i) {  // the oldest, by step
     if (steps[i].second != latest) remove_tree((dir / steps[i].second).string());
   }
 }
@@ -342,14 +349,10 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
 }
 
 std::vector<std::string> step_dirs(const std::string& run_dir) {
-  std::vector<std::string> names;
   const auto dir = fs::path(run_dir) / "checkpoints";
-  if (!fs::is_directory(dir)) return names;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (step_of_dir_name(e.path().filename().string()) && e.is_directory()) names.push_back(e.path().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
+  std::vector<std::string> paths;
+  for (const auto& [step, name] : step_entries(dir)) paths.push_back((dir / name).string());
+  return paths;
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& run_dir) {

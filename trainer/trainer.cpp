@@ -150,10 +150,7 @@ void Trainer::start_fresh() {
       MOE_CHECK(existing.empty(), "'", t.out_dir, "' already holds checkpoints of a run (", existing.back(),
                 "): continue it with --checkpoint.resume auto (or a step directory), or train into another "
                 "--train.out_dir");
-      fs::create_directories(t.out_dir);
-      std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
-      metrics_.open(fs::path(t.out_dir) / "metrics.jsonl", std::ios::trunc);  // a fresh run
-      MOE_CHECK(metrics_.good(), "cannot write '", (fs::path(t.out_dir) / "metrics.jsonl").string(), "'");
+      open_run_outputs(std::ios::trunc);  // a fresh run
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -188,19 +185,22 @@ void Trainer::resume_from(const std::string& step_dir) {
   }
   parallel::agree_or_throw(*groups_.world, error, "resuming");
   if (topo.rank == 0) {
-    const auto& t = config_.train;
-    fs::create_directories(t.out_dir);
-    std::ofstream(fs::path(t.out_dir) / "config.ini") << dump_config(config_);
-    const auto metrics = (fs::path(t.out_dir) / "metrics.jsonl").string();
-    truncate_metrics(metrics, state_.step);
-    metrics_.open(metrics, std::ios::app);
-    MOE_CHECK(metrics_.good(), "cannot write '", metrics, "'");
+    truncate_metrics((fs::path(config_.train.out_dir) / "metrics.jsonl").string(), state_.step);
+    open_run_outputs(std::ios::app);
   }
   std::ostringstream os;
   os << "resumed from " << step_dir << ": step " << state_.step << ", " << state_.tokens << " tokens, data epoch "
      << state_.data.epoch << " window " << state_.data.window << "; saved by a world of " << saved_world;
   log_rank0("resume", os.str());
   for (const auto& note : notes) log_rank0("resume", "changed: " + note);
+}
+
+void Trainer::open_run_outputs(std::ios::openmode metrics_mode) {
+  const fs::path out = config_.train.out_dir;
+  fs::create_directories(out);
+  std::ofstream(out / "config.ini") << dump_config(config_);
+  metrics_.open(out / "metrics.jsonl", metrics_mode);
+  MOE_CHECK(metrics_.good(), "cannot write '", (out / "metrics.jsonl").string(), "'");
 }
 
 std::string Trainer::save() {
@@ -429,7 +429,7 @@ TrainSummary Trainer::run() {
     if (step == summary.first_step || end) {
       auto ce = stats.losses.narrow(0, 1, 1).clone();
       groups_.world->all_reduce(ce, parallel::ReduceOp::kAverage);
-      (step == summary.first_step ? summary.first_loss : summary.last_loss) = ce.item<double>();
+      if (step == summary.first_step) summary.first_loss = ce.item<double>();
       if (end) summary.last_loss = ce.item<double>();
     }
     if (state_.step % t.log_every == 0 || step == summary.first_step || end) log_progress(step, stats);

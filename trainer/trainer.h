@@ -57,6 +57,8 @@ class Trainer {
   std::optional<std::string> checkpoint_to_resume();
   void start_fresh();
   void resume_from(const std::string& step_dir);
+  /// Rank 0: out_dir, its config.ini and metrics.jsonl (truncated for a fresh run, appended to on a resume).
+  void open_run_outputs(std::ios::openmode metrics_mode);
   std::string save();
   StepStats train_step(int64_t step);
   void log_progress(int64_t step, const StepStats& stats);

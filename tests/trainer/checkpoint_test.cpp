@@ -27,10 +27,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::shared_ptr<parallel::Communicator> world() {
-  return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
-}
-
 parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int ep) {
   return parallel::make_groups(std::move(comm), ep > 0 ? ep : comm->size(), 4);
 }
@@ -72,7 +68,7 @@ void expect_close_weights(model::CausalLM& lm, const std::map<std::string, torch
 }  // namespace
 
 TEST(Checkpoint, ResumeIsBitwiseExact) {
-  auto comm = world();
+  auto comm = mpi_world();
   TempDir tmp("moe_checkpoint_test");
   const auto dir = rank0_path(*comm, tmp.path());
   if (comm->rank() == 0) write_dataset(dir + "/data", 200, 64);
@@ -138,7 +134,7 @@ TEST(Checkpoint, ResumeIsBitwiseExact) {
 }
 
 TEST(Checkpoint, ReshardedResumeMatchesUninterrupted) {
-  auto comm = world();
+  auto comm = mpi_world();
   const int w = comm->size(), ep = test_ep(*comm);
   TempDir own("moe_checkpoint_test");
   const auto local = own.path();  // this rank's single-process runs
@@ -199,7 +195,7 @@ TEST(Checkpoint, ReshardedResumeMatchesUninterrupted) {
 }
 
 TEST(Checkpoint, EveryRankRefusesAMismatchOrACorruptShard) {
-  auto comm = world();
+  auto comm = mpi_world();
   const int ep = test_ep(*comm);
   TempDir tmp("moe_checkpoint_test");
   const auto dir = rank0_path(*comm, tmp.path());

@@ -30,10 +30,6 @@ using namespace moe::test;
 
 namespace {
 
-std::shared_ptr<parallel::Communicator> world() {
-  return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
-}
-
 // Expert parallel over all of comm's ranks.
 parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int64_t experts) {
   const int ep = comm->size();
@@ -44,7 +40,7 @@ parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm,
 
 TEST(Trainer, GlobalGradNormEqualsSingleProcess) {
   test::DtypeAndSeed guard;
-  auto comm = world();
+  auto comm = mpi_world();
   auto cfg = tiny_config("").model;
   const auto g = groups_of(comm, cfg.n_routed_experts);
   const int w = comm->size(), r = comm->rank();
@@ -72,7 +68,7 @@ TEST(Trainer, GlobalGradNormEqualsSingleProcess) {
 // k micro-batches of b, one step of k*b, and N ranks (N * b per micro-batch) all give the same
 // weights: the same windows in the same global batches, and gradients that average alike.
 TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
-  auto comm = world();
+  auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
   const auto dir = tmp.path();
   write_dataset(dir + "/data", 400, 64);
@@ -138,7 +134,7 @@ TEST(Trainer, AccumulationAndRanksEqualOneLargeBatch) {
 }
 
 TEST(Trainer, TinyModelOverfitsATinyCorpus) {
-  auto comm = world();
+  auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
   write_dataset(tmp.path() + "/data", 8, 64);  // 8 documents of 29 + 1 tokens
   auto cfg = tiny_config(tmp.path());
@@ -155,7 +151,7 @@ TEST(Trainer, TinyModelOverfitsATinyCorpus) {
 }
 
 TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {
-  auto comm = world();
+  auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
   write_dataset(tmp.path() + "/data", 100, 64);
   auto cfg = tiny_config(tmp.path());
@@ -177,7 +173,7 @@ TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {
 
 // A run that diverges never saves its non-finite weights over the last good checkpoint.
 TEST(Trainer, DivergedWeightsAreNeverSaved) {
-  auto comm = world();
+  auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
   const auto dir = rank0_path(*comm, tmp.path());
   if (comm->rank() == 0) write_dataset(dir + "/data", 100, 64);

@@ -1,5 +1,5 @@
-// What the multi-rank training tests share: a small token dataset, a tiny run configuration, the
-// run directory every rank sees, and readers of a run's metrics and weights.
+// What the multi-rank training tests share: the MPI world, a small token dataset, a tiny run
+// configuration, the run directory every rank sees, and readers of a run's metrics and weights.
 #pragma once
 #include <torch/torch.h>
 
@@ -7,17 +7,24 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "model/causal_lm.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_communicator.h"
 #include "tests/support.h"
 #include "trainer/token_shard.h"
 #include "trainer/train_config.h"
 
 namespace moe::test {
+
+// The world of the multi-rank tests (under mpiexec), with a timeout that fails a hang.
+inline std::shared_ptr<parallel::Communicator> mpi_world() {
+  return std::make_shared<parallel::MpiCommunicator>(MPI_COMM_WORLD, 120.0);
+}
 
 // Random documents of a small vocabulary, written by each rank into its own directory (same seed,
 // same bytes), with a repeated phrase the model can learn.
