@@ -25,7 +25,7 @@ int main(int argc, char** argv) try {
   desc.add_options()("help", "show this help")
       ("checkpoint", po::value(&checkpoint)->required(), "run directory, or checkpoints/step_N")
       ("prompt", po::value(&prompt)->required(), "text to continue")
-      ("tokenizer", po::value(&tokenizer_path), "SentencePiece .model (default: the checkpoint's)")
+      ("tokenizer", po::value(&tokenizer_path), "SentencePiece .model or HF tokenizer.json (default: the checkpoint's)")
       ("max_new_tokens", po::value(&s.max_new_tokens)->default_value(s.max_new_tokens), "tokens to generate")
       ("temperature", po::value(&s.temperature)->default_value(s.temperature), "0 = greedy")
       ("top_k", po::value(&s.top_k)->default_value(s.top_k), "keep the k most likely tokens; 0 = all")
@@ -43,7 +43,10 @@ int main(int argc, char** argv) try {
   }
   auto loaded = trainer::load_model_for_inference(checkpoint);
   loaded.lm->to(torch::Device(device));
-  const trainer::Tokenizer tokenizer(tokenizer_path.empty() ? loaded.tokenizer_path : tokenizer_path);
+  MOE_CHECK(!tokenizer_path.empty() || !loaded.tokenizer_path.empty(), "checkpoint '", loaded.step_dir,
+            "' has no tokenizer: give --tokenizer");
+  const auto tokenizer_ptr = trainer::Tokenizer::open(tokenizer_path.empty() ? loaded.tokenizer_path : tokenizer_path);
+  const auto& tokenizer = *tokenizer_ptr;
   const auto ids = tokenizer.encode(prompt);
   // Training data separates documents by EOS, so EOS first makes the prompt a document's start.
   std::vector<int64_t> prompt_ids{tokenizer.eos_id()};
@@ -52,7 +55,7 @@ int main(int argc, char** argv) try {
   std::cerr << "[generate] " << loaded.step_dir << ": " << prompt_ids.size() << " prompt tokens\n";
   std::cout << prompt << std::flush;
   // Decode the whole continuation each time and print what is new, so multi-token characters
-  // and SentencePiece's word-boundary spaces come out right.
+  // and word-boundary spaces come out right.
   std::vector<int> generated;
   std::string shown;
   const auto prefix = tokenizer.decode(ids);

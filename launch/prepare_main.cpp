@@ -1,4 +1,4 @@
-// moe-prepare: text (MiniMind's JSONL or plain files) -> SentencePiece tokenizer -> token shards.
+// moe-prepare: text (MiniMind's JSONL or plain files) -> tokenizer (SentencePiece or Hugging Face) -> token shards.
 //   build/bin/moe-prepare --input corpus.jsonl --out_dir data/mine [--vocab_size 6400]
 #include <iostream>
 
@@ -20,7 +20,7 @@ int main(int argc, char** argv) try {
       ("input", po::value(&o.inputs)->multitoken()->required(), "input files or directories (several allowed)")
       ("out_dir", po::value(&o.out_dir)->required(), "output directory")
       ("vocab_size", po::value(&o.vocab_size)->default_value(o.vocab_size), "BPE vocabulary to train")
-      ("tokenizer", po::value(&o.tokenizer), "use this SentencePiece .model instead of training one")
+      ("tokenizer", po::value(&o.tokenizer), "use this SentencePiece .model or Hugging Face tokenizer.json (e.g. MiniMind's) instead of training one")
       ("val_fraction", po::value(&o.val_fraction)->default_value(o.val_fraction),
        "share of documents held out (every round(1/f)-th); 0 = none")
       ("shard_tokens", po::value(&o.shard_tokens)->default_value(o.shard_tokens), "tokens per shard at most")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian packages, the pinned LibTorch, then a CMake build in build/.
-# Safe to run again: each step checks what is already there. Usage: launch/setup.sh
+# Safe to run again: each step checks what is already there. Usage: launch/setup.sh [--python]
+#   --python          also the Python tools of export/import and the tokenizers of Hugging Face
+#                     (.deps/python: transformers, tokenizers, safetensors, sentencepiece), and
+#                     what Python's torch needs on a CPU machine (see PYTHON_TORCH_WHEELS)
 #   MOE_NO_APT=1      skip the Debian packages (machines without apt, e.g. the GPU box's bundle)
 #   MOE_BUILD_TYPE=X  CMake build type (default Release)
 set -euo pipefail
@@ -11,6 +14,11 @@ TORCH_VERSION=2.11.0
 # CUDA runtime libraries at load time, libcudart.so.13 and libcupti.so.13; these two wheels carry
 # them at the path the wheel's RPATH names. Nothing else of the CUDA stack is installed.
 CPU_RUNTIME_WHEELS=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+# Python's `import torch` (of the same wheel) also loads these three at start-up, GPU or not; they
+# land beside the two above, where the wheel's RPATH looks.
+PYTHON_TORCH_WHEELS=(nvidia-cufile==1.15.1.6 nvidia-cusparselt-cu13==0.8.0 nvidia-nvshmem-cu13==3.4.5)
+PYTHON_TOOLS=(transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 sentencepiece==0.2.3 numpy
+              filelock typing-extensions sympy networkx jinja2 fsspec "setuptools<82")
 APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-dev
               libboost-program-options-dev libgtest-dev libgmock-dev
               libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
@@ -60,6 +68,35 @@ configure_and_build() {
   cmake --build "$build" -j"$(nproc)"
 }
 
+# The Python tools in .deps/python (launch/pytool puts it on PYTHONPATH). Torch itself is the
+# machine's (GPU box) or the LibTorch wheel of .deps/torch: one copy for C++ and Python.
+install_python_tools() {
+  local target="$root/.deps/python" stamp="$root/.deps/python/.installed"
+  local want="${PYTHON_TOOLS[*]} ${PYTHON_TORCH_WHEELS[*]}"
+  local torch_libs=1
+  [ -d "$root/.deps/torch/torch" ] && [ ! -d "$root/.deps/torch/nvidia/nvshmem" ] && torch_libs=0
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ "$torch_libs" = 1 ] && { log "Python tools: present"; return; }
+  log "installing the Python tools into .deps/python: ${PYTHON_TOOLS[*]}"
+  rm -rf "$target"
+  local pip=(python3 -m pip install -q --disable-pip-version-check --no-warn-conflicts --root-user-action=ignore)
+  "${pip[@]}" --target "$target" "${PYTHON_TOOLS[@]}"
+  if [ "$torch_libs" = 0 ]; then  # merged into .deps/torch/nvidia/ (pip --target would replace it)
+    local tmp; tmp="$(mktemp -d)"
+    "${pip[@]}" --no-deps --target "$tmp" "${PYTHON_TORCH_WHEELS[@]}"
+    cp -a "$tmp/nvidia/." "$root/.deps/torch/nvidia/"
+    rm -rf "$tmp"
+  fi
+  echo "$want" > "$stamp"
+}
+
+python_tools=0
+for arg in "$@"; do
+  case "$arg" in
+    --python) python_tools=1 ;;
+    *) echo "usage: launch/setup.sh [--python]" >&2; exit 2 ;;
+  esac
+done
 install_debian_packages
 configure_and_build "$(torch_cmake_prefix)"
+if [ "$python_tools" = 1 ]; then install_python_tools; fi
 log "done: binaries in build/bin"

@@ -29,7 +29,7 @@ struct ModelConfig {
   int64_t n_routed_experts = 4;
   int64_t n_shared_experts = 1;
   std::string scoring_func = "softmax";
-  double aux_loss_alpha = 0.1;
+  double aux_loss_alpha = 0.01;
   bool seq_aux = true;  // sequence-level aux loss; false = batch-level
   bool norm_topk_prob = true;
 

@@ -16,6 +16,7 @@
 #include <regex>
 
 #include "common/check.h"
+#include "common/safetensors_torch.h"
 #include "common/durable_file.h"
 #include "common/log.h"
 #include "common/remove_tree.h"
@@ -28,28 +29,6 @@ namespace fs = std::filesystem;
 namespace moe::trainer {
 
 namespace {
-
-const char* dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return "F32";
-    case torch::kFloat64: return "F64";
-    case torch::kBFloat16: return "BF16";
-    case torch::kFloat16: return "F16";
-    case torch::kInt64: return "I64";
-    case torch::kInt32: return "I32";
-    case torch::kUInt8: return "U8";
-    default: throw InvalidArgument(std::string("no safetensors dtype for ") + c10::toString(t));
-  }
-}
-
-torch::ScalarType scalar_type_of(const std::string& dtype, const std::string& what) {
-  static const std::map<std::string, torch::ScalarType> types = {
-      {"F32", torch::kFloat32}, {"F64", torch::kFloat64}, {"BF16", torch::kBFloat16}, {"F16", torch::kFloat16},
-      {"I64", torch::kInt64},   {"I32", torch::kInt32},   {"U8", torch::kUInt8}};
-  const auto it = types.find(dtype);
-  MOE_CHECK(it != types.end(), what, ": dtype ", dtype, " is not one this program reads");
-  return it->second;
-}
 
 std::string rank_file(const char* kind, int rank, int world) {
   char name[64];
@@ -126,7 +105,7 @@ struct FileBuilder {
   void add(const std::string& name, const torch::Tensor& value) {
     keep.push_back(value.detach().to(torch::kCPU).contiguous());
     const auto& t = keep.back();
-    tensors.push_back({name, dtype_name(t.scalar_type()), t.sizes().vec(), t.data_ptr()});
+    tensors.push_back({name, safetensors_dtype(t.scalar_type()), t.sizes().vec(), t.data_ptr()});
   }
   uint64_t bytes() const {
     uint64_t n = 0;
@@ -316,8 +295,8 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
         manifest.rng[r] = part.rng[r];
       }
       add_plain_file(manifest, tmp_dir, "config.ini", dump_config(*in.config));
-      if (!in.tokenizer_path.empty()) {
-        add_plain_file(manifest, tmp_dir, "tokenizer.model", read_small_file(in.tokenizer_path, uint64_t(1) << 30));
+      for (const auto& file : in.tokenizer_files) {
+        add_plain_file(manifest, tmp_dir, fs::path(file).filename().string(), read_small_file(file, uint64_t(1) << 30));
       }
       add_plain_file(manifest, tmp_dir, "manifest.json", manifest.to_json());
       manifest.files.erase("manifest.json");  // it cannot list its own checksum
@@ -425,8 +404,7 @@ torch::Tensor CheckpointReader::read(const std::string& name) const {
   MOE_CHECK(entry->dtype == listed.dtype && entry->shape == listed.shape, "checkpoint file '", file.path(),
             "': tensor ", name, " is ", entry->dtype, " ", c10::IntArrayRef(entry->shape), ", the manifest says ",
             listed.dtype, " ", c10::IntArrayRef(listed.shape));
-  auto value = torch::empty(entry->shape, scalar_type_of(entry->dtype, file.path()));
-  file.read(*entry, value.data_ptr());
+  auto value = read_tensor(file, *entry);
   MOE_CHECK(crc32_of(value.data_ptr(), value.nbytes()) == listed.crc32, "checkpoint file '", file.path(), "': tensor ",
             name, " fails its checksum (corrupt file)");
   return value;
@@ -444,6 +422,16 @@ std::string CheckpointReader::verified_file(const std::string& name) const {
   MOE_CHECK(crc32_of(bytes.data(), bytes.size()) == it->second.crc32, "checkpoint file '", path,
             "' fails the manifest's checksum (corrupt)");
   return path;
+}
+
+std::string CheckpointReader::tokenizer_path() const {
+  for (const auto* name : {"tokenizer.model", "tokenizer.json"}) {
+    const auto path = verified_file(name);
+    if (path.empty()) continue;
+    verified_file("tokenizer_config.json");
+    return path;
+  }
+  return "";
 }
 
 void restore_parameters(const CheckpointReader& reader, model::CausalLM& lm) {
@@ -489,7 +477,7 @@ LoadedModel load_model_for_inference(const std::string& path) {
     MOE_CHECK(torch::isfinite(p.value()).all().item<bool>(), "checkpoint '", loaded.step_dir, "': parameter ", p.key(),
               " holds non-finite values (the run diverged); use an earlier checkpoint");
   }
-  loaded.tokenizer_path = reader.verified_file("tokenizer.model");
+  loaded.tokenizer_path = reader.tokenizer_path();
   loaded.lm->eval();
   return loaded;
 }

@@ -7,6 +7,7 @@
 //                                   optimizer-00000-of-00004.safetensors   their AdamW state
 //                                   ... one pair per rank
 //                                   config.ini, tokenizer.model            the run's, for tools
+//                                   (or tokenizer.json [+ tokenizer_config.json])
 //   <run>/checkpoints/latest                          the name of the newest complete step directory
 //
 // Tensor names are MiniMind2's parameter names with global expert ids, whatever the layout. Every
@@ -47,7 +48,7 @@ struct CheckpointInputs {
   const TrainConfig* config = nullptr;
   TrainingState state;        // with this rank's RNG states
   uint64_t train_tokens = 0;  // size of the training stream
-  std::string tokenizer_path;  // copied into the checkpoint if not empty
+  std::vector<std::string> tokenizer_files;  // copied into the checkpoint (see tokenizer_files())
 };
 
 /// Collective over groups.world: saves into <config.train.out_dir>/checkpoints/, replaces `latest`
@@ -86,6 +87,9 @@ class CheckpointReader {
   /// The path of a listed non-tensor file (e.g. "tokenizer.model") after checking its CRC-32;
   /// empty if not in the checkpoint.
   std::string verified_file(const std::string& name) const;
+  /// The checkpoint's tokenizer (tokenizer.model or tokenizer.json), its files verified; empty if
+  /// it has none.
+  std::string tokenizer_path() const;
 
  private:
   const SafetensorsFile& open(const std::string& file) const;

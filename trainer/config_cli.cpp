@@ -48,7 +48,7 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("model.num_attention_heads", bound(m.num_attention_heads), "query heads")
       ("model.num_key_value_heads", bound(m.num_key_value_heads), "key/value heads (GQA)")
       ("model.intermediate_size", bound(m.intermediate_size), "FFN size; 0 = 64*ceil(int(8h/3)/64)")
-      ("model.vocab_size", bound(m.vocab_size), "vocabulary size (>= the tokenizer's)")
+      ("model.vocab_size", bound(m.vocab_size), "vocabulary size (>= the tokenizer's; 0 = the data's)")
       ("model.max_position_embeddings", bound(m.max_position_embeddings), "longest sequence")
       ("model.hidden_act", bound(m.hidden_act), "silu | gelu | relu")
       ("model.rms_norm_eps", bound(m.rms_norm_eps), "RMSNorm epsilon")
@@ -115,7 +115,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("checkpoint.save_final", bound(c.checkpoint.save_final), "save a checkpoint at the end")
       ("checkpoint.keep", bound(c.checkpoint.keep), "newest checkpoints to keep (latest always kept)")
       ("checkpoint.resume", bound(c.checkpoint.resume),
-       "auto (continue from out_dir's latest checkpoint if any) | none | PATH (a run or step directory)");
+       "auto (continue from out_dir's latest checkpoint if any) | none | PATH (a run or step directory)")
+      ("checkpoint.init_from", bound(c.checkpoint.init_from),
+       "a new run starts from this checkpoint's parameters (moe-import's output, another run): continued "
+       "pretraining with a fresh optimizer and data position");
   return {model, parallel, data, optim, train, checkpoint};
 }
 

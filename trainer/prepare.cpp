@@ -107,6 +107,7 @@ class Staging {
     for (const auto* split : {"train", "val"}) {
       for (const auto& path : list_shards(out_.string(), split)) fs::remove(path);
     }
+    for (const auto& path : tokenizer_files(out_.string())) fs::remove(path);  // may be of the other kind
     for (const auto& e : fs::directory_iterator(dir_)) fs::rename(e.path(), out_ / e.path().filename());
   }
 
@@ -178,21 +179,27 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
   Staging staging(o.out_dir);
   const auto& out = staging.dir();
 
-  const auto model_path = (fs::path(out) / "tokenizer.model").string();
+  auto model_path = (fs::path(out) / "tokenizer.model").string();
   if (o.tokenizer.empty()) {
     const auto text = tokenizer_training_text(files, o, bytes, out);
     std::ifstream lines(text, std::ios::binary);
     log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces");
-    Tokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size, model_path,
+    SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size, model_path,
                      o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
     fs::remove(text);
   } else {
     MOE_CHECK(fs::is_regular_file(o.tokenizer), "--tokenizer '", o.tokenizer, "' is not a file");
-    const Tokenizer given(o.tokenizer);  // an error names the user's file, not the staged copy
+    Tokenizer::open(o.tokenizer);  // an error names the user's file, not the staged copy
+    const bool hf = fs::path(o.tokenizer).extension() == ".json";
+    model_path = (fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model")).string();
     fs::copy_file(o.tokenizer, model_path, fs::copy_options::overwrite_existing);
+    const auto hf_config = fs::path(o.tokenizer).parent_path() / "tokenizer_config.json";  // its BOS/EOS
+    if (hf && fs::exists(hf_config)) fs::copy_file(hf_config, fs::path(out) / "tokenizer_config.json");
   }
-  const Tokenizer tokenizer(model_path);
+  const auto tokenizer_ptr = Tokenizer::open(model_path);
+  const Tokenizer& tokenizer = *tokenizer_ptr;
   summary.vocab_size = tokenizer.vocab_size();
+  MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", model_path, "' has no EOS token (documents are separated by it)");
 
   const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
   ShardSet train(out, "train", o.shard_tokens, vocab, eos);

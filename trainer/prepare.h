@@ -1,6 +1,8 @@
-// moe-prepare's pipeline: documents -> SentencePiece tokenizer (trained, or given) -> token shards
-// of a training split and a held-out validation split, plus a JSON summary.
-//   <out_dir>/tokenizer.model, train-00000.bin ..., val-00000.bin ..., prepare.json
+// moe-prepare's pipeline: documents -> tokenizer (a SentencePiece BPE trained here, or a given
+// SentencePiece .model or Hugging Face tokenizer.json) -> token shards of a training split and a
+// held-out validation split, plus a JSON summary.
+//   <out_dir>/tokenizer.model (or tokenizer.json [+ tokenizer_config.json]), train-00000.bin ...,
+//             val-00000.bin ..., prepare.json
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,7 +15,7 @@ namespace moe::trainer {
 struct PrepareOptions {
   std::vector<std::string> inputs;  // files or directories (see list_corpus_files)
   std::string out_dir;
-  std::string tokenizer;             // an existing SentencePiece .model; empty = train one
+  std::string tokenizer;             // an existing SentencePiece .model or HF tokenizer.json; empty = train one
   int64_t vocab_size = 6400;         // when training one (MiniMind's size)
   double val_fraction = 0.01;        // every round(1/f)-th document is held out; 0 = none
   uint64_t shard_tokens = 100000000;  // tokens per shard file at most

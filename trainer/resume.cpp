@@ -31,16 +31,21 @@ int64_t global_batch(const TrainConfig& c, int world) { return c.train.micro_bat
 
 }  // namespace
 
-std::vector<std::string> check_resumable(const CheckpointManifest& saved, const TrainConfig& saved_config,
-                                         const TrainConfig& now, uint64_t train_tokens, int world,
-                                         const std::string& what) {
+std::vector<std::string> parameter_shape_mismatches(const model::ModelConfig& saved, const model::ModelConfig& now) {
   std::vector<std::string> mismatches;
-  const auto before = parameter_shape(saved_config.model), after = parameter_shape(now.model);
+  const auto before = parameter_shape(saved), after = parameter_shape(now);
   for (size_t i = 0; i < before.size(); ++i) {
     if (before[i].second != after[i].second) {
       mismatches.push_back(before[i].first + " " + before[i].second + " (saved) vs " + after[i].second + " (now)");
     }
   }
+  return mismatches;
+}
+
+std::vector<std::string> check_resumable(const CheckpointManifest& saved, const TrainConfig& saved_config,
+                                         const TrainConfig& now, uint64_t train_tokens, int world,
+                                         const std::string& what) {
+  auto mismatches = parameter_shape_mismatches(saved_config.model, now.model);
   if (saved.seq_len != now.data.seq_len) {
     mismatches.push_back("data.seq_len " + std::to_string(saved.seq_len) + " (saved) vs " +
                          std::to_string(now.data.seq_len) + " (now): the data position counts windows of it");
@@ -64,7 +69,9 @@ std::vector<std::string> check_resumable(const CheckpointManifest& saved, const 
   const auto old_values = config_values(saved_config), new_values = config_values(now);
   for (const auto& [key, value] : new_values) {
     const auto it = old_values.find(key);
-    if (key == "checkpoint.resume" || (it != old_values.end() && it->second == value)) continue;
+    if (key == "checkpoint.resume" || key == "checkpoint.init_from" || (it != old_values.end() && it->second == value)) {
+      continue;
+    }
     notes.push_back(key + " " + (it == old_values.end() ? "(unset)" : it->second) + " -> " + value);
   }
   if (saved.world != world) {

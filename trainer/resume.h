@@ -17,6 +17,9 @@ std::vector<std::string> check_resumable(const CheckpointManifest& saved, const 
                                          const TrainConfig& now, uint64_t train_tokens, int world,
                                          const std::string& what);
 
+/// One line per field that shapes the parameters and differs: "model.hidden_size 64 (saved) vs 128 (now)".
+std::vector<std::string> parameter_shape_mismatches(const model::ModelConfig& saved, const model::ModelConfig& now);
+
 /// Keeps the records of <run>/metrics.jsonl up to `step` (a crashed run may have logged further;
 /// a torn last line is dropped) so that the continued run appends without duplicates.
 void truncate_metrics(const std::string& path, int64_t step);

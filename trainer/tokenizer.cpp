@@ -3,9 +3,11 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <filesystem>
 #include <unordered_map>
 
 #include "common/check.h"
+#include "trainer/hf_tokenizer.h"
 
 namespace moe::trainer {
 
@@ -28,15 +30,30 @@ class LineIterator : public sentencepiece::SentenceIterator {
 
 }  // namespace
 
-Tokenizer::Tokenizer(const std::string& model_path)
+std::unique_ptr<Tokenizer> Tokenizer::open(const std::string& path) {
+  MOE_CHECK(std::filesystem::is_regular_file(path), "tokenizer '", path, "' is not a file");
+  if (std::filesystem::path(path).extension() == ".json") return std::make_unique<HfTokenizer>(path);
+  return std::make_unique<SentencePieceTokenizer>(path);
+}
+
+std::vector<std::string> tokenizer_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const auto in = [&](const char* name) { return (fs::path(dir) / name).string(); };
+  if (fs::exists(in("tokenizer.model"))) return {in("tokenizer.model")};
+  if (!fs::exists(in("tokenizer.json"))) return {};
+  if (fs::exists(in("tokenizer_config.json"))) return {in("tokenizer.json"), in("tokenizer_config.json")};
+  return {in("tokenizer.json")};
+}
+
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
     : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()), path_(model_path) {
   const auto status = sp_->Load(model_path);
   MOE_CHECK(status.ok(), "cannot load tokenizer '", model_path, "': ", status.ToString());
 }
 
-Tokenizer::~Tokenizer() = default;
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
-void Tokenizer::train(const std::function<bool(std::string&)>& next_line, int64_t vocab_size,
+void SentencePieceTokenizer::train(const std::function<bool(std::string&)>& next_line, int64_t vocab_size,
                       const std::string& model_path, int threads) {
   MOE_CHECK(vocab_size >= 300, "--vocab_size ", vocab_size, " is too small: byte fallback alone needs 259 ids");
   auto prefix = model_path;
@@ -67,22 +84,22 @@ void Tokenizer::train(const std::function<bool(std::string&)>& next_line, int64_
   MOE_CHECK(status.ok(), "training the tokenizer failed: ", status.ToString());
 }
 
-std::vector<int> Tokenizer::encode(const std::string& text) const {
+std::vector<int> SentencePieceTokenizer::encode(const std::string& text) const {
   std::vector<int> ids;
   const auto status = sp_->Encode(text, &ids);
   MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot encode: ", status.ToString());
   return ids;
 }
 
-std::string Tokenizer::decode(const std::vector<int>& ids) const {
+std::string SentencePieceTokenizer::decode(const std::vector<int>& ids) const {
   std::string text;
   const auto status = sp_->Decode(ids, &text);
   MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot decode: ", status.ToString());
   return text;
 }
 
-int64_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int64_t Tokenizer::eos_id() const { return sp_->eos_id(); }
-int64_t Tokenizer::bos_id() const { return sp_->bos_id(); }
+int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int64_t SentencePieceTokenizer::eos_id() const { return sp_->eos_id(); }
+int64_t SentencePieceTokenizer::bos_id() const { return sp_->bos_id(); }
 
 }  // namespace moe::trainer

@@ -1,5 +1,6 @@
 #include "trainer/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/check.h"
@@ -15,7 +16,9 @@ bool finite(double x) { return std::isfinite(x); }
 
 void TrainConfig::validate() const {
   try {
-    model.validate();
+    auto resolved = model;  // vocab_size 0 is the data's, known only to the trainer
+    if (resolved.vocab_size == 0) resolved.vocab_size = std::max(model.bos_token_id, model.eos_token_id) + 1;
+    resolved.validate();
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("model.") + e.what());
   }

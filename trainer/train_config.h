@@ -54,6 +54,8 @@ struct CheckpointOptions {
   bool save_final = true;
   int64_t keep = 3;             // newest checkpoints kept (the one `latest` names always is)
   std::string resume = "auto";  // auto (the run directory's latest, if any) | none | a checkpoint path
+  std::string init_from;        // a new run's parameters from this checkpoint (moe-import's, another
+                                // run's); a fresh optimizer, schedule and data position
 };
 
 struct TrainConfig {

@@ -23,6 +23,7 @@
 #include "trainer/resume.h"
 #include "trainer/rng_state.h"
 #include "trainer/stop_signal.h"
+#include "trainer/tokenizer.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -68,6 +69,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   }
 
   train_data_ = std::make_shared<TokenDataset>(config_.data.dir, "train");
+  if (config_.model.vocab_size == 0) config_.model.vocab_size = int64_t(train_data_->vocab_size());
   MOE_CHECK(int64_t(train_data_->vocab_size()) <= config_.model.vocab_size, "the tokenizer of '", config_.data.dir,
             "' has ", train_data_->vocab_size(), " tokens but model.vocab_size is ", config_.model.vocab_size);
   MOE_CHECK(int64_t(train_data_->eos_id()) == config_.model.eos_token_id, "the data's EOS id is ",
@@ -75,8 +77,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   if (!list_shards(config_.data.dir, "val").empty()) val_data_ = std::make_shared<TokenDataset>(config_.data.dir, "val");
   train_loader_ = std::make_unique<PackedLoader>(train_data_, config_.data.seq_len, config_.data.seed, topo.rank,
                                                  topo.world_size);
-  tokenizer_path_ = (fs::path(config_.data.dir) / "tokenizer.model").string();
-  if (!fs::exists(tokenizer_path_)) tokenizer_path_.clear();
+  tokenizer_files_ = tokenizer_files(config_.data.dir);
 
   lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
@@ -156,6 +157,38 @@ void Trainer::start_fresh() {
     }
   }
   parallel::agree_or_throw(*groups_.world, error, "starting a new run");
+  if (!config_.checkpoint.init_from.empty()) init_from(config_.checkpoint.init_from);
+}
+
+void Trainer::init_from(const std::string& path) {
+  std::string error, step_dir;
+  std::vector<std::string> changed;
+  try {
+    step_dir = resolve_checkpoint_dir(path);
+    const CheckpointReader reader(step_dir);
+    auto saved_config = reader.config(), now_config = config_;
+    const auto mismatches = parameter_shape_mismatches(saved_config.model, now_config.model);
+    if (!mismatches.empty()) {
+      std::ostringstream os;
+      os << "checkpoint '" << step_dir << "' holds a model of another shape; these differ:";
+      for (const auto& m : mismatches) os << "\n  " << m;
+      throw InvalidArgument(os.str());
+    }
+    for (auto* c : {&saved_config, &now_config}) c->model.intermediate_size = c->model.resolved_intermediate_size();
+    const auto saved = config_values(saved_config), now = config_values(now_config);
+    for (const auto& [key, value] : now) {
+      const auto it = saved.find(key);
+      if (key.rfind("model.", 0) == 0 && it != saved.end() && it->second != value) {
+        changed.push_back(key + " " + it->second + " -> " + value);
+      }
+    }
+    restore_parameters(reader, lm_);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  parallel::agree_or_throw(*groups_.world, error, "--checkpoint.init_from " + path);
+  log_rank0("init", "parameters from " + step_dir + "; a fresh optimizer, schedule and data position");
+  for (const auto& note : changed) log_rank0("init", "model setting differs from the checkpoint's: " + note);
 }
 
 void Trainer::resume_from(const std::string& step_dir) {
@@ -223,7 +256,7 @@ std::string Trainer::save() {
   in.state = state_;
   in.state.rng = capture_rng(device_);
   in.train_tokens = train_data_->tokens();
-  in.tokenizer_path = tokenizer_path_;
+  in.tokenizer_files = tokenizer_files_;
   const auto saved = save_checkpoint(in);
   const auto [lo, hi] = std::minmax_element(saved.bytes_per_rank.begin(), saved.bytes_per_rank.end());
   std::ostringstream os;

@@ -57,6 +57,7 @@ class Trainer {
   std::optional<std::string> checkpoint_to_resume();
   void start_fresh();
   void resume_from(const std::string& step_dir);
+  void init_from(const std::string& checkpoint);  // a fresh run's parameters from a checkpoint
   /// Rank 0: out_dir, its config.ini and metrics.jsonl (truncated for a fresh run, appended to on a resume).
   void open_run_outputs(std::ios::openmode metrics_mode);
   std::string save();
@@ -76,7 +77,7 @@ class Trainer {
   std::unique_ptr<GraphedStep> graphed_;  // with train.cuda_graph
   std::shared_ptr<const TokenDataset> train_data_, val_data_;
   std::unique_ptr<PackedLoader> train_loader_;
-  std::string tokenizer_path_;
+  std::vector<std::string> tokenizer_files_;  // the data's, copied into every checkpoint
   std::ofstream metrics_;
   std::vector<torch::Tensor> load_routed_, load_dropped_;  // per MoE layer, summed since the last log
   double peak_flops_ = 0;  // per device; 0 = unknown (no MFU)

@@ -134,7 +134,7 @@ TEST(Prepare, JsonlAndTextRoundTripThroughTheTokenizer) {
   EXPECT_EQ(summary.train_documents, 180u);
 
   // Independent re-encoding of the same documents gives the shards' streams.
-  const Tokenizer tok(dir / "out/tokenizer.model");
+  const SentencePieceTokenizer tok(dir / "out/tokenizer.model");
   std::vector<int64_t> want_train, want_val;
   for (size_t i = 0; i < docs.size(); ++i) {
     // The text file's documents keep the newline that ended their last line.
@@ -166,7 +166,7 @@ TEST(Prepare, IsDeterministicAndShardsReadAsOneStream) {
     EXPECT_TRUE(read_bytes(dir / ("a/" + std::string(f))) == read_bytes(dir / ("b/" + std::string(f)))) << f;
   }
   // The tokenizers (whose files also record their own path) split text alike.
-  const Tokenizer ta(dir / "a/tokenizer.model"), tb(dir / "b/tokenizer.model");
+  const SentencePieceTokenizer ta(dir / "a/tokenizer.model"), tb(dir / "b/tokenizer.model");
   EXPECT_EQ(ta.vocab_size(), tb.vocab_size());
   const auto probe = test::synthetic_documents(5, 77)[4];
   EXPECT_EQ(ta.encode(probe), tb.encode(probe));
