@@ -2,7 +2,8 @@
 # Idempotent set-up: Debian packages, the pinned LibTorch, then a CMake build in build/.
 # Safe to run again: each step checks what is already there. Usage: launch/setup.sh [--python]
 #   --python          also the Python tools of export/import and the tokenizers of Hugging Face
-#                     (.deps/python: transformers, tokenizers, safetensors, sentencepiece), and
+#                     (.deps/python: transformers, tokenizers, safetensors, sentencepiece,
+#                     matplotlib for the scaling report's plots), and
 #                     what Python's torch needs on a CPU machine (see PYTHON_TORCH_WHEELS)
 #   MOE_NO_APT=1      skip the Debian packages (machines without apt, e.g. the GPU box's bundle)
 #   MOE_BUILD_TYPE=X  CMake build type (default Release)
@@ -17,7 +18,7 @@ CPU_RUNTIME_WHEELS=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
 # Python's `import torch` (of the same wheel) also loads these three at start-up, GPU or not; they
 # land beside the two above, where the wheel's RPATH looks.
 PYTHON_TORCH_WHEELS=(nvidia-cufile==1.15.1.6 nvidia-cusparselt-cu13==0.8.0 nvidia-nvshmem-cu13==3.4.5)
-PYTHON_TOOLS=(transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 sentencepiece==0.2.3 numpy
+PYTHON_TOOLS=(transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 sentencepiece==0.2.3 numpy matplotlib
               filelock typing-extensions sympy networkx jinja2 fsspec "setuptools<82")
 APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-dev
               libboost-program-options-dev libgtest-dev libgmock-dev
