@@ -39,8 +39,13 @@ void write_json(const fs::path& path, const nlohmann::ordered_json& j) {
   out.close();
 }
 
+// Refuses a weight the narrower type cannot hold (fp16 overflows beyond 65504), naming it.
 NamedTensors converted(NamedTensors tensors, torch::ScalarType dtype) {
-  for (auto& [name, value] : tensors) value = value.to(dtype).contiguous();
+  for (auto& [name, value] : tensors) {
+    value = value.to(dtype).contiguous();
+    MOE_CHECK(torch::isfinite(value).all().item<bool>(), name, " does not fit in ", c10::toString(dtype),
+              " (values beyond its range): export with --dtype bf16 or fp32");
+  }
   return tensors;
 }
 

@@ -4,8 +4,11 @@
   hf EXPORT_DIR REFERENCE TOLERANCE   transformers' AutoModelForCausalLM of the export against our
                                       outputs (tests/interop/reference_outputs.cpp): logits on random
                                       batches within TOLERANCE, greedy generation token for token
-  minimind EXPORT_DIR                 the .pth loads with torch.load(weights_only=True) and holds
-                                      exactly MiniMind2's keys with their shapes
+  minimind EXPORT_DIR REFERENCE TOLERANCE
+                                      the .pth loads with torch.load(weights_only=True), holds exactly
+                                      MiniMind2's keys with their shapes, loads with strict=True into
+                                      MiniMind2's module structure (written here from the seeds) whose
+                                      logits match ours within TOLERANCE
   same-parameters RUN_A RUN_B         the model tensors of two checkpoints (any layouts) are
                                       bit-identical
   byte-bpe CORPUS_JSONL OUT_DIR       trains a byte-level BPE tokenizer.json as MiniMind's is made,
@@ -81,7 +84,101 @@ def minimind2_keys(config):
     return keys
 
 
-def check_minimind(export_dir):
+class MiniMind2(torch.nn.Module):
+    """MiniMind2's MiniMindForCausalLM as the seeds describe it, with its module names (so its
+    state_dict keys are MiniMind2's): inference path, float32."""
+
+    def __init__(self, c):
+        super().__init__()
+        nn = torch.nn
+        self.c = c
+        h, inter = c["hidden_size"], c["intermediate_size"] or 64 * math.ceil(int(c["hidden_size"] * 8 / 3) / 64)
+        head_dim = h // c["num_attention_heads"]
+
+        def norm():
+            m = nn.Module()
+            m.weight = nn.Parameter(torch.ones(h))
+            return m
+
+        def ffn():
+            m = nn.Module()
+            m.gate_proj, m.up_proj = nn.Linear(h, inter, bias=False), nn.Linear(h, inter, bias=False)
+            m.down_proj = nn.Linear(inter, h, bias=False)
+            return m
+
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(c["vocab_size"], h)
+        self.model.layers = nn.ModuleList()
+        for _ in range(c["num_hidden_layers"]):
+            block = nn.Module()
+            block.self_attn = nn.Module()
+            for name, out in (("q_proj", c["num_attention_heads"] * head_dim), ("k_proj", c["num_key_value_heads"] * head_dim),
+                              ("v_proj", c["num_key_value_heads"] * head_dim)):
+                setattr(block.self_attn, name, nn.Linear(h, out, bias=False))
+            block.self_attn.o_proj = nn.Linear(c["num_attention_heads"] * head_dim, h, bias=False)
+            block.input_layernorm, block.post_attention_layernorm = norm(), norm()
+            if c["use_moe"]:
+                block.mlp = nn.Module()
+                block.mlp.gate = nn.Module()
+                block.mlp.gate.weight = nn.Parameter(torch.empty(c["n_routed_experts"], h))
+                block.mlp.experts = nn.ModuleList([ffn() for _ in range(c["n_routed_experts"])])
+                block.mlp.shared_experts = nn.ModuleList([ffn() for _ in range(c["n_shared_experts"])])
+            else:
+                block.mlp = ffn()
+            self.model.layers.append(block)
+        self.model.norm = norm()
+        self.lm_head = nn.Linear(h, c["vocab_size"], bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight  # tied
+
+    def rms(self, m, x):
+        return m.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.c["rms_norm_eps"]))
+
+    @staticmethod
+    def swiglu(m, x):
+        return m.down_proj(torch.nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
+
+    def moe(self, m, x):
+        c = self.c
+        flat = x.reshape(-1, x.shape[-1])
+        scores = torch.softmax(flat @ m.gate.weight.t(), dim=-1)
+        weight, index = torch.topk(scores, k=c["num_experts_per_tok"], dim=-1, sorted=False)
+        if c["num_experts_per_tok"] > 1 and c["norm_topk_prob"]:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        y = torch.zeros_like(flat)
+        for e, expert in enumerate(m.experts):
+            rows, slot = torch.where(index == e)
+            y.index_add_(0, rows, self.swiglu(expert, flat[rows]) * weight[rows, slot, None])
+        for shared in m.shared_experts:
+            y = y + self.swiglu(shared, flat)
+        return y.view_as(x)
+
+    def forward(self, ids):
+        c = self.c
+        b, t = ids.shape
+        heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+        hd = c["hidden_size"] // heads
+        freqs = 1.0 / (c["rope_theta"] ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
+        angles = torch.outer(torch.arange(t).float(), freqs)
+        cos, sin = torch.cat([angles.cos()] * 2, -1)[:, None], torch.cat([angles.sin()] * 2, -1)[:, None]
+        rotate = lambda v: torch.cat((-v[..., hd // 2:], v[..., : hd // 2]), dim=-1)
+        x = self.model.embed_tokens(ids)
+        for block in self.model.layers:
+            a = self.rms(block.input_layernorm, x)
+            q = block.self_attn.q_proj(a).view(b, t, heads, hd)
+            k = block.self_attn.k_proj(a).view(b, t, kv, hd)
+            v = block.self_attn.v_proj(a).view(b, t, kv, hd)
+            q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+            k, v = (z.repeat_interleave(heads // kv, dim=2) for z in (k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                                   v.transpose(1, 2), is_causal=True)
+            x = x + block.self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+            f = self.rms(block.post_attention_layernorm, x)
+            x = x + (self.moe(block.mlp, f) if c["use_moe"] else self.swiglu(block.mlp, f))
+        return self.lm_head(self.rms(self.model.norm, x))
+
+
+def check_minimind(export_dir, reference, tolerance):
+    from safetensors.torch import load_file
     with open(os.path.join(export_dir, "config.json")) as f:
         config = json.load(f)
     (path,) = glob.glob(os.path.join(export_dir, "*.pth"))
@@ -97,6 +194,14 @@ def check_minimind(export_dir):
     dtypes = sorted({str(v.dtype) for v in state.values()})
     print(f"{os.path.basename(path)}: torch.load(weights_only=True) gives MiniMind2's {len(expected)} keys with their "
           f"shapes, {dtypes}")
+    model = MiniMind2(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    ref = load_file(reference)
+    with torch.no_grad():
+        diff = (model(ref["tokens"]) - ref["logits"]).abs().max().item()
+    print(f"MiniMind2 structure, load_state_dict(strict=True): max |logits - ours| = {diff:.3e}")
+    if not diff <= float(tolerance):
+        fail(f"logits differ by {diff} > {tolerance}")
 
 
 def model_tensors(run):
@@ -183,7 +288,7 @@ def malicious_pth(out_pth, marker):
 
 
 def main(argv):
-    commands = {"hf": (check_hf, 3), "minimind": (check_minimind, 1), "same-parameters": (check_same_parameters, 2),
+    commands = {"hf": (check_hf, 3), "minimind": (check_minimind, 3), "same-parameters": (check_same_parameters, 2),
                 "byte-bpe": (byte_bpe, 2), "shard-ids": (check_shard_ids, 2),
                 "minimind-state-dict": (minimind_state_dict, 1), "malicious-pth": (malicious_pth, 2)}
     if len(argv) < 2 or argv[1] not in commands or len(argv) - 2 != commands[argv[1]][1]:

@@ -3,7 +3,8 @@
 # (launch/setup.sh --python installs them): tiny models trained here (an MoE with a shared expert
 # on 2 expert-parallel ranks, an MoE without one, a dense one) are exported, loaded by transformers
 # and compared with our logits and greedy generation; exported to MiniMind's .pth and checked key by
-# key; imported back bit for bit; continued with --checkpoint.init_from; refusals checked.
+# key and through MiniMind2's module structure (strict load, logits); imported back bit for bit;
+# continued with --checkpoint.init_from; refusals checked.
 # Usage: interop_e2e.sh BIN_DIR SOURCE_DIR TEST_BIN_DIR MPIEXEC...
 set -euo pipefail
 bin="$1" src="$2" tbin="$3"; shift 3
@@ -65,9 +66,9 @@ py "$src/launch/hf_tokenizer.py" check "$tmp/data/tokenizer.model" "$tmp/moe-hf"
 
 step "export to MiniMind's .pth (fp32 and MiniMind's fp16)"
 "$bin/moe-export" --checkpoint "$tmp/moe" --out_dir "$tmp/moe-mm" --format minimind
-check minimind "$tmp/moe-mm"
+check minimind "$tmp/moe-mm" "$tmp/moe.ref.safetensors" "$tol"
 "$bin/moe-export" --checkpoint "$tmp/dense" --out_dir "$tmp/dense-mm" --format minimind --dtype fp16
-check minimind "$tmp/dense-mm"
+check minimind "$tmp/dense-mm" "$tmp/dense.ref.safetensors" 0.05  # fp16 weights
 
 step "import: Hugging Face and .pth back, bit for bit"
 "$bin/moe-import" --from "$tmp/moe-hf" --out_dir "$tmp/moe-from-hf"
