@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "common/check.h"
 
@@ -59,6 +60,20 @@ int wait_for(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// A pipe's (read, write) ends, each closed when it goes out of scope.
+std::pair<UniqueFd, UniqueFd> make_pipe() {
+  int fds[2];
+  MOE_CHECK(pipe2(fds, O_CLOEXEC) == 0, "pipe: ", std::strerror(errno));
+  return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
+// The file actions of a spawn, destroyed with it.
+struct SpawnActions {
+  SpawnActions() { posix_spawn_file_actions_init(&actions); }
+  ~SpawnActions() { posix_spawn_file_actions_destroy(&actions); }
+  posix_spawn_file_actions_t actions;
+};
+
 }  // namespace
 
 void run_python_tool(const std::string& script, const std::vector<std::string>& args) {
@@ -71,30 +86,20 @@ void run_python_tool(const std::string& script, const std::vector<std::string>& 
 PythonCoprocess::PythonCoprocess(const std::string& script, const std::vector<std::string>& args) {
   const auto argv = command(script, args);
   what_ = joined(argv);
-  int in[2], out[2];
-  MOE_CHECK(pipe2(in, O_CLOEXEC) == 0 && pipe2(out, O_CLOEXEC) == 0, "pipe: ", std::strerror(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  try {
-    pid_ = spawn(argv, &actions);
-  } catch (...) {
-    posix_spawn_file_actions_destroy(&actions);
-    for (int fd : {in[0], in[1], out[0], out[1]}) close(fd);
-    throw;
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  close(in[0]);
-  close(out[1]);
-  to_child_ = in[1];
-  from_child_ = out[0];
+  auto [child_in, to_child] = make_pipe();
+  auto [from_child, child_out] = make_pipe();
+  SpawnActions spawn_actions;
+  posix_spawn_file_actions_adddup2(&spawn_actions.actions, child_in.get(), STDIN_FILENO);
+  posix_spawn_file_actions_adddup2(&spawn_actions.actions, child_out.get(), STDOUT_FILENO);
+  pid_ = spawn(argv, &spawn_actions.actions);  // the child's ends close with this scope
+  to_child_ = std::move(to_child);
+  from_child_ = std::move(from_child);
   signal(SIGPIPE, SIG_IGN);  // a helper that died is reported by request(), not by a signal
 }
 
 PythonCoprocess::~PythonCoprocess() {
-  if (to_child_ >= 0) close(to_child_);  // end of input: the helper exits
-  if (from_child_ >= 0) close(from_child_);
+  to_child_ = UniqueFd();  // end of input: the helper exits
+  from_child_ = UniqueFd();
   if (pid_ > 0) wait_for(pid_);
 }
 
@@ -107,7 +112,7 @@ std::string PythonCoprocess::read_line() {
       return line;
     }
     char chunk[65536];
-    const ssize_t n = read(from_child_, chunk, sizeof chunk);
+    const ssize_t n = read(from_child_.get(), chunk, sizeof chunk);
     if (n < 0 && errno == EINTR) continue;
     MOE_CHECK(n > 0, "the Python helper '", what_, "' stopped answering (its error is above; are the Python "
               "tools installed? launch/setup.sh --python)");
@@ -118,7 +123,7 @@ std::string PythonCoprocess::read_line() {
 std::string PythonCoprocess::request(const std::string& line) {
   const std::string message = line + "\n";
   for (size_t done = 0; done < message.size();) {
-    const ssize_t n = write(to_child_, message.data() + done, message.size() - done);
+    const ssize_t n = write(to_child_.get(), message.data() + done, message.size() - done);
     if (n < 0 && errno == EINTR) continue;
     MOE_CHECK(n > 0, "the Python helper '", what_, "' stopped reading (its error is above)");
     done += size_t(n);

@@ -6,6 +6,8 @@
 #include <sys/types.h>
 #include <vector>
 
+#include "common/durable_file.h"
+
 namespace moe {
 
 /// Runs launch/<script> with args to completion (its output goes to ours); refuses a failure,
@@ -28,8 +30,7 @@ class PythonCoprocess {
  private:
   std::string what_;
   pid_t pid_ = -1;
-  int to_child_ = -1;
-  int from_child_ = -1;
+  UniqueFd to_child_, from_child_;
   std::string buffer_;
 };
 

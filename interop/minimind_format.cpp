@@ -86,7 +86,8 @@ model::ModelConfig infer_minimind_config(const NamedTensors& state, model::Model
     std::smatch m;
     if (std::regex_match(name, m, layer_key)) layers = std::max<int64_t>(layers, std::stoll(m[1]) + 1);
     if (std::regex_match(name, m, expert_key)) {
-      (m[1] == "experts" ? routed : shared) = std::max<int64_t>(m[1] == "experts" ? routed : shared, std::stoll(m[2]) + 1);
+      auto& count = m[1] == "experts" ? routed : shared;
+      count = std::max<int64_t>(count, std::stoll(m[2]) + 1);
     }
   }
   c.num_hidden_layers = layers;

@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "common/remove_tree.h"
+#include "launch/bench_stats.h"
 #include "launch/cli.h"
 #include "parallel/collective_text.h"
 #include "parallel/expert_dispatch.h"
@@ -32,14 +33,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using launch::median;
+using launch::seconds_since;
 
 struct Construction {
   double seconds = 0, peak_gib = 0;

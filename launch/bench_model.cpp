@@ -29,6 +29,7 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "common/step_regions.h"
+#include "launch/bench_stats.h"
 #include "launch/cli.h"
 #include "model/causal_lm.h"
 #include "parallel/communicator.h"
@@ -118,10 +119,7 @@ struct Options {
   std::string expert_compute = "auto", profile_dir;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using moe::launch::median;
 
 void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const auto& c = k.config;

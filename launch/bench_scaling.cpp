@@ -35,6 +35,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/step_regions.h"
+#include "launch/bench_stats.h"
 #include "launch/cli.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/gradient_sync.h"
@@ -85,7 +86,9 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using launch::mean;
+using launch::median;
+using launch::seconds_since;
 
 // Wall-clock time of the model's forward regions (CPU; on GPUs after a synchronisation).
 class WallClockRegions : public RegionRecorder {
@@ -118,15 +121,6 @@ std::vector<double> gather(parallel::Communicator& world, double value) {
   auto all = torch::empty({world.size()}, torch::kFloat64);
   world.all_gather(all, mine);
   return std::vector<double>(all.data_ptr<double>(), all.data_ptr<double>() + world.size());
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-double mean(const std::vector<double>& v) {
-  return v.empty() ? 0 : std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
 }
 
 // nccl-tests style: median time of `iters` runs, bandwidths, values checked after every run.

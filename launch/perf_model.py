@@ -33,10 +33,10 @@ def model_config(path):
     ini = configparser.ConfigParser()
     ini.read(path)
     m = ini["model"] if ini.has_section("model") else {}
-    get = lambda k, d, t=int: t(m.get(k, d)) if hasattr(m, "get") else d
+    get = lambda k, d: int(m.get(k, d))
     hidden = get("hidden_size", 512)
     inter = get("intermediate_size", 0) or 64 * math.ceil(int(hidden * 8 / 3) / 64)
-    use_moe = str(m.get("use_moe", "false")).lower() == "true" if hasattr(m, "get") else False
+    use_moe = str(m.get("use_moe", "false")).lower() == "true"
     c = {"name": path, "hidden": hidden, "layers": get("num_hidden_layers", 8), "heads": get("num_attention_heads", 8),
          "kv_heads": get("num_key_value_heads", 2), "vocab": get("vocab_size", 6400), "inter": inter,
          "use_moe": use_moe, "experts": get("n_routed_experts", 4) if use_moe else 0,

@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "model/model_config.h"
@@ -79,6 +80,16 @@ inline model::ModelConfig moe_layer_config(int64_t hidden, int64_t intermediate,
   c.num_experts_per_tok = top_k;
   c.n_shared_experts = shared;
   return c;
+}
+
+/// Expects f to throw moe::InvalidArgument whose message contains every one of parts.
+inline void expect_refusal(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
+  } catch (const InvalidArgument& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
 }
 
 /// The message of the moe::InvalidArgument that f throws, or "(no error)".

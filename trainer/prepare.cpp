@@ -179,27 +179,29 @@ PrepareSummary prepare_corpus(const PrepareOptions& o) {
   Staging staging(o.out_dir);
   const auto& out = staging.dir();
 
-  auto model_path = (fs::path(out) / "tokenizer.model").string();
+  std::string tokenizer_path;  // the user's file when given: errors name it, not the staged copy
+  std::unique_ptr<Tokenizer> tokenizer_ptr;
   if (o.tokenizer.empty()) {
+    tokenizer_path = (fs::path(out) / "tokenizer.model").string();
     const auto text = tokenizer_training_text(files, o, bytes, out);
     std::ifstream lines(text, std::ios::binary);
     log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces");
-    SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size, model_path,
-                     o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
+    SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size,
+                                  tokenizer_path, o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
     fs::remove(text);
+    tokenizer_ptr = Tokenizer::open(tokenizer_path);
   } else {
-    MOE_CHECK(fs::is_regular_file(o.tokenizer), "--tokenizer '", o.tokenizer, "' is not a file");
-    Tokenizer::open(o.tokenizer);  // an error names the user's file, not the staged copy
+    tokenizer_path = o.tokenizer;
+    tokenizer_ptr = Tokenizer::open(tokenizer_path);  // opened once: an HF tokenizer starts a Python helper
     const bool hf = fs::path(o.tokenizer).extension() == ".json";
-    model_path = (fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model")).string();
-    fs::copy_file(o.tokenizer, model_path, fs::copy_options::overwrite_existing);
+    fs::copy_file(o.tokenizer, fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model"),
+                  fs::copy_options::overwrite_existing);
     const auto hf_config = fs::path(o.tokenizer).parent_path() / "tokenizer_config.json";  // its BOS/EOS
     if (hf && fs::exists(hf_config)) fs::copy_file(hf_config, fs::path(out) / "tokenizer_config.json");
   }
-  const auto tokenizer_ptr = Tokenizer::open(model_path);
   const Tokenizer& tokenizer = *tokenizer_ptr;
   summary.vocab_size = tokenizer.vocab_size();
-  MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", model_path, "' has no EOS token (documents are separated by it)");
+  MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", tokenizer_path, "' has no EOS token (documents are separated by it)");
 
   const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
   ShardSet train(out, "train", o.shard_tokens, vocab, eos);

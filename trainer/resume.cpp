@@ -31,6 +31,17 @@ int64_t global_batch(const TrainConfig& c, int world) { return c.train.micro_bat
 
 }  // namespace
 
+std::vector<std::string> changed_settings(const TrainConfig& before, const TrainConfig& after) {
+  std::vector<std::string> changes;
+  const auto old_values = config_values(before);
+  for (const auto& [key, value] : config_values(after)) {
+    const auto it = old_values.find(key);
+    if (it != old_values.end() && it->second == value) continue;
+    changes.push_back(key + " " + (it == old_values.end() ? "(unset)" : it->second) + " -> " + value);
+  }
+  return changes;
+}
+
 std::vector<std::string> parameter_shape_mismatches(const model::ModelConfig& saved, const model::ModelConfig& now) {
   std::vector<std::string> mismatches;
   const auto before = parameter_shape(saved), after = parameter_shape(now);
@@ -66,13 +77,9 @@ std::vector<std::string> check_resumable(const CheckpointManifest& saved, const 
   }
 
   std::vector<std::string> notes;
-  const auto old_values = config_values(saved_config), new_values = config_values(now);
-  for (const auto& [key, value] : new_values) {
-    const auto it = old_values.find(key);
-    if (key == "checkpoint.resume" || key == "checkpoint.init_from" || (it != old_values.end() && it->second == value)) {
-      continue;
-    }
-    notes.push_back(key + " " + (it == old_values.end() ? "(unset)" : it->second) + " -> " + value);
+  for (const auto& change : changed_settings(saved_config, now)) {
+    if (change.rfind("checkpoint.resume ", 0) == 0 || change.rfind("checkpoint.init_from ", 0) == 0) continue;
+    notes.push_back(change);
   }
   if (saved.world != world) {
     notes.push_back("ranks " + std::to_string(saved.world) + " (ep " + std::to_string(saved.ep) + " x edp " +

@@ -17,6 +17,9 @@ std::vector<std::string> check_resumable(const CheckpointManifest& saved, const 
                                          const TrainConfig& now, uint64_t train_tokens, int world,
                                          const std::string& what);
 
+/// One line per setting that differs: "optim.lr 0.001 -> 0.0005" ("(unset)" for a new key).
+std::vector<std::string> changed_settings(const TrainConfig& before, const TrainConfig& after);
+
 /// One line per field that shapes the parameters and differs: "model.hidden_size 64 (saved) vs 128 (now)".
 std::vector<std::string> parameter_shape_mismatches(const model::ModelConfig& saved, const model::ModelConfig& now);
 

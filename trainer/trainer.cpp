@@ -175,12 +175,8 @@ void Trainer::init_from(const std::string& path) {
       throw InvalidArgument(os.str());
     }
     for (auto* c : {&saved_config, &now_config}) c->model.intermediate_size = c->model.resolved_intermediate_size();
-    const auto saved = config_values(saved_config), now = config_values(now_config);
-    for (const auto& [key, value] : now) {
-      const auto it = saved.find(key);
-      if (key.rfind("model.", 0) == 0 && it != saved.end() && it->second != value) {
-        changed.push_back(key + " " + it->second + " -> " + value);
-      }
+    for (const auto& change : changed_settings(saved_config, now_config)) {
+      if (change.rfind("model.", 0) == 0) changed.push_back(change);
     }
     restore_parameters(reader, lm_);
   } catch (const std::exception& e) {

@@ -58,11 +58,16 @@ def check_hf(export_dir, reference, tolerance):
     print(f"greedy generation: the same {len(ours)} tokens")
 
 
+def intermediate_of(config):
+    """MiniMind2's FeedForward width: intermediate_size, or 64 * ceil(int(8 * hidden / 3) / 64)."""
+    return config["intermediate_size"] or 64 * math.ceil(int(config["hidden_size"] * 8 / 3) / 64)
+
+
 def minimind2_keys(config):
     """MiniMind2's state_dict keys and shapes (model/model_minimind.py of MiniMind2)."""
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     head_dim = h // config["num_attention_heads"]
-    inter = config["intermediate_size"] or 64 * math.ceil(int(h * 8 / 3) / 64)
+    inter = intermediate_of(config)
     keys = {"model.embed_tokens.weight": [vocab, h], "model.norm.weight": [h], "lm_head.weight": [vocab, h]}
     ffn = lambda p: {f"{p}.gate_proj.weight": [inter, h], f"{p}.up_proj.weight": [inter, h],
                      f"{p}.down_proj.weight": [h, inter]}
@@ -92,7 +97,7 @@ class MiniMind2(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.c = c
-        h, inter = c["hidden_size"], c["intermediate_size"] or 64 * math.ceil(int(c["hidden_size"] * 8 / 3) / 64)
+        h, inter = c["hidden_size"], intermediate_of(c)
         head_dim = h // c["num_attention_heads"]
 
         def norm():

@@ -20,12 +20,6 @@ using namespace moe::interop;
 
 namespace {
 
-// f throws moe::InvalidArgument whose message holds every one of parts.
-void expect_refused(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  const auto message = test::refusal(f);
-  for (const auto& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-}
-
 model::ModelConfig tiny(bool moe, int64_t shared, int64_t top_k = 2, bool norm = true) {
   model::ModelConfig c;
   c.hidden_size = 32;
@@ -74,8 +68,8 @@ std::vector<Case> cases() {
 
 TEST(HfArchitecture, EachConfigurationGetsTheClassThatComputesIt) {
   for (const auto& c : cases()) EXPECT_EQ(hf_architecture_for(c.config), c.architecture) << c.name;
-  expect_refused([] { hf_architecture_for(tiny(true, 1, 2, false)); }, {"norm_topk_prob = false", "--format minimind"});
-  expect_refused([] { hf_architecture_for(tiny(true, 1, 1, true)); }, {"num_experts_per_tok = 1"});
+  test::expect_refusal([] { hf_architecture_for(tiny(true, 1, 2, false)); }, {"norm_topk_prob = false", "--format minimind"});
+  test::expect_refusal([] { hf_architecture_for(tiny(true, 1, 1, true)); }, {"num_experts_per_tok = 1"});
 }
 
 TEST(HfArchitecture, TensorsMapBackBitForBit) {
@@ -168,11 +162,11 @@ TEST(HfArchitecture, ImportRefusesWhatOurModelDoesNotCompute) {
                                                                       : tiny(true, 1);
     auto json = nlohmann::json::parse(hf_config_json(config, e.architecture, "float32").dump());
     json[e.key] = e.value;
-    expect_refused([&] { hf_model_of_config(json, "x/config.json"); }, {"x/config.json", e.expected});
+    test::expect_refusal([&] { hf_model_of_config(json, "x/config.json"); }, {"x/config.json", e.expected});
   }
   auto no_field = nlohmann::json::parse(hf_config_json(tiny(false, 0), HfArchitecture::kLlama, "float32").dump());
   no_field.erase("hidden_size");
-  expect_refused([&] { hf_model_of_config(no_field, "x/config.json"); }, {"lacks \"hidden_size\""});
+  test::expect_refusal([&] { hf_model_of_config(no_field, "x/config.json"); }, {"lacks \"hidden_size\""});
 }
 
 TEST(HfArchitecture, ANonZeroQkvBiasIsRefused) {
@@ -182,7 +176,7 @@ TEST(HfArchitecture, ANonZeroQkvBiasIsRefused) {
   std::map<std::string, torch::Tensor> hf(hf_list.begin(), hf_list.end());
   hf["model.layers.1.self_attn.k_proj.bias"] = torch::full({c.num_key_value_heads * c.head_dim()}, 0.5f);
   const HfModel model{c, HfArchitecture::kQwen2Moe};
-  expect_refused([&] { from_hf_tensors(model, lookup_in(hf)); }, {"model.layers.1.self_attn.k_proj.bias", "not zero"});
+  test::expect_refusal([&] { from_hf_tensors(model, lookup_in(hf)); }, {"model.layers.1.self_attn.k_proj.bias", "not zero"});
 }
 
 TEST(MinimindFormat, PthRoundTripsEveryDtype) {
@@ -201,7 +195,7 @@ TEST(MinimindFormat, PthRoundTripsEveryDtype) {
     EXPECT_TRUE(torch::equal(by_name[name], value)) << name;
   }
   std::ofstream(dir / "junk.pth") << "not a zip";
-  expect_refused([&] { read_pth(dir / "junk.pth"); }, {"junk.pth", "restricted unpickler"});
+  test::expect_refusal([&] { read_pth(dir / "junk.pth"); }, {"junk.pth", "restricted unpickler"});
 }
 
 TEST(MinimindFormat, ConfigJsonRoundTripsAndShapesGiveTheSizes) {
@@ -215,7 +209,7 @@ TEST(MinimindFormat, ConfigJsonRoundTripsAndShapesGiveTheSizes) {
   EXPECT_EQ(model_config_of_minimind(nlohmann::json::parse(json.dump()), "c").to_string(), c.to_string());
   auto yarn = nlohmann::json::parse(json.dump());
   yarn["inference_rope_scaling"] = true;
-  expect_refused([&] { model_config_of_minimind(yarn, "c.json"); }, {"c.json", "inference_rope_scaling"});
+  test::expect_refusal([&] { model_config_of_minimind(yarn, "c.json"); }, {"c.json", "inference_rope_scaling"});
 
   torch::manual_seed(0);
   model::CausalLM lm(c);
@@ -230,27 +224,8 @@ TEST(MinimindFormat, ConfigJsonRoundTripsAndShapesGiveTheSizes) {
   EXPECT_EQ(inferred.n_routed_experts, c.n_routed_experts);
   EXPECT_EQ(inferred.n_shared_experts, c.n_shared_experts);
   EXPECT_EQ(inferred.resolved_intermediate_size(), c.resolved_intermediate_size());
-  expect_refused([&] { infer_minimind_config({{"x", torch::zeros({1})}}, given, "y.pth"); },
+  test::expect_refusal([&] { infer_minimind_config({{"x", torch::zeros({1})}}, given, "y.pth"); },
                 {"y.pth", "model.embed_tokens.weight"});
   EXPECT_EQ(minimind_weight_name(c), "pretrain_32_moe.pth");
   EXPECT_EQ(minimind_weight_name(tiny(false, 0)), "pretrain_32.pth");
-}
-
-TEST(ModelConfig, DefaultsAreMiniMind2s) {
-  const model::ModelConfig c;
-  EXPECT_EQ(c.aux_loss_alpha, 0.01);
-  EXPECT_EQ(c.vocab_size, 6400);
-  EXPECT_EQ(c.hidden_size, 512);
-  EXPECT_EQ(c.num_hidden_layers, 8);
-  EXPECT_EQ(c.num_attention_heads, 8);
-  EXPECT_EQ(c.num_key_value_heads, 2);
-  EXPECT_EQ(c.max_position_embeddings, 32768);
-  EXPECT_EQ(c.rms_norm_eps, 1e-5);
-  EXPECT_EQ(c.rope_theta, 1e6);
-  EXPECT_EQ(c.num_experts_per_tok, 2);
-  EXPECT_EQ(c.n_routed_experts, 4);
-  EXPECT_EQ(c.n_shared_experts, 1);
-  EXPECT_TRUE(c.seq_aux);
-  EXPECT_TRUE(c.norm_topk_prob);
-  EXPECT_FALSE(c.use_moe);
 }

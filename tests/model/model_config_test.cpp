@@ -36,6 +36,15 @@ TEST(ModelConfig, DefaultsAreMiniMind2AndValid) {
   EXPECT_EQ(c.bos_token_id, 1);
   EXPECT_EQ(c.eos_token_id, 2);
   EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  EXPECT_EQ(c.max_position_embeddings, 32768);
+  EXPECT_EQ(c.rms_norm_eps, 1e-5);
+  EXPECT_FALSE(c.use_moe);
+  EXPECT_EQ(c.num_experts_per_tok, 2);
+  EXPECT_EQ(c.n_routed_experts, 4);
+  EXPECT_EQ(c.n_shared_experts, 1);
+  EXPECT_EQ(c.aux_loss_alpha, 0.01);  // MiniMind2's MiniMindConfig (0.1 here before, by mistake)
+  EXPECT_TRUE(c.seq_aux);
+  EXPECT_TRUE(c.norm_topk_prob);
   EXPECT_NO_THROW(c.validate());
   EXPECT_NO_THROW(valid_moe().validate());
 }

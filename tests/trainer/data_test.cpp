@@ -11,6 +11,7 @@
 #include <set>
 
 #include "common/check.h"
+#include "tests/support.h"
 #include "tests/trainer/synthetic_corpus.h"
 #include "tests/trainer/temp_dir.h"
 #include "trainer/corpus_reader.h"
@@ -40,17 +41,6 @@ void write_shard(const std::string& path, const std::vector<std::vector<int>>& d
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
-}
-
-// Expects `f` to throw moe::InvalidArgument whose message contains every one of `parts`.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << parts.front() << "'";
-  } catch (const InvalidArgument& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
 }
 
 PrepareOptions prepare_options(const std::vector<std::string>& inputs, const std::string& out) {
@@ -86,36 +76,36 @@ TEST(TokenShard, RefusesTruncatedForeignAndMissingFiles) {
   write_shard(good, {{1, 2, 3, 4, 5}}, 6400);
   auto bytes = read_bytes(good);
   std::ofstream(dir / "truncated.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 3);
-  expect_error([&] { TokenShard s(dir / "truncated.bin"); }, {dir / "truncated.bin", "truncated"});
+  test::expect_refusal([&] { TokenShard s(dir / "truncated.bin"); }, {dir / "truncated.bin", "truncated"});
   auto foreign = bytes;
   foreign[0] = 'X';
   std::ofstream(dir / "foreign.bin", std::ios::binary) << foreign;
-  expect_error([&] { TokenShard s(dir / "foreign.bin"); }, {dir / "foreign.bin", "wrong magic"});
+  test::expect_refusal([&] { TokenShard s(dir / "foreign.bin"); }, {dir / "foreign.bin", "wrong magic"});
   std::ofstream(dir / "short.bin", std::ios::binary) << "MOE";
-  expect_error([&] { TokenShard s(dir / "short.bin"); }, {dir / "short.bin", "header"});
-  expect_error([&] { TokenShard s(dir / "missing.bin"); }, {dir / "missing.bin"});
+  test::expect_refusal([&] { TokenShard s(dir / "short.bin"); }, {dir / "short.bin", "header"});
+  test::expect_refusal([&] { TokenShard s(dir / "missing.bin"); }, {dir / "missing.bin"});
   auto newer = bytes;
   newer[8] = 9;  // version 9
   std::ofstream(dir / "newer.bin", std::ios::binary) << newer;
-  expect_error([&] { TokenShard s(dir / "newer.bin"); }, {dir / "newer.bin", "version 9"});
+  test::expect_refusal([&] { TokenShard s(dir / "newer.bin"); }, {dir / "newer.bin", "version 9"});
   // A count whose size in bytes wraps around to the real one (5 + 2^63 tokens of 2 bytes).
   auto lying = bytes;
   const uint64_t count = 5 + (uint64_t(1) << 63);
   std::memcpy(lying.data() + 16, &count, 8);
   std::ofstream(dir / "lying.bin", std::ios::binary) << lying;
-  expect_error([&] { TokenShard s(dir / "lying.bin"); }, {dir / "lying.bin", "more than any file holds"});
+  test::expect_refusal([&] { TokenShard s(dir / "lying.bin"); }, {dir / "lying.bin", "more than any file holds"});
   // Token ids and EOS are checked against the vocabulary when the shard is opened.
   auto small_vocab = bytes;
   const uint32_t vocab = 4;
   std::memcpy(small_vocab.data() + 24, &vocab, 4);
   std::ofstream(dir / "vocab.bin", std::ios::binary) << small_vocab;
-  expect_error([&] { TokenShard s(dir / "vocab.bin"); },
+  test::expect_refusal([&] { TokenShard s(dir / "vocab.bin"); },
                {dir / "vocab.bin", "token id 5 (token 4) beyond its vocabulary of 4"});
   auto bad_eos = bytes;
   const uint32_t eos = 7000;
   std::memcpy(bad_eos.data() + 28, &eos, 4);
   std::ofstream(dir / "eos.bin", std::ios::binary) << bad_eos;
-  expect_error([&] { TokenShard s(dir / "eos.bin"); }, {dir / "eos.bin", "EOS id 7000 outside its vocabulary of 6400"});
+  test::expect_refusal([&] { TokenShard s(dir / "eos.bin"); }, {dir / "eos.bin", "EOS id 7000 outside its vocabulary of 6400"});
 }
 
 TEST(Prepare, JsonlAndTextRoundTripThroughTheTokenizer) {
@@ -196,7 +186,7 @@ TEST(Prepare, MalformedJsonlNamesFileAndLineOrIsSkipped) {
     out << "{\"text\": \"unterminated\n" << "{\"title\": \"no text\"}\n" << "[1, 2]\n";
   }
   auto o = prepare_options({dir / "c.jsonl"}, dir / "out");
-  expect_error([&] { prepare_corpus(o); }, {dir / "c.jsonl:61:", "malformed JSONL line", "not valid JSON"});
+  test::expect_refusal([&] { prepare_corpus(o); }, {dir / "c.jsonl:61:", "malformed JSONL line", "not valid JSON"});
   o.corpus.skip_malformed = true;
   const auto s = prepare_corpus(o);
   EXPECT_EQ(s.malformed_lines, 3u);
@@ -207,10 +197,10 @@ TEST(Prepare, EmptyInputAndMissingDataAreRefused) {
   test::TempDir dir;
   std::ofstream(dir / "empty.jsonl").close();
   std::ofstream(dir / "blank.txt") << "\n\n\n";
-  expect_error([&] { prepare_corpus(prepare_options({dir / "empty.jsonl", dir / "blank.txt"}, dir / "o")); },
+  test::expect_refusal([&] { prepare_corpus(prepare_options({dir / "empty.jsonl", dir / "blank.txt"}, dir / "o")); },
                {"no documents"});
-  expect_error([&] { prepare_corpus(prepare_options({dir / "nope.jsonl"}, dir / "o")); }, {"nope.jsonl", "not found"});
-  expect_error([&] { TokenDataset d(dir / "o", "train"); }, {"train-*.bin", "moe-prepare"});
+  test::expect_refusal([&] { prepare_corpus(prepare_options({dir / "nope.jsonl"}, dir / "o")); }, {"nope.jsonl", "not found"});
+  test::expect_refusal([&] { TokenDataset d(dir / "o", "train"); }, {"train-*.bin", "moe-prepare"});
 }
 
 // A failed re-run into an existing folder leaves it exactly as it was, without temporary files.
@@ -224,13 +214,13 @@ TEST(Prepare, AFailedRerunLeavesTheOldOutputsUntouched) {
   for (const auto& e : std::filesystem::directory_iterator(dir / "o")) before[e.path().string()] = read_bytes(e.path());
   ASSERT_TRUE(before.count(dir / "o/train-00000.bin"));
   std::ofstream(dir / "empty.txt").close();
-  expect_error([&] { prepare_corpus(prepare_options({dir / "empty.txt"}, dir / "o")); }, {"no documents"});
+  test::expect_refusal([&] { prepare_corpus(prepare_options({dir / "empty.txt"}, dir / "o")); }, {"no documents"});
   auto with_tokenizer = prepare_options({dir / "empty.txt"}, dir / "o");
   with_tokenizer.tokenizer = dir / "missing.model";
-  expect_error([&] { prepare_corpus(with_tokenizer); }, {"missing.model"});
+  test::expect_refusal([&] { prepare_corpus(with_tokenizer); }, {"missing.model"});
   std::ofstream(dir / "garbage.model") << "not a sentencepiece model";
   with_tokenizer.tokenizer = dir / "garbage.model";
-  expect_error([&] { prepare_corpus(with_tokenizer); }, {"cannot load tokenizer '" + dir / "garbage.model" + "'"});
+  test::expect_refusal([&] { prepare_corpus(with_tokenizer); }, {"cannot load tokenizer '" + dir / "garbage.model" + "'"});
   std::map<std::string, std::string> after;
   for (const auto& e : std::filesystem::directory_iterator(dir / "o")) after[e.path().string()] = read_bytes(e.path());
   EXPECT_EQ(after, before);
@@ -314,7 +304,7 @@ TEST(PackedLoader, RefusesDataSmallerThanOneGlobalBatch) {
   test::TempDir dir;
   const auto data = counting_dataset(dir, 101);
   PackedLoader loader(data, 10, 1, 0, 4);
-  expect_error([&] { loader.next(4); }, {"10 windows", "fewer than one global micro-batch of 16"});
+  test::expect_refusal([&] { loader.next(4); }, {"10 windows", "fewer than one global micro-batch of 16"});
 }
 
 TEST(Corpus, Utf8IsValidatedAndBinaryDataRefusedNamingFileAndLine) {
@@ -330,7 +320,7 @@ TEST(Corpus, Utf8IsValidatedAndBinaryDataRefusedNamingFileAndLine) {
   const char blob[] = "text first\n\x89PNG\r\n\x1a\n\x00\x01";
   std::ofstream(dir / "blob.txt", std::ios::binary) << std::string(blob, sizeof(blob) - 1);
   CorpusOptions strict;
-  expect_error([&] { read_corpus({dir / "ok.txt", dir / "blob.txt"}, strict, [](const std::string&) {}); },
+  test::expect_refusal([&] { read_corpus({dir / "ok.txt", dir / "blob.txt"}, strict, [](const std::string&) {}); },
                {dir / "blob.txt:2: not UTF-8 text", "--skip_malformed"});
   CorpusOptions lenient;
   lenient.skip_malformed = true;
