@@ -27,8 +27,8 @@ std::string source_dir() {
 
 std::vector<std::string> command(const std::string& script, const std::vector<std::string>& args) {
   const auto root = std::filesystem::path(source_dir());
-  const auto pytool = (root / "launch" / "pytool").string();
-  const auto path = (root / "launch" / script).string();
+  const auto pytool = (root / "tools" / "pytool").string();
+  const auto path = (root / "tools" / script).string();
   MOE_CHECK(std::filesystem::exists(pytool) && std::filesystem::exists(path), "the Python helper '", path,
             "' is missing: set MOE_SOURCE_DIR to the source tree these programs were built from");
   std::vector<std::string> argv{pytool, path};

@@ -1,4 +1,4 @@
-// The project's Python helpers (launch/*.py), run by the C++ programs through launch/pytool, which
+// The project's Python helpers (tools/*.py), run by the C++ programs through tools/pytool, which
 // puts the tools of `launch/setup.sh --python` on the path. The helpers are found in the source
 // tree the programs were built from, or in $MOE_SOURCE_DIR.
 #pragma once
@@ -10,7 +10,7 @@
 
 namespace moe {
 
-/// Runs launch/<script> with args to completion (its output goes to ours); refuses a failure,
+/// Runs tools/<script> with args to completion (its output goes to ours); refuses a failure,
 /// naming the command and its exit status.
 void run_python_tool(const std::string& script, const std::vector<std::string>& args);
 

@@ -1,10 +1,10 @@
-// Fuzzes the checkpoint manifest parser (trainer/checkpoint_manifest.h): every input is either
+// Fuzzes the checkpoint manifest parser (trainer/checkpoint/checkpoint_manifest.h): every input is either
 // refused with moe::InvalidArgument or parses to a manifest that writes and parses back the same.
 #include <cstdint>
 #include <string>
 
 #include "common/check.h"
-#include "trainer/checkpoint_manifest.h"
+#include "trainer/checkpoint/checkpoint_manifest.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

@@ -1,4 +1,4 @@
-// Fuzzes the token-shard reader (trainer/token_shard.h) with whole files: every input is either
+// Fuzzes the token-shard reader (trainer/data/token_shard.h) with whole files: every input is either
 // refused with moe::InvalidArgument or yields a shard whose every token can be read and lies inside
 // its vocabulary.
 #include <cstdint>
@@ -6,7 +6,7 @@
 
 #include "common/check.h"
 #include "fuzz/fuzz_file.h"
-#include "trainer/token_shard.h"
+#include "trainer/data/token_shard.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = moe::fuzz::write_input(data, size);

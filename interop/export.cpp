@@ -13,7 +13,7 @@
 #include "common/safetensors_torch.h"
 #include "interop/hf_architecture.h"
 #include "interop/minimind_format.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 
 namespace fs = std::filesystem;
 

@@ -14,9 +14,9 @@
 #include "model/causal_lm.h"
 #include "parallel/communicator.h"
 #include "parallel/topology.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 #include "trainer/config_cli.h"
-#include "trainer/tokenizer.h"
+#include "trainer/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 

@@ -7,8 +7,8 @@
 #include "common/check.h"
 #include "launch/cli.h"
 #include "model/generate.h"
-#include "trainer/checkpoint.h"
-#include "trainer/tokenizer.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/data/tokenizer.h"
 
 namespace po = boost::program_options;
 using namespace moe;

@@ -4,7 +4,7 @@
 
 #include "common/log.h"
 #include "launch/cli.h"
-#include "trainer/prepare.h"
+#include "trainer/data/prepare.h"
 
 namespace po = boost::program_options;
 using namespace moe;

@@ -5,7 +5,7 @@
 # Extra arguments go to moe-train (e.g. --train.steps 100). The run lands in runs/tiny/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/launch/setup.sh"
+"$root/launch/setup.sh" --programs  # the tests and benchmarks are built by launch/test.sh
 cd "$root"
 if [ ! -f data/fortunes/prepare.json ]; then
   build/bin/moe-prepare --input /usr/share/games/fortunes --separator % --vocab_size 4096 --val_fraction 0.02 \

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian packages, the pinned LibTorch, then a CMake build in build/.
-# Safe to run again: each step checks what is already there. Usage: launch/setup.sh [--python]
+# Safe to run again: each step checks what is already there.
+# Usage: launch/setup.sh [--python] [--programs]
+#   --programs        build only the programs the quickstart runs (moe-prepare, moe-train,
+#                     moe-generate); without it, everything: the other programs, tests, benchmarks
 #   --python          also the Python tools of export/import and the tokenizers of Hugging Face
 #                     (.deps/python: transformers, tokenizers, safetensors, sentencepiece,
 #                     matplotlib for the scaling report's plots), and
@@ -24,6 +27,9 @@ APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-de
               libboost-program-options-dev libgtest-dev libgmock-dev
               libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
               clang libclang-rt-dev)
+
+# What --programs builds: the main job's programs.
+USER_PROGRAMS=(moe-prepare moe-train moe-generate)
 
 log() { echo "[setup] $*"; }
 
@@ -59,17 +65,18 @@ torch_cmake_prefix() {
 }
 
 configure_and_build() {
-  local prefix="$1" build="$root/build"
+  local prefix="$1" build="$root/build" targets=()
+  [ "$programs_only" = 1 ] && targets=(--target "${USER_PROGRAMS[@]}")
   if [ ! -f "$build/build.ninja" ] || ! grep -q "$prefix" "$build/CMakeCache.txt" 2>/dev/null; then
     log "configuring build/"
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${MOE_BUILD_TYPE:-Release}" \
       -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
   fi
-  log "building (first build takes several minutes on 2 cores)"
-  cmake --build "$build" -j"$(nproc)"
+  log "building ${targets[*]:-everything} (a first build takes several minutes on 2 cores)"
+  cmake --build "$build" -j"$(nproc)" "${targets[@]}"
 }
 
-# The Python tools in .deps/python (launch/pytool puts it on PYTHONPATH). Torch itself is the
+# The Python tools in .deps/python (tools/pytool puts it on PYTHONPATH). Torch itself is the
 # machine's (GPU box) or the LibTorch wheel of .deps/torch: one copy for C++ and Python.
 install_python_tools() {
   local target="$root/.deps/python" stamp="$root/.deps/python/.installed"
@@ -90,11 +97,12 @@ install_python_tools() {
   echo "$want" > "$stamp"
 }
 
-python_tools=0
+python_tools=0 programs_only=0
 for arg in "$@"; do
   case "$arg" in
     --python) python_tools=1 ;;
-    *) echo "usage: launch/setup.sh [--python]" >&2; exit 2 ;;
+    --programs) programs_only=1 ;;
+    *) echo "usage: launch/setup.sh [--python] [--programs]" >&2; exit 2 ;;
   esac
 done
 install_debian_packages

@@ -15,15 +15,15 @@
 #include "parallel/global_aux_loss.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/collective_text.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 #include "trainer/config_cli.h"
 #include "trainer/device.h"
 #include "trainer/mfu.h"
-#include "trainer/optimizer.h"
-#include "trainer/resume.h"
-#include "trainer/rng_state.h"
+#include "trainer/optim/optimizer.h"
+#include "trainer/checkpoint/resume.h"
+#include "trainer/checkpoint/rng_state.h"
 #include "trainer/stop_signal.h"
-#include "trainer/tokenizer.h"
+#include "trainer/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;

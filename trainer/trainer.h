@@ -3,9 +3,9 @@
 // ranks -> global gradient norm -> skip the step if it is not finite (abort after max_bad_steps in
 // a row), else clip -> AdamW at the scheduled learning rate. Every log_every steps a progress line
 // (rank 0) and records in <out_dir>/metrics.jsonl (see README); evaluation on the validation split
-// every eval_every steps and at the end; training checkpoints (trainer/checkpoint.h) every
+// every eval_every steps and at the end; training checkpoints (trainer/checkpoint/checkpoint.h) every
 // checkpoint.every steps, at the end and when a stop signal arrives (trainer/stop_signal.h).
-// Set-up is a fresh start or a resume from a checkpoint (trainer/resume.h); either way the loop
+// Set-up is a fresh start or a resume from a checkpoint (trainer/checkpoint/resume.h); either way the loop
 // then only advances the TrainingState.
 #pragma once
 #include <chrono>
@@ -18,8 +18,8 @@
 #include "model/causal_lm.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/topology.h"
-#include "trainer/data_loader.h"
-#include "trainer/fused_adamw.h"
+#include "trainer/data/data_loader.h"
+#include "trainer/optim/fused_adamw.h"
 #include "trainer/graphed_step.h"
 #include "trainer/train_config.h"
 #include "trainer/training_state.h"

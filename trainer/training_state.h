@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "trainer/loader_position.h"
+#include "trainer/data/loader_position.h"
 
 namespace moe::trainer {
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python side of the interoperability test (tests/interop/interop_e2e.sh), run by launch/pytool.
+"""The Python side of the interoperability test (tests/interop/interop_e2e.sh), run by tools/pytool.
 
   hf EXPORT_DIR REFERENCE TOLERANCE   transformers' AutoModelForCausalLM of the export against our
                                       outputs (tests/interop/reference_outputs.cpp): logits on random

@@ -12,7 +12,7 @@ mpi=("$@")
 tmp="$(mktemp -d)"; trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
 corpus=${MOE_FORTUNES_DIR:-/usr/share/games/fortunes}
 [ -d "$corpus" ] || { echo "e2e: $corpus missing (launch/setup.sh installs Debian's fortunes)"; exit 1; }
-py() { "$src/launch/pytool" "$@"; }
+py() { "$src/tools/pytool" "$@"; }
 check() { py "$src/tests/interop/check_interop.py" "$@"; }
 fail() { echo "e2e: FAILED: $*"; exit 1; }
 step() { echo "e2e: --- $*"; }
@@ -62,7 +62,7 @@ check hf "$tmp/moe-hf-bf16" "$tmp/moe.ref.safetensors" 0.5  # bf16 weights: ~3 s
 
 step "the exported tokenizer encodes and decodes as ours (the corpus text)"
 cat "$corpus"/fortunes "$corpus"/literature "$corpus"/riddles > "$tmp/text"
-py "$src/launch/hf_tokenizer.py" check "$tmp/data/tokenizer.model" "$tmp/moe-hf" "$tmp/text"
+py "$src/tools/hf_tokenizer.py" check "$tmp/data/tokenizer.model" "$tmp/moe-hf" "$tmp/text"
 
 step "export to MiniMind's .pth (fp32 and MiniMind's fp16)"
 "$bin/moe-export" --checkpoint "$tmp/moe" --out_dir "$tmp/moe-mm" --format minimind
@@ -138,5 +138,5 @@ check shard-ids "$tmp/data-bpe" "$tmp/docs.jsonl"
 "$bin/moe-generate" --checkpoint "$tmp/bpe-run" --prompt "Hello" --max_new_tokens 4 > "$tmp/bpe-gen.log" 2>&1 \
   || { cat "$tmp/bpe-gen.log"; fail "moe-generate with a tokenizer.json"; }
 "$bin/moe-export" --checkpoint "$tmp/bpe-run" --out_dir "$tmp/bpe-hf"
-py "$src/launch/hf_tokenizer.py" check "$tmp/data-bpe/tokenizer.json" "$tmp/bpe-hf" "$tmp/text"
+py "$src/tools/hf_tokenizer.py" check "$tmp/data-bpe/tokenizer.json" "$tmp/bpe-hf" "$tmp/text"
 echo "e2e: PASSED"

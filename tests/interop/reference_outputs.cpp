@@ -11,7 +11,7 @@
 
 #include "common/safetensors.h"
 #include "model/generate.h"
-#include "trainer/checkpoint.h"
+#include "trainer/checkpoint/checkpoint.h"
 
 using namespace moe;
 

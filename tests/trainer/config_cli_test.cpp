@@ -10,7 +10,7 @@
 #include "common/check.h"
 #include "tests/trainer/temp_dir.h"
 #include "trainer/config_cli.h"
-#include "trainer/optimizer.h"
+#include "trainer/optim/optimizer.h"
 
 using namespace moe;
 using namespace moe::trainer;

@@ -18,9 +18,9 @@
 #include "tests/support.h"
 #include "tests/trainer/temp_dir.h"
 #include "tests/trainer/training_fixture.h"
-#include "trainer/checkpoint.h"
-#include "trainer/optimizer.h"
-#include "trainer/token_shard.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/optim/optimizer.h"
+#include "trainer/data/token_shard.h"
 #include "trainer/trainer.h"
 
 using namespace moe;

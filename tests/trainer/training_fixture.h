@@ -16,7 +16,7 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/support.h"
-#include "trainer/token_shard.h"
+#include "trainer/data/token_shard.h"
 #include "trainer/train_config.h"
 
 namespace moe::test {

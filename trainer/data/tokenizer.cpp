@@ -1,0 +1,105 @@
+#include "trainer/data/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <filesystem>
+#include <unordered_map>
+
+#include "common/check.h"
+#include "trainer/data/hf_tokenizer.h"
+
+namespace moe::trainer {
+
+namespace {
+
+class LineIterator : public sentencepiece::SentenceIterator {
+ public:
+  explicit LineIterator(const std::function<bool(std::string&)>& next) : next_(next) { advance(); }
+  bool done() const override { return done_; }
+  void Next() override { advance(); }
+  const std::string& value() const override { return line_; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  void advance() { done_ = !next_(line_); }
+  const std::function<bool(std::string&)>& next_;
+  std::string line_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::open(const std::string& path) {
+  MOE_CHECK(std::filesystem::is_regular_file(path), "tokenizer '", path, "' is not a file");
+  if (std::filesystem::path(path).extension() == ".json") return std::make_unique<HfTokenizer>(path);
+  return std::make_unique<SentencePieceTokenizer>(path);
+}
+
+std::vector<std::string> tokenizer_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const auto in = [&](const char* name) { return (fs::path(dir) / name).string(); };
+  if (fs::exists(in("tokenizer.model"))) return {in("tokenizer.model")};
+  if (!fs::exists(in("tokenizer.json"))) return {};
+  if (fs::exists(in("tokenizer_config.json"))) return {in("tokenizer.json"), in("tokenizer_config.json")};
+  return {in("tokenizer.json")};
+}
+
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
+    : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()), path_(model_path) {
+  const auto status = sp_->Load(model_path);
+  MOE_CHECK(status.ok(), "cannot load tokenizer '", model_path, "': ", status.ToString());
+}
+
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+
+void SentencePieceTokenizer::train(const std::function<bool(std::string&)>& next_line, int64_t vocab_size,
+                      const std::string& model_path, int threads) {
+  MOE_CHECK(vocab_size >= 300, "--vocab_size ", vocab_size, " is too small: byte fallback alone needs 259 ids");
+  auto prefix = model_path;
+  if (prefix.size() > 6 && prefix.substr(prefix.size() - 6) == ".model") prefix.resize(prefix.size() - 6);
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_prefix", prefix},
+      {"model_type", "bpe"},
+      {"vocab_size", std::to_string(vocab_size)},
+      {"hard_vocab_limit", "false"},  // a small corpus gets a smaller vocabulary instead of an error
+      {"character_coverage", "0.9995"},
+      {"byte_fallback", "true"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"split_digits", "true"},
+      {"user_defined_symbols", "\n"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"shuffle_input_sentence", "false"},  // deterministic
+      {"input_sentence_size", "4000000"},
+      {"max_sentence_length", "16384"},
+      {"num_threads", std::to_string(std::max(1, threads))},
+      {"minloglevel", "2"},
+  };
+  LineIterator lines(next_line);
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines);
+  MOE_CHECK(status.ok(), "training the tokenizer failed: ", status.ToString());
+}
+
+std::vector<int> SentencePieceTokenizer::encode(const std::string& text) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(text, &ids);
+  MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot encode: ", status.ToString());
+  return ids;
+}
+
+std::string SentencePieceTokenizer::decode(const std::vector<int>& ids) const {
+  std::string text;
+  const auto status = sp_->Decode(ids, &text);
+  MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot decode: ", status.ToString());
+  return text;
+}
+
+int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int64_t SentencePieceTokenizer::eos_id() const { return sp_->eos_id(); }
+int64_t SentencePieceTokenizer::bos_id() const { return sp_->bos_id(); }
+
+}  // namespace moe::trainer
