@@ -170,4 +170,6 @@ CheckpointManifest CheckpointManifest::parse(const std::string& text, const std:
   return m;
 }
 
+std::string optimizer_key(const std::string& param, const char* field) { return "optimizer." + param + "." + field; }
+
 }  // namespace moe::trainer

@@ -61,6 +61,10 @@ struct CheckpointManifest {
   static CheckpointManifest parse(const std::string& text, const std::string& what);
 };
 
+/// The name of a parameter's optimiser state in a checkpoint: "optimizer.<param>.<field>", field
+/// exp_avg, exp_avg_sq or step.
+std::string optimizer_key(const std::string& param, const char* field);
+
 /// Raw bytes <-> lowercase hex (the RNG states in the manifest).
 std::string to_hex(const std::string& bytes);
 std::string from_hex(const std::string& hex, const std::string& what);
