@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Debian packages, the pinned LibTorch, then a CMake build in build/.
 # Safe to run again: each step checks what is already there.
-# Usage: launch/setup.sh [--python] [--programs]
+# Usage: launch/setup.sh [--python] [--programs] [--slurm]
 #   --programs        build only the programs the quickstart runs (moe-prepare, moe-train,
 #                     moe-generate); without it, everything: the other programs, tests, benchmarks
+#   --slurm           also Slurm and munge (Debian's slurmctld, slurmd, slurm-client, munge), for
+#                     the test that runs launch/slurm.sbatch on a private Slurm; nothing is started
 #   --python          also the Python tools of export/import and the tokenizers of Hugging Face
 #                     (.deps/python: transformers, tokenizers, safetensors, sentencepiece,
 #                     matplotlib for the scaling report's plots), and
@@ -28,6 +30,9 @@ APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-de
               libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
               clang libclang-rt-dev)
 
+# What --slurm adds (the Slurm test; the daemons are started by the test, not by the packages).
+SLURM_APT_PACKAGES=(slurmctld slurmd slurm-client munge iproute2)
+
 # What --programs builds: the main job's programs.
 USER_PROGRAMS=(moe-prepare moe-train moe-generate)
 
@@ -35,8 +40,9 @@ log() { echo "[setup] $*"; }
 
 install_debian_packages() {
   [ "${MOE_NO_APT:-0}" = 1 ] && { log "MOE_NO_APT=1: skipping Debian packages"; return; }
-  local missing=() p
-  for p in "${APT_PACKAGES[@]}"; do
+  local missing=() p wanted=("${APT_PACKAGES[@]}")
+  [ "$slurm" = 1 ] && wanted+=("${SLURM_APT_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && { log "Debian packages: all present"; return; }
@@ -97,12 +103,13 @@ install_python_tools() {
   echo "$want" > "$stamp"
 }
 
-python_tools=0 programs_only=0
+python_tools=0 programs_only=0 slurm=0
 for arg in "$@"; do
   case "$arg" in
     --python) python_tools=1 ;;
     --programs) programs_only=1 ;;
-    *) echo "usage: launch/setup.sh [--python] [--programs]" >&2; exit 2 ;;
+    --slurm) slurm=1 ;;
+    *) echo "usage: launch/setup.sh [--python] [--programs] [--slurm]" >&2; exit 2 ;;
   esac
 done
 install_debian_packages

@@ -14,6 +14,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
 #include "trainer/config_cli.h"
+#include "trainer/stop_signal.h"
 #include "trainer/trainer.h"
 
 using namespace moe;
@@ -30,6 +31,7 @@ int world_rank_for_logging() {
 }
 
 int train(const trainer::TrainConfig& config) {
+  trainer::StopSignals stop_signals;  // a stop during set-up (a scheduler's signal) is kept for the loop
   auto world = parallel::make_communicator(config.parallel.backend, config.parallel.comm_timeout);
   try {
     const int ep = config.parallel.ep_size > 0 ? int(config.parallel.ep_size) : world->size();

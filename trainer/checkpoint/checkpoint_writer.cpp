@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "common/check.h"
 #include "common/durable_file.h"
@@ -33,7 +34,7 @@ std::string rank_file(const char* kind, int rank, int world) {
   return name;
 }
 
-// The test hook: MOE_CHECKPOINT_FAULT=<point>[:<rank>|all[:kill|fail[:<step>]]].
+// The test hook: MOE_CHECKPOINT_FAULT=<point>[:<rank>|all[:kill|fail|pause<seconds>[:<step>]]].
 void fault_point(const char* point, int rank, int64_t step) {
   const char* spec = std::getenv("MOE_CHECKPOINT_FAULT");
   if (!spec) return;
@@ -52,6 +53,10 @@ void fault_point(const char* point, int rank, int64_t step) {
   log("checkpoint", std::string("MOE_CHECKPOINT_FAULT: ") + action + " at '" + point + "'");
   if (action == "fail") {
     throw InvalidArgument(std::string("injected failure at '") + point + "' (MOE_CHECKPOINT_FAULT)");
+  }
+  if (action.rfind("pause", 0) == 0) {  // a slow save (a large model, a slow file system)
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::stod(action.substr(5))));
+    return;
   }
   ::kill(::getpid(), SIGKILL);
 }
@@ -136,32 +141,18 @@ void add_plain_file(CheckpointManifest& m, const fs::path& dir, const std::strin
   m.files[name] = {f.size(), f.crc32(), 0, 0};
 }
 
-}  // namespace
-
-SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
-  const auto start = std::chrono::steady_clock::now();
+// The save after step_N.tmp/ exists: every rank writes its share, rank 0 writes the manifest,
+// renames the directory into place and replaces `latest`. An error on any rank throws on all.
+void write_and_publish(const CheckpointInputs& in, const fs::path& dir, const std::string& name,
+                       uint64_t* bytes_this_rank) {
   auto& world = *in.groups->world;
   const auto& topo = in.groups->topology;
-  const auto dir = fs::path(in.config->train.out_dir) / "checkpoints";
-  const auto name = step_dir_name(in.state.step);
   const auto final_dir = dir / name, tmp_dir = dir / (name + ".tmp");
   const auto context = "saving checkpoint " + final_dir.string();
   std::string error;
-  if (topo.rank == 0) {
-    try {
-      fs::create_directories(dir);
-      remove_interrupted_saves(dir);
-      fs::create_directories(tmp_dir);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  parallel::agree_or_throw(world, error, context);
-
-  SavedCheckpoint saved;
   std::string share;
   try {
-    auto mine = write_rank_share(in, tmp_dir, &saved.bytes_this_rank);
+    auto mine = write_rank_share(in, tmp_dir, bytes_this_rank);
     auto common = common_fields(in);
     common.files = std::move(mine.files);
     common.tensors = std::move(mine.tensors);
@@ -207,6 +198,42 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
     }
   }
   parallel::agree_or_throw(world, error, context);
+}
+
+}  // namespace
+
+SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
+  const auto start = std::chrono::steady_clock::now();
+  auto& world = *in.groups->world;
+  const auto& topo = in.groups->topology;
+  const auto dir = fs::path(in.config->train.out_dir) / "checkpoints";
+  const auto name = step_dir_name(in.state.step);
+  const auto final_dir = dir / name, tmp_dir = dir / (name + ".tmp");
+  const auto context = "saving checkpoint " + final_dir.string();
+  std::string error;
+  if (topo.rank == 0) {
+    try {
+      fs::create_directories(dir);
+      remove_interrupted_saves(dir);
+      fs::create_directories(tmp_dir);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  parallel::agree_or_throw(world, error, context);
+
+  SavedCheckpoint saved;
+  try {
+    write_and_publish(in, dir, name, &saved.bytes_this_rank);
+  } catch (...) {
+    // Every rank is past its writes (the error was agreed on): free the space at once, so that the
+    // next try (after a full disk, say) has it, instead of when the next run starts.
+    if (topo.rank == 0) {
+      std::error_code ignored;
+      fs::remove_all(tmp_dir, ignored);
+    }
+    throw;
+  }
   for (const auto& bytes : parallel::all_gather_strings(world, std::to_string(saved.bytes_this_rank))) {
     saved.bytes_per_rank.push_back(std::stoull(bytes));
     saved.bytes_total += saved.bytes_per_rank.back();

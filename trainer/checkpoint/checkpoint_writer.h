@@ -35,12 +35,14 @@ struct CheckpointInputs {
 
 /// Collective over groups.world: saves into <config.train.out_dir>/checkpoints/, replaces `latest`
 /// and keeps the newest config.checkpoint.keep step directories up to this step (later ones, of an
-/// abandoned continuation, are left alone). A failure on any rank throws the
-/// same error on every rank and leaves the earlier checkpoints and `latest` as they were.
-/// Test hook: MOE_CHECKPOINT_FAULT=<point>[:<rank>|all[:kill|fail[:<step>]]] stops the save (of
-/// that step, or every save) at a named point by SIGKILL (default) or an error: before_write,
-/// written (each rank's files), manifest (rank 0: written, not renamed), renamed (the step
-/// directory is in place, `latest` still names the previous one), latest (`latest` replaced).
+/// abandoned continuation, are left alone). A failure on any rank throws the same error on every
+/// rank, removes the partial step_N.tmp/ and leaves the earlier checkpoints and `latest` as they
+/// were.
+/// Test hook: MOE_CHECKPOINT_FAULT=<point>[:<rank>|all[:kill|fail|pause<seconds>[:<step>]]] stops
+/// the save (of that step, or every save) at a named point by SIGKILL (default) or an error, or
+/// slows it down (pause20: 20 s there): before_write, written (each rank's files), manifest (rank 0:
+/// written, not renamed), renamed (the step directory is in place, `latest` still names the
+/// previous one), latest (`latest` replaced).
 SavedCheckpoint save_checkpoint(const CheckpointInputs& inputs);
 
 }  // namespace moe::trainer

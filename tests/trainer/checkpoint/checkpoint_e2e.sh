@@ -78,7 +78,9 @@ for fault in before_write:1 before_write:all written:0 written:all manifest:0 re
   "$bin/moe-generate" --checkpoint "$tmp/$run" --prompt "A" --max_new_tokens 3 > /dev/null 2>&1 ||
     fail "$run: the checkpoint latest names does not load"
   case "$fault" in *fail) [ "$(grep -c "error\] saving checkpoint.*rank 1 of 2: injected failure" "$tmp/$run.log")" = 2 ] ||
-                            fail "$run: the failed save must be an error on both ranks" ;; esac
+                            fail "$run: the failed save must be an error on both ranks"
+                          [ ! -e "$tmp/$run/checkpoints/step_00000008.tmp" ] ||
+                            fail "$run: the failed save left its step_00000008.tmp behind" ;; esac
   train "$run" || fail "$run: resuming failed"
   same_as_reference "$run"
   echo "e2e: $fault: latest stayed valid ($want), resumed run identical"
