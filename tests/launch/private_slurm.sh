@@ -91,8 +91,13 @@ slurm_stop() {
 job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 
 # A requeued job waits about two minutes (Slurm's own delay) before it may start again; the tests
-# let it start at once.
+# let it start at once, but only after the previous start's slurmstepd has gone: a start while it
+# still tears down is killed ("Killing non-startable batch job: Job credential revoked", seen on a
+# loaded machine). Not StartTime=now+N: a job that the backfill scheduler starts got the --signal
+# at once (Slurm 22.05, seen here), where the main scheduler's starts get it on time.
 release_requeued() {
-  scontrol show job "$1" 2>/dev/null | grep -q "Reason=BeginTime" && scontrol update JobId="$1" StartTime=now 2>/dev/null
+  scontrol show job "$1" 2>/dev/null | grep -q "Reason=BeginTime" || return 0
+  pgrep -x slurmstepd > /dev/null && return 0
+  scontrol update JobId="$1" StartTime=now 2>/dev/null
   return 0
 }

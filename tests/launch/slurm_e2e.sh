@@ -11,7 +11,7 @@
 #    A save that fails at the same step every time is retried once, not again; a bad option is not
 #    retried.
 # A requeued job waits about two minutes (Slurm's own delay) before it may start again; the test
-# lets it start at once (scontrol update StartTime=now).
+# lets it start at once (scontrol update StartTime=now) once the previous start has ended.
 # Usage: slurm_e2e.sh BIN_DIR SOURCE_DIR MPIEXEC...
 set -euo pipefail
 bin="$1" src="$2"; shift 2
@@ -25,7 +25,12 @@ cleanup() {
   [ -n "${KEEP:-}" ] && echo "slurm_e2e: kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
-fail() { echo "slurm_e2e: FAILED: $*"; for f in "$tmp"/*.out "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done; exit 1; }
+fail() {
+  echo "slurm_e2e: FAILED: $*"
+  for f in "$tmp"/*.out "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done
+  echo "--- Slurm's view"; scontrol show job 2>&1 | head -n 30; grep -v "debug" "$tmp/slurm/slurmctld.log" 2>/dev/null | tail -n 30
+  exit 1
+}
 say() { echo "slurm_e2e: $*"; }
 source "$src/launch/run_progress.sh"  # checkpoint_step, logged_step
 
