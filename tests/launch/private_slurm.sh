@@ -6,6 +6,7 @@
 #   slurm_stop        stops them (call it from an EXIT trap)
 
 _slurm_dir=""
+_slurm_foreign_stepds=""  # slurmstepd processes of another Slurm, there before ours started
 
 _slurm_free_port() {  # a TCP port nothing listens on, from a range away from the usual services
   local port
@@ -19,6 +20,7 @@ _slurm_free_port() {  # a TCP port nothing listens on, from a range away from th
 slurm_start() {
   local dir="$1" host cpus memory ctld_port slurmd_port
   _slurm_dir="$dir"
+  _slurm_foreign_stepds="$(pgrep -x slurmstepd | tr '\n' ' ')"
   for tool in munged slurmctld slurmd sbatch scontrol squeue ss; do
     command -v "$tool" > /dev/null || { echo "slurm: '$tool' not found (launch/setup.sh --slurm installs it)"; return 1; }
   done
@@ -97,7 +99,10 @@ job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]
 # at once (Slurm 22.05, seen here), where the main scheduler's starts get it on time.
 release_requeued() {
   scontrol show job "$1" 2>/dev/null | grep -q "Reason=BeginTime" || return 0
-  pgrep -x slurmstepd > /dev/null && return 0
+  local pid
+  for pid in $(pgrep -x slurmstepd); do
+    [[ " $_slurm_foreign_stepds " == *" $pid "* ]] || return 0  # ours, still tearing down
+  done
   scontrol update JobId="$1" StartTime=now 2>/dev/null
   return 0
 }

@@ -2,7 +2,8 @@
 # Unattended long runs, end to end, on a real Slurm (a private one: tests/launch/private_slurm.sh)
 # and under launch/run_cpu.sh --max-restarts. One uninterrupted run of 2 ranks is the reference;
 # every interrupted run must end with byte-identical model and optimizer files.
-# 1. sbatch launch/slurm.sbatch with a 1-minute time limit and SIGUSR1 30 s before it: the job
+# 1. sbatch launch/slurm.sbatch with a 1-minute time limit and SIGUSR1 30 s before it (Slurm's,
+#    and the script's own clock, MOE_STOP_LEAD, whichever comes first): the job
 #    saves and requeues itself at each time limit until the run is done. In its second start it is
 #    preempted (`scontrol requeue`, Slurm's SIGTERM to every process) while its saves are slowed to
 #    8 s (MOE_CHECKPOINT_FAULT=...:pause8, far beyond mpirun's 1-s kill): the checkpoint completes,
@@ -58,7 +59,7 @@ same_as_reference() {  # RUN_DIR
 # 1. Slurm: time limits, then a preemption during a slow save.
 cd "$src"
 job=$(sbatch --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gpus-per-node=0 --time=1 \
-        --signal=B:USR1@30 --output="$tmp/slurm.out" --export=ALL,MOE_CHECKPOINT_FAULT=written:all:pause8 \
+        --signal=B:USR1@30 --output="$tmp/slurm.out" --export=ALL,MOE_STOP_LEAD=30,MOE_CHECKPOINT_FAULT=written:all:pause8 \
         launch/slurm.sbatch configs/tiny.ini "${run_args[@]}" "${far_apart[@]}" --train.out_dir "$tmp/slurm-run") ||
   fail "sbatch refused the job"
 cd - > /dev/null
