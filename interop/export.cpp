@@ -104,7 +104,8 @@ ExportSummary export_checkpoint(const ExportOptions& o) {
   ExportSummary summary;
   summary.step_dir = trainer::resolve_checkpoint_dir(o.checkpoint);
   const auto config = trainer::CheckpointReader(summary.step_dir).config().model;
-  const auto architecture = o.format == "hf" ? hf_architecture_for(config) : HfArchitecture::kLlama;  // refuse first
+  if (o.format == "minimind") check_minimind_routing(config);  // refuse before any work
+  const auto architecture = o.format == "hf" ? hf_architecture_for(config) : HfArchitecture::kLlama;
   auto loaded = trainer::load_model_for_inference(summary.step_dir);
   std::map<std::string, torch::Tensor> ours;
   for (const auto& [name, value] : loaded.lm->state_dict()) ours.emplace(name, value.detach());

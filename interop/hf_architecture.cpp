@@ -162,7 +162,15 @@ std::string hf_class_name(HfArchitecture a) {
 HfArchitecture hf_architecture_for(const ModelConfig& c) {
   c.validate();
   if (!c.use_moe) return HfArchitecture::kLlama;
-  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "': no transformers class routes so");
+  // Qwen2-MoE and GraniteMoeShared route by softmax top-k, with neither a bias nor groups.
+  const char* why = ": Qwen2-MoE and GraniteMoeShared, the transformers classes we export to, route by softmax top-k "
+                    "without it";
+  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "'", why);
+  MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
+            " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
+  MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
+            why);
+  MOE_CHECK(c.routed_scaling_factor == 1.0, "routed_scaling_factor = ", c.routed_scaling_factor, why);
   if (c.n_shared_experts == 0) return HfArchitecture::kQwen2Moe;
   MOE_CHECK(c.num_experts_per_tok > 1 && c.norm_topk_prob, "n_shared_experts = ", c.n_shared_experts,
             " with ", c.num_experts_per_tok > 1 ? "norm_topk_prob = false" : "num_experts_per_tok = 1",

@@ -20,7 +20,9 @@ namespace moe::interop {
 namespace {
 
 const std::set<std::string>& ours_only() {
-  static const std::set<std::string> fields{"capacity_factor", "expert_compute"};
+  static const std::set<std::string> fields{"capacity_factor",  "expert_compute", "routed_scaling_factor",
+                                            "bias_update_rate", "router_z_loss_coef", "n_group",
+                                            "topk_group"};
   return fields;
 }
 
@@ -34,6 +36,17 @@ trainer::TrainConfig with_model(const model::ModelConfig& model) {
 
 std::string minimind_weight_name(const model::ModelConfig& c) {
   return "pretrain_" + std::to_string(c.hidden_size) + (c.use_moe ? "_moe" : "") + ".pth";
+}
+
+void check_minimind_routing(const model::ModelConfig& c) {
+  if (!c.use_moe) return;
+  const char* why = ": MiniMind2's MoEGate computes softmax top-k only; export it with --format hf";
+  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "'", why);
+  MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
+            " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
+  MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
+            why);
+  MOE_CHECK(c.routed_scaling_factor == 1.0, "routed_scaling_factor = ", c.routed_scaling_factor, why);
 }
 
 nlohmann::ordered_json minimind_config_json(const model::ModelConfig& config) {

@@ -14,6 +14,10 @@ namespace moe::interop {
 /// train_full_sft.py --from_weight pretrain loads from its out/ directory).
 std::string minimind_weight_name(const model::ModelConfig& config);
 
+/// Refuses, naming the field and why, a model MiniMind2's MoEGate does not compute: sigmoid scores,
+/// a routing bias, group-limited routing, scaled routing weights.
+void check_minimind_routing(const model::ModelConfig& config);
+
 /// MiniMindConfig's fields for `config` (model_type "minimind").
 nlohmann::ordered_json minimind_config_json(const model::ModelConfig& config);
 

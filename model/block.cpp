@@ -25,9 +25,9 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
   attention.close();
   if (moe_mlp) {
     auto moe = moe_mlp(normed);
-    return {h + moe.hidden, moe.aux_loss, moe.load};
+    return {h + moe.hidden, moe.aux_loss, moe.z_loss, moe.load};
   }
-  return {h + dense_mlp(normed), torch::zeros({}, h.options()), {}};
+  return {h + dense_mlp(normed), torch::zeros({}, h.options()), torch::zeros({}, h.options()), {}};
 }
 
 }  // namespace moe::model

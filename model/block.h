@@ -14,6 +14,7 @@ namespace moe::model {
 struct BlockOutput {
   torch::Tensor hidden;    // [B, T, hidden]
   torch::Tensor aux_loss;  // scalar, 0 for a dense layer
+  torch::Tensor z_loss;    // scalar, 0 for a dense layer
   ExpertLoad load;         // a MoE layer's expert load; undefined tensors for a dense one
 };
 

@@ -80,11 +80,13 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
 
   if (cache && cache->layers.empty()) cache->layers.resize(layers->size());
   auto h = dropout(embed_tokens(input_ids));
-  Output out{{}, torch::zeros({}, h.options().dtype(compute_dtype(h.scalar_type()))), {}};
+  const auto zero = torch::zeros({}, h.options().dtype(compute_dtype(h.scalar_type())));
+  Output out{{}, zero, zero, {}};
   for (size_t i = 0; i < layers->size(); ++i) {
     auto block = layers[i]->as<Block>()->forward(h, cos, sin, mask, cache ? &cache->layers[i] : nullptr);
     h = block.hidden;
     out.aux_loss = out.aux_loss + block.aux_loss;
+    out.z_loss = out.z_loss + block.z_loss;
     if (block.load.routed.defined()) out.expert_load.push_back(block.load);
   }
   out.hidden = norm(h);
@@ -107,7 +109,7 @@ void initialize_parameters(torch::nn::Module& lm, const ModelConfig& c, uint64_t
   std::map<std::pair<int64_t, int64_t>, at::Generator> expert_generators;
   for (auto& p : lm.named_parameters()) {
     const auto& name = p.key();
-    if (ends_with(name, "norm.weight")) continue;  // ones
+    if (ends_with(name, "norm.weight") || ends_with(name, "e_score_correction_bias")) continue;  // ones, zeros
     at::Generator* gen = &dense;
     if (const auto id = routed_expert_of(name)) {
       auto it = expert_generators.find(*id);
@@ -154,13 +156,14 @@ CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch
   CausalLMOutput result;
   result.logits = torch::linear(out.hidden, model->embed_tokens->weight);
   result.aux_loss = out.aux_loss;
+  result.z_loss = out.z_loss;
   result.expert_load = std::move(out.expert_load);
   if (targets.defined()) {
     const auto v = result.logits.size(-1);
     result.ce_loss = torch::nn::functional::cross_entropy(
         result.logits.reshape({-1, v}).to(compute_dtype(result.logits.scalar_type())), targets.reshape({-1}),
         torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
-    result.loss = result.ce_loss + result.aux_loss;
+    result.loss = result.ce_loss + result.aux_loss + result.z_loss;
   }
   return result;
 }

@@ -1,6 +1,7 @@
 // The MiniMind language model: token embeddings -> blocks -> final norm -> tied output projection,
-// with loss = cross entropy + the MoE layers' aux losses. Parameter names are MiniMind2's PyTorch
-// state_dict keys (model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight, ...).
+// with loss = cross entropy + the MoE layers' aux losses and router z-losses. Parameter names are
+// MiniMind2's PyTorch state_dict keys (model.embed_tokens.weight, model.layers.0.self_attn.q_proj.weight,
+// ...), plus DeepSeek-V3's model.layers.N.mlp.gate.e_score_correction_bias with balancing by bias.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -32,6 +33,7 @@ class MiniMindModelImpl : public torch::nn::Module {
   struct Output {
     torch::Tensor hidden;                          // [B, T, hidden], after the final norm
     torch::Tensor aux_loss;                        // scalar, summed over layers
+    torch::Tensor z_loss;                          // scalar, summed over layers
     std::vector<ExpertLoad> expert_load;           // per MoE layer
   };
   /// input_ids: [B, T] int64. attention_mask: optional [B, T_past + T], 1 = real token, 0 = padding
@@ -54,9 +56,10 @@ TORCH_MODULE(MiniMindModel);
 
 struct CausalLMOutput {
   torch::Tensor logits;    // [B, T, vocab]
-  torch::Tensor loss;      // ce_loss + aux_loss; undefined without targets
+  torch::Tensor loss;      // ce_loss + aux_loss + z_loss; undefined without targets
   torch::Tensor ce_loss;   // mean cross entropy over targets != ignore_index
   torch::Tensor aux_loss;  // sum of the MoE layers' aux losses (0 when none or in eval)
+  torch::Tensor z_loss;    // sum of the MoE layers' router z-losses (0 when none or in eval)
   std::vector<ExpertLoad> expert_load;  // per MoE layer: routed and dropped copies per expert
 };
 

@@ -44,6 +44,10 @@ void ModelConfig::validate() const {
             "' is not one of silu, gelu, relu");
   MOE_CHECK(std::isfinite(aux_loss_alpha) && aux_loss_alpha >= 0, "aux_loss_alpha must be finite and >= 0, got ",
             aux_loss_alpha);
+  MOE_CHECK(std::isfinite(bias_update_rate) && bias_update_rate >= 0,
+            "bias_update_rate must be finite and >= 0 (0 = off), got ", bias_update_rate);
+  MOE_CHECK(std::isfinite(router_z_loss_coef) && router_z_loss_coef >= 0,
+            "router_z_loss_coef must be finite and >= 0 (0 = off), got ", router_z_loss_coef);
   MOE_CHECK(std::isfinite(capacity_factor) && capacity_factor >= 0,
             "capacity_factor must be finite and >= 0 (0 = dropless), got ", capacity_factor);
   if (!use_moe) return;
@@ -51,7 +55,17 @@ void ModelConfig::validate() const {
   MOE_CHECK(num_experts_per_tok > 0 && num_experts_per_tok <= n_routed_experts, "num_experts_per_tok ",
             num_experts_per_tok, " must be in [1, n_routed_experts = ", n_routed_experts, "]");
   MOE_CHECK(n_shared_experts >= 0, "n_shared_experts must be >= 0, got ", n_shared_experts);
-  MOE_CHECK(scoring_func == "softmax", "scoring_func '", scoring_func, "' is not supported (only softmax)");
+  MOE_CHECK(scoring_func == "softmax" || scoring_func == "sigmoid", "scoring_func '", scoring_func,
+            "' is not one of softmax, sigmoid");
+  MOE_CHECK(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0,
+            "routed_scaling_factor must be a finite positive number, got ", routed_scaling_factor);
+  MOE_CHECK(n_group > 0 && n_routed_experts % n_group == 0, "n_group ", n_group,
+            " must be positive and divide n_routed_experts = ", n_routed_experts);
+  MOE_CHECK(topk_group > 0 && topk_group <= n_group, "topk_group ", topk_group, " must be in [1, n_group = ", n_group,
+            "]");
+  MOE_CHECK(topk_group * (n_routed_experts / n_group) >= num_experts_per_tok, "topk_group ", topk_group,
+            " groups of ", n_routed_experts / n_group, " experts cannot hold num_experts_per_tok = ",
+            num_experts_per_tok, " choices");
   parse_expert_compute(expert_compute);  // names a value other than auto, loop, grouped
 }
 
@@ -67,7 +81,9 @@ std::string ModelConfig::to_string() const {
      << "\nuse_moe = " << use_moe << "\nnum_experts_per_tok = " << num_experts_per_tok
      << "\nn_routed_experts = " << n_routed_experts << "\nn_shared_experts = " << n_shared_experts
      << "\nscoring_func = " << scoring_func << "\naux_loss_alpha = " << aux_loss_alpha << "\nseq_aux = " << seq_aux
-     << "\nnorm_topk_prob = " << norm_topk_prob << "\ncapacity_factor = " << capacity_factor
+     << "\nnorm_topk_prob = " << norm_topk_prob << "\nrouted_scaling_factor = " << routed_scaling_factor
+     << "\nbias_update_rate = " << bias_update_rate << "\nrouter_z_loss_coef = " << router_z_loss_coef
+     << "\nn_group = " << n_group << "\ntopk_group = " << topk_group << "\ncapacity_factor = " << capacity_factor
      << "\nexpert_compute = " << expert_compute << "\n";
   return os.str();
 }

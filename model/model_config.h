@@ -28,10 +28,18 @@ struct ModelConfig {
   int64_t num_experts_per_tok = 2;
   int64_t n_routed_experts = 4;
   int64_t n_shared_experts = 1;
-  std::string scoring_func = "softmax";
+  std::string scoring_func = "softmax";  // softmax (MiniMind) | sigmoid (DeepSeek-V3)
   double aux_loss_alpha = 0.01;
   bool seq_aux = true;  // sequence-level aux loss; false = batch-level
   bool norm_topk_prob = true;
+
+  // Routing beyond MiniMind (DeepSeek-V3's names).
+  double routed_scaling_factor = 1.0;  // multiplies the chosen experts' weights
+  double bias_update_rate = 0.0;  // > 0: auxiliary-loss-free balancing; the gates hold an fp32
+                                  // e_score_correction_bias, added to the scores to choose experts
+  double router_z_loss_coef = 0.0;  // > 0: + coef * mean(logsumexp(router logits)^2) per MoE layer
+  int64_t n_group = 1;     // experts form n_group equal groups of consecutive ids; each token
+  int64_t topk_group = 1;  // chooses among the experts of its best topk_group groups
 
   // Beyond MiniMind.
   double capacity_factor = 0.0;  // > 0: in training, each expert takes at most ceil(cf * tokens * k / E)
@@ -41,6 +49,10 @@ struct ModelConfig {
                                         // bfloat16 on CUDA, else loop)
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  /// The gates hold e_score_correction_bias (auxiliary-loss-free balancing is on).
+  bool has_score_bias() const { return use_moe && bias_update_rate > 0; }
+  /// Tokens choose experts within their best topk_group of n_group groups.
+  bool limits_groups() const { return use_moe && topk_group < n_group; }
   /// intermediate_size, or when unset MiniMind's 64 * ceil(int(8 * hidden / 3) / 64).
   int64_t resolved_intermediate_size() const;
   /// Throws moe::InvalidArgument naming the first inconsistent field and its value.

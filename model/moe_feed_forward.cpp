@@ -87,7 +87,7 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   combine.close();
   ScopedRegion shared_region("shared_experts");
   for (const auto& shared : *shared_experts) y = y + shared->as<FeedForward>()->forward(x);
-  return {y, route.aux_loss, {grouping.routed, grouping.routed - grouping.kept}};
+  return {y, route.aux_loss, route.z_loss, {grouping.routed, grouping.routed - grouping.kept}};
 }
 
 }  // namespace moe::model

@@ -44,6 +44,7 @@ struct ExpertLoad {
 struct MoEOutput {
   torch::Tensor hidden;    // [B, T, hidden]
   torch::Tensor aux_loss;  // scalar
+  torch::Tensor z_loss;    // scalar, the router z-loss
   ExpertLoad load;
 };
 

@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 
+#include "common/check.h"
 #include "model/functional.h"
 
 namespace moe::model {
@@ -11,28 +13,65 @@ namespace moe::model {
 MoEGateImpl::MoEGateImpl(const ModelConfig& c) : config_(c) {
   weight = register_parameter("weight", torch::empty({c.n_routed_experts, c.hidden_size}));
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (c.has_score_bias()) {
+    e_score_correction_bias = register_parameter("e_score_correction_bias", torch::zeros({c.n_routed_experts}, torch::kFloat32),
+                                                 /*requires_grad=*/false);
+  }
 }
 
 RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
   const auto b = x.size(0), t = x.size(1), h = x.size(2);
+  const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
   const auto dtype = compute_dtype(x.scalar_type());
   const auto logits = torch::linear(x.reshape({b * t, h}).to(dtype), weight.to(dtype));
-  const auto scores = logits.softmax(-1);  // [N, E]
-  auto [topk_weight, topk_idx] = torch::topk(scores, config_.num_experts_per_tok, -1, /*largest=*/true,
-                                             /*sorted=*/false);
-  if (config_.num_experts_per_tok > 1 && config_.norm_topk_prob) {
+  const auto scores = routing_scores(logits, config_.scoring_func);  // [N, E]
+  // The choice: scores plus the balancing bias, within the best groups; no gradient flows through
+  // it (indices only), the weights below come from the unbiased scores.
+  auto choice = scores.detach();
+  if (e_score_correction_bias.defined()) choice = choice + e_score_correction_bias.to(dtype);
+  if (config_.limits_groups()) choice = limit_to_groups(choice, config_.n_group, config_.topk_group);
+  const auto topk_idx = std::get<1>(torch::topk(choice, k, -1, /*largest=*/true, /*sorted=*/false));
+  auto topk_weight = scores.gather(1, topk_idx);
+  // MiniMind renormalises only several choices; DeepSeek-V3's sigmoid gate (and transformers') always.
+  const bool sigmoid = config_.scoring_func == "sigmoid";
+  if (config_.norm_topk_prob && (sigmoid || k > 1)) {
     topk_weight = topk_weight / (topk_weight.sum(-1, /*keepdim=*/true) + 1e-20);
   }
-  torch::Tensor aux;
-  if (is_training() && config_.aux_loss_alpha > 0.0) {
-    const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
-    aux = config_.seq_aux ? sequence_aux_loss(scores.view({b, t, e}), topk_idx.view({b, t * k}),
-                                              config_.num_experts_per_tok, config_.aux_loss_alpha)
-                          : batch_aux_loss(scores, topk_idx, config_.aux_loss_alpha, reduce_counts_);
-  } else {
-    aux = torch::zeros({}, scores.options());
+  if (config_.routed_scaling_factor != 1.0) topk_weight = topk_weight * config_.routed_scaling_factor;
+
+  RoutingDecision out{topk_idx, topk_weight, torch::zeros({}, scores.options()), torch::zeros({}, scores.options())};
+  if (!is_training()) return out;
+  if (config_.aux_loss_alpha > 0.0) {
+    // Sigmoid scores do not sum to 1: the aux loss takes them normalised per token (DeepSeek-V3).
+    const auto affinity = sigmoid ? scores / scores.sum(-1, /*keepdim=*/true) : scores;
+    out.aux_loss = config_.seq_aux ? sequence_aux_loss(affinity.view({b, t, e}), topk_idx.view({b, t * k}), k,
+                                                       config_.aux_loss_alpha)
+                                   : batch_aux_loss(affinity, topk_idx, config_.aux_loss_alpha, reduce_counts_);
   }
-  return {topk_idx, topk_weight, aux};
+  if (config_.router_z_loss_coef > 0.0) out.z_loss = router_z_loss(logits, config_.router_z_loss_coef);
+  return out;
+}
+
+torch::Tensor routing_scores(const torch::Tensor& logits, const std::string& scoring_func) {
+  if (scoring_func == "sigmoid") return logits.sigmoid();
+  MOE_CHECK(scoring_func == "softmax", "scoring_func '", scoring_func, "' is not one of softmax, sigmoid");
+  return logits.softmax(-1);
+}
+
+torch::Tensor limit_to_groups(const torch::Tensor& choice, int64_t n_group, int64_t topk_group) {
+  const auto n = choice.size(0), e = choice.size(1), per_group = e / n_group;
+  const auto grouped = choice.view({n, n_group, per_group});
+  const auto group_score =
+      std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), -1, /*largest=*/true, /*sorted=*/false)).sum(-1);
+  const auto best = std::get<1>(group_score.topk(topk_group, -1, /*largest=*/true, /*sorted=*/false));
+  const auto keep = torch::zeros({n, n_group}, choice.options().dtype(torch::kBool)).scatter_(1, best, true);
+  return grouped.masked_fill(keep.logical_not().unsqueeze(-1), -std::numeric_limits<double>::infinity())
+      .view({n, e});
+}
+
+torch::Tensor router_z_loss(const torch::Tensor& logits, double coef) {
+  if (logits.size(0) == 0) return torch::zeros({}, logits.options());
+  return logits.logsumexp(-1).square().mean() * coef;
 }
 
 torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, int64_t top_k,
@@ -53,6 +92,16 @@ torch::Tensor batch_aux_loss(const torch::Tensor& scores, const torch::Tensor& t
   if (scores.size(0) == 0) return torch::zeros({}, scores.options());
   const auto share = counts / counts.sum();
   return (scores.mean(0) * share * static_cast<double>(e)).sum() * alpha;
+}
+
+torch::Tensor routing_bias_delta(const torch::Tensor& counts, double rate) {
+  MOE_CHECK(counts.dim() == 1 && counts.scalar_type() == torch::kInt64, "routing_bias_delta: counts must be [E] int64, got ",
+            counts.sizes(), " ", counts.scalar_type());
+  const auto e = counts.size(0);
+  // sign(mean - count) without a division: mean - count has the sign of sum - E * count.
+  const auto direction = (counts.sum() - counts * e).sign();  // int64 in {-1, 0, 1}
+  const auto centred = direction * e - direction.sum();       // E * (direction - mean(direction)), exact
+  return (centred.to(torch::kFloat64) * (rate / double(e))).to(torch::kFloat32);
 }
 
 }  // namespace moe::model

@@ -31,7 +31,9 @@ GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bu
     : lm_(std::move(lm)), groups_(std::move(groups)), overlap_(overlap) {
   // named_parameters() is ordered the same on every rank, so buckets line up across ranks.
   std::vector<std::pair<std::string, torch::Tensor>> params;
-  for (const auto& p : lm_->named_parameters()) params.emplace_back(p.key(), p.value());
+  for (const auto& p : lm_->named_parameters()) {
+    if (p.value().requires_grad()) params.emplace_back(p.key(), p.value());  // not the routing bias
+  }
   std::reverse(params.begin(), params.end());  // backward meets the last layers first
   for (const bool experts : {false, true}) {
     std::unique_ptr<Bucket> current;

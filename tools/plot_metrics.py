@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Plots a moe-train run's metrics.jsonl to PNG: losses and learning rate, and expert load.
+"""Plots a moe-train run's metrics.jsonl to PNG: losses and learning rate, expert load, and the load
+violation (MaxVio) of each MoE layer over the steps.
 
-    python3 tools/plot_metrics.py runs/tiny            # writes runs/tiny/loss.png, runs/tiny/expert_load.png
+    python3 tools/plot_metrics.py runs/tiny   # writes runs/tiny/loss.png, expert_load.png, max_vio.png
     python3 tools/plot_metrics.py runs/tiny/metrics.jsonl --out plots/
 
 Needs matplotlib (Debian: apt install python3-matplotlib; or pip install matplotlib).
@@ -35,6 +36,8 @@ def plot_losses(plt, records, out):
     steps = [r["step"] for r in train]
     ax.plot(steps, [r["ce"] for r in train], label="train cross entropy")
     ax.plot(steps, [r["aux"] for r in train], label="aux loss")
+    if any("z" in r for r in train):
+        ax.plot(steps, [r.get("z", 0.0) for r in train], label="router z-loss")
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], "o-", label="validation cross entropy")
     for r in records["skipped"]:
@@ -74,6 +77,22 @@ def plot_expert_load(plt, records, out):
     plt.close(fig)
 
 
+def plot_max_violation(plt, records, out):
+    load = [r for r in records["expert_load"] if "max_vio" in r]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for layer in sorted({r["layer"] for r in load}):
+        rows = [r for r in load if r["layer"] == layer]
+        ax.plot([r["step"] for r in rows], [r["max_vio"] for r in rows], lw=1, label=f"layer {layer}")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylabel("MaxVio (max load / mean load - 1)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7, ncol=4)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("metrics", help="a run directory or its metrics.jsonl")
@@ -96,6 +115,9 @@ def main():
     if records["expert_load"]:
         written.append(os.path.join(out_dir, "expert_load.png"))
         plot_expert_load(plt, records, written[-1])
+    if any("max_vio" in r for r in records["expert_load"]):
+        written.append(os.path.join(out_dir, "max_vio.png"))
+        plot_max_violation(plt, records, written[-1])
     print("wrote " + ", ".join(written))
 
 

@@ -61,10 +61,16 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("model.n_routed_experts", bound(m.n_routed_experts), "routed experts per MoE layer")
       ("model.num_experts_per_tok", bound(m.num_experts_per_tok), "experts per token (top-k)")
       ("model.n_shared_experts", bound(m.n_shared_experts), "shared experts (every token)")
-      ("model.scoring_func", bound(m.scoring_func), "gate scoring (softmax)")
-      ("model.aux_loss_alpha", bound(m.aux_loss_alpha), "load-balancing loss weight")
+      ("model.scoring_func", bound(m.scoring_func), "gate scores: softmax (MiniMind) | sigmoid (DeepSeek-V3)")
+      ("model.aux_loss_alpha", bound(m.aux_loss_alpha), "load-balancing loss weight; 0 = off")
       ("model.seq_aux", bound(m.seq_aux), "sequence-level aux loss (false = batch-level)")
       ("model.norm_topk_prob", bound(m.norm_topk_prob), "renormalise the top-k weights")
+      ("model.routed_scaling_factor", bound(m.routed_scaling_factor), "multiplies the chosen experts' weights")
+      ("model.bias_update_rate", bound(m.bias_update_rate),
+       "auxiliary-loss-free balancing: per-step move of each expert's routing bias (1e-3 typical); 0 = off")
+      ("model.router_z_loss_coef", bound(m.router_z_loss_coef), "router z-loss weight (1e-3 typical); 0 = off")
+      ("model.n_group", bound(m.n_group), "expert groups (consecutive ids; = parallel.ep_size: a group per rank)")
+      ("model.topk_group", bound(m.topk_group), "groups a token may use (< n_group limits its all-to-all)")
       ("model.capacity_factor", bound(m.capacity_factor), "expert capacity in training; 0 = dropless")
       ("model.expert_compute", bound(m.expert_compute),
        "local experts: auto (grouped GEMM for bf16 on CUDA) | grouped | loop");

@@ -35,7 +35,7 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 struct Trainer::StepStats {
-  torch::Tensor losses;  // [loss, ce, aux] summed over micro-batches / grad_accum (device)
+  torch::Tensor losses;  // [loss, ce, aux, z] summed over micro-batches / grad_accum (device)
   double grad_norm = 0, lr = 0;
   bool skipped = false;
 };
@@ -50,7 +50,8 @@ void Trainer::write_metrics(const std::string& json_line) {
 Trainer::StepStats Trainer::train_step(int64_t step) {
   const auto& t = config_.train;
   StepStats stats;
-  stats.losses = torch::zeros({3}, torch::TensorOptions(torch::kFloat32).device(device_));
+  stats.losses = torch::zeros({4}, torch::TensorOptions(torch::kFloat32).device(device_));
+  step_counts_.reset();
   if (!graphed_) optimizer_->zero_grad();  // a graph overwrites its gradients on every run
   for (int64_t m = 0; m < t.grad_accum; ++m) {
     const auto batch = train_loader_->next(t.micro_batch);
@@ -66,8 +67,10 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
       sync_->begin_backward(m + 1 == t.grad_accum);
       (out.loss / double(t.grad_accum)).backward();
     }
-    stats.losses += torch::stack({out.loss.detach(), out.ce_loss.detach(), out.aux_loss.detach()}).to(torch::kFloat32) /
+    stats.losses += torch::stack({out.loss.detach(), out.ce_loss.detach(), out.aux_loss.detach(), out.z_loss.detach()})
+                        .to(torch::kFloat32) /
                     double(t.grad_accum);
+    step_counts_.add(out.expert_load);
     for (size_t l = 0; l < out.expert_load.size(); ++l) {
       if (load_routed_.size() <= l) {
         load_routed_.push_back(torch::zeros_like(out.expert_load[l].routed));
@@ -82,6 +85,9 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   const auto update = apply_update(lm_, groups_, *optimizer_, config_.optim, stats.lr);
   stats.grad_norm = update.grad_norm;
   stats.skipped = update.skipped;
+  if (config_.model.has_score_bias() && !update.skipped) {
+    update_routing_biases(lm_, step_counts_.global(*groups_.world), config_.model.bias_update_rate);
+  }
   return stats;
 }
 
@@ -97,11 +103,18 @@ void Trainer::log_progress(int64_t step, const StepStats& stats) {
   const double eta = step_time * double(config_.train.steps - step - 1);
   const double flops_per_token = training_flops_per_token(config_.model, config_.data.seq_len);
   const double mfu = peak_flops_ > 0 ? tok_s * flops_per_token / (peak_flops_ * groups_.world->size()) : -1;
+  // MaxVio of this step's global batch, per MoE layer (the interval's sums would smooth it).
+  const auto& counts = step_counts_.global(*groups_.world);
+  const auto max_vio = counts.defined() ? max_violation(counts).cpu() : torch::Tensor();
+  const double worst_vio = max_vio.defined() ? max_vio.max().item<double>() : -1;
+  const bool z_on = config_.model.use_moe && config_.model.router_z_loss_coef > 0;
   std::ostringstream os;
   os << std::fixed << "step " << step + 1 << "/" << config_.train.steps << " | loss " << std::setprecision(4)
-     << l[0].item<float>() << " | ce " << l[1].item<float>() << " | aux " << l[2].item<float>() << " | lr "
-     << std::scientific << std::setprecision(2) << stats.lr << std::fixed << " | gnorm " << std::setprecision(3)
-     << stats.grad_norm << " | " << std::setprecision(0) << tok_s << " tok/s";
+     << l[0].item<float>() << " | ce " << l[1].item<float>() << " | aux " << l[2].item<float>();
+  if (z_on) os << " | z " << l[3].item<float>();
+  if (worst_vio >= 0) os << " | maxvio " << std::setprecision(3) << worst_vio;
+  os << " | lr " << std::scientific << std::setprecision(2) << stats.lr << std::fixed << " | gnorm "
+     << std::setprecision(3) << stats.grad_norm << " | " << std::setprecision(0) << tok_s << " tok/s";
   if (mfu >= 0) os << " | MFU " << std::setprecision(1) << 100 * mfu << "%";
   os << " | ETA " << format_duration(eta);
   log_rank0("train", os.str());
@@ -109,27 +122,27 @@ void Trainer::log_progress(int64_t step, const StepStats& stats) {
                       {"ce", l[1].item<float>()}, {"aux", l[2].item<float>()}, {"lr", stats.lr},
                       {"grad_norm", stats.grad_norm}, {"tokens_per_s", tok_s}, {"elapsed_s", elapsed},
                       {"tokens", state_.tokens}};
+  if (z_on) j["z"] = l[3].item<float>();
+  if (worst_vio >= 0) j["max_vio"] = worst_vio;
   if (mfu >= 0) j["mfu"] = mfu;
   write_metrics(j.dump());
-  log_expert_load(step);
+  log_expert_load(step, max_vio);
   last_log_ = now;
   tokens_since_log_ = 0;
   steps_since_log_ = 0;
 }
 
-void Trainer::log_expert_load(int64_t step) {
+void Trainer::log_expert_load(int64_t step, const torch::Tensor& max_vio) {
   if (load_routed_.empty()) return;
+  const auto layers = lm_->moe_layers();
   auto all = torch::stack({torch::stack(load_routed_), torch::stack(load_dropped_)});  // [2, L, E]
   groups_.world->all_reduce(all, parallel::ReduceOp::kSum);
   const auto host = all.cpu().to(torch::kFloat64);
-  std::ostringstream worst;
-  double worst_imbalance = 0;
   for (int64_t l = 0; l < host.size(1); ++l) {
     const auto routed = host[0][l], dropped = host[1][l];
     const double total = routed.sum().item<double>();
     const auto fraction = routed / std::max(total, 1.0);
     const double imbalance = routed.max().item<double>() / std::max(routed.mean().item<double>(), 1e-9);
-    worst_imbalance = std::max(worst_imbalance, imbalance);
     const auto f = fraction.contiguous();
     nlohmann::ordered_json j = {{"type", "expert_load"},
                         {"step", step + 1},
@@ -137,7 +150,14 @@ void Trainer::log_expert_load(int64_t step) {
                         {"fraction", std::vector<double>(f.data_ptr<double>(), f.data_ptr<double>() + f.numel())},
                         {"imbalance", imbalance},
                         {"dropped", dropped.sum().item<double>()},
-                        {"routed", total}};
+                        {"routed", total},
+                        {"min_share", fraction.min().item<double>()},
+                        {"max_share", fraction.max().item<double>()}};
+    if (max_vio.defined()) j["max_vio"] = max_vio[l].item<double>();
+    if (const auto& bias = layers[size_t(l)]->gate->e_score_correction_bias; bias.defined()) {
+      j["bias_min"] = bias.min().item<double>();
+      j["bias_max"] = bias.max().item<double>();
+    }
     write_metrics(j.dump());
   }
   for (auto& t : load_routed_) t.zero_();

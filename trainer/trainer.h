@@ -1,7 +1,8 @@
 // The pretraining loop. Per step: grad_accum micro-batches (forward under bf16 autocast on GPU,
-// loss = cross entropy + aux loss, backward of loss / grad_accum) -> gradient sync over the
-// ranks -> global gradient norm -> skip the step if it is not finite (abort after max_bad_steps in
-// a row), else clip -> AdamW at the scheduled learning rate. Every log_every steps a progress line
+// loss = cross entropy + aux loss + router z-loss, backward of loss / grad_accum) -> gradient sync
+// over the ranks -> global gradient norm -> skip the step if it is not finite (abort after
+// max_bad_steps in a row), else clip -> AdamW at the scheduled learning rate -> with
+// model.bias_update_rate, the routing biases move from the step's global expert counts. Every log_every steps a progress line
 // (rank 0) and records in <out_dir>/metrics.jsonl (see README); evaluation on the validation split
 // every eval_every steps and at the end; training checkpoints (trainer/checkpoint/checkpoint.h) every
 // checkpoint.every steps, at the end and when a stop signal arrives (trainer/stop_signal.h).
@@ -19,6 +20,7 @@
 #include "parallel/gradient_sync.h"
 #include "parallel/topology.h"
 #include "trainer/data/data_loader.h"
+#include "trainer/expert_balance.h"
 #include "trainer/optim/fused_adamw.h"
 #include "trainer/graphed_step.h"
 #include "trainer/train_config.h"
@@ -63,7 +65,9 @@ class Trainer {
   std::string save();
   StepStats train_step(int64_t step);
   void log_progress(int64_t step, const StepStats& stats);
-  void log_expert_load(int64_t step);
+  /// Writes the expert_load records of every MoE layer: the interval's shares and drops, this step's
+  /// MaxVio (max_vio: [L], per layer) and the routing bias's range. Collective.
+  void log_expert_load(int64_t step, const torch::Tensor& max_vio);
   void write_metrics(const std::string& json_line);
 
   TrainConfig config_;
@@ -80,6 +84,7 @@ class Trainer {
   std::vector<std::string> tokenizer_files_;  // the data's, copied into every checkpoint
   std::ofstream metrics_;
   std::vector<torch::Tensor> load_routed_, load_dropped_;  // per MoE layer, summed since the last log
+  StepExpertCounts step_counts_;  // this step's, for MaxVio and the routing bias
   double peak_flops_ = 0;  // per device; 0 = unknown (no MFU)
   std::chrono::steady_clock::time_point start_, last_log_;
   int64_t tokens_since_log_ = 0, steps_since_log_ = 0;

@@ -72,6 +72,33 @@ TEST(HfArchitecture, EachConfigurationGetsTheClassThatComputesIt) {
   test::expect_refusal([] { hf_architecture_for(tiny(true, 1, 1, true)); }, {"num_experts_per_tok = 1"});
 }
 
+// Routing neither format computes is refused by both exports, naming the field and the reason.
+TEST(Export, RoutingAFormatCannotExpressIsRefusedNamingTheField) {
+  struct Refused {
+    std::function<void(model::ModelConfig&)> set;
+    const char* field;
+  };
+  const std::vector<Refused> refused = {
+      {[](auto& c) { c.scoring_func = "sigmoid"; }, "scoring_func 'sigmoid'"},
+      {[](auto& c) { c.bias_update_rate = 1e-3; }, "bias_update_rate = 0.001"},
+      {[](auto& c) { c.n_group = 2; c.topk_group = 1; }, "n_group = 2, topk_group = 1"},
+      {[](auto& c) { c.routed_scaling_factor = 2.5; }, "routed_scaling_factor = 2.5"},
+  };
+  for (const auto& r : refused) {
+    for (const int shared : {0, 2}) {
+      auto c = tiny(true, shared);
+      r.set(c);
+      test::expect_refusal([&] { hf_architecture_for(c); }, {r.field, "route by softmax top-k"});
+      test::expect_refusal([&] { check_minimind_routing(c); }, {r.field, "MiniMind2's MoEGate computes softmax"});
+    }
+  }
+  auto z = tiny(true, 0);
+  z.router_z_loss_coef = 1e-3;  // a training loss: nothing to export, nothing refused
+  EXPECT_EQ(hf_architecture_for(z), HfArchitecture::kQwen2Moe);
+  EXPECT_NO_THROW(check_minimind_routing(z));
+  EXPECT_FALSE(minimind_config_json(z).contains("router_z_loss_coef"));
+}
+
 TEST(HfArchitecture, TensorsMapBackBitForBit) {
   for (const auto& c : cases()) {
     const auto ours = parameters_of(c.config);

@@ -86,7 +86,17 @@ TEST(ModelConfig, EveryRuleRefusesWithFieldAndValue) {
       {"num_experts_per_tok 5 must be in [1, n_routed_experts = 4]", [](auto& c) { c.num_experts_per_tok = 5; }},
       {"num_experts_per_tok 0", [](auto& c) { c.num_experts_per_tok = 0; }},
       {"n_shared_experts must be >= 0, got -1", [](auto& c) { c.n_shared_experts = -1; }},
-      {"scoring_func 'sigmoid' is not supported", [](auto& c) { c.scoring_func = "sigmoid"; }},
+      {"scoring_func 'tanh' is not one of softmax, sigmoid", [](auto& c) { c.scoring_func = "tanh"; }},
+      {"routed_scaling_factor must be a finite positive number, got 0", [](auto& c) { c.routed_scaling_factor = 0; }},
+      {"bias_update_rate must be finite and >= 0 (0 = off), got -0.001", [](auto& c) { c.bias_update_rate = -1e-3; }},
+      {"bias_update_rate must be finite and >= 0 (0 = off), got nan", [](auto& c) { c.bias_update_rate = NAN; }},
+      {"router_z_loss_coef must be finite and >= 0 (0 = off), got -1", [](auto& c) { c.router_z_loss_coef = -1; }},
+      {"n_group 3 must be positive and divide n_routed_experts = 4", [](auto& c) { c.n_group = 3; }},
+      {"n_group 0 must be positive", [](auto& c) { c.n_group = 0; }},
+      {"topk_group 3 must be in [1, n_group = 2]", [](auto& c) { c.n_group = 2; c.topk_group = 3; }},
+      {"topk_group 0 must be in [1, n_group = 2]", [](auto& c) { c.n_group = 2; c.topk_group = 0; }},
+      {"topk_group 1 groups of 1 experts cannot hold num_experts_per_tok = 2",
+       [](auto& c) { c.n_group = 4; c.topk_group = 1; c.num_experts_per_tok = 2; }},
       {"aux_loss_alpha must be finite and >= 0, got -0.1", [](auto& c) { c.aux_loss_alpha = -0.1; }},
       {"aux_loss_alpha must be finite and >= 0, got inf", [](auto& c) { c.aux_loss_alpha = INFINITY; }},
       {"capacity_factor must be finite and >= 0 (0 = dropless), got inf",
@@ -119,7 +129,8 @@ TEST(ModelConfig, ToStringListsEveryField) {
                           "max_position_embeddings", "num_attention_heads", "num_hidden_layers", "num_key_value_heads",
                           "vocab_size", "rms_norm_eps", "rope_theta", "flash_attn", "use_moe", "num_experts_per_tok",
                           "n_routed_experts", "n_shared_experts", "scoring_func", "aux_loss_alpha", "seq_aux",
-                          "norm_topk_prob"}) {
+                          "norm_topk_prob", "routed_scaling_factor", "bias_update_rate", "router_z_loss_coef",
+                          "n_group", "topk_group"}) {
     EXPECT_NE(s.find(std::string("\n") + key + " = "), std::string::npos) << key;
   }
 }

@@ -201,3 +201,58 @@ TEST(Trainer, DivergedWeightsAreNeverSaved) {
   EXPECT_EQ(refusal([&] { load_model_for_inference(dir + "/run"); }), "(no error)");
   comm->barrier();
 }
+
+// Auxiliary-loss-free balancing in the loop: counts of every micro-batch of every rank, summed as
+// integers, move the bias once per step; the bias has the same bits on every rank and equals one
+// process's with the same global batch (sigmoid scores, z-loss on).
+TEST(Trainer, RoutingBiasHasTheSameBitsOnEveryRankAsInOneProcess) {
+  auto comm = mpi_world();
+  test::TempDir tmp("moe_trainer_test");
+  const auto dir = tmp.path();
+  write_dataset(dir + "/data", 400, 64);
+  auto cfg = tiny_config(dir);
+  cfg.model.scoring_func = "sigmoid";
+  cfg.model.bias_update_rate = 1e-2;
+  cfg.model.router_z_loss_coef = 1e-3;
+  cfg.model.aux_loss_alpha = 1e-4;
+  cfg.train.log_every = 1;
+  const int w = comm->size();
+  auto biases = [](Trainer& t) {
+    std::vector<torch::Tensor> b;
+    for (const auto& layer : t.model()->moe_layers()) b.push_back(layer->gate->e_score_correction_bias.detach().clone());
+    return torch::stack(b);  // [L, E]
+  };
+
+  auto single_cfg = cfg;
+  single_cfg.train.micro_batch = 4 * w;
+  single_cfg.parallel.backend = "single";
+  Trainer single(single_cfg, groups_of(parallel::make_single_communicator(), 4));
+  single.run();
+  const auto want = biases(single);
+  EXPECT_GT(want.abs().max().item<double>(), 0.0) << "the bias must have moved";
+  EXPECT_NEAR(want.sum(-1).abs().max().item<double>(), 0.0, 1e-6) << "centred moves keep each layer's sum at 0";
+
+  auto ranks_cfg = cfg;
+  ranks_cfg.train.micro_batch = 2;
+  ranks_cfg.train.grad_accum = 2;
+  const auto shared = rank0_path(*comm, dir);
+  ranks_cfg.train.out_dir = shared + "/run2";
+  Trainer ranks(ranks_cfg, groups_of(comm, 4));
+  ranks.run();
+  const auto mine = biases(ranks);
+  EXPECT_TRUE(torch::equal(mine, want)) << "rank " << comm->rank() << " of " << w << ":\n" << mine << "\nvs\n" << want;
+  auto all = torch::empty({w * mine.size(0), mine.size(1)}, mine.options());
+  comm->all_gather(all, mine);
+  for (int r = 0; r < w; ++r) {
+    EXPECT_TRUE(torch::equal(all.narrow(0, r * mine.size(0), mine.size(0)), mine)) << "rank " << r << " differs";
+  }
+  if (comm->rank() == 0) {
+    const auto vio = logged(shared + "/run2", "train", "max_vio"), z = logged(shared + "/run2", "train", "z");
+    EXPECT_EQ(vio.size(), size_t(cfg.train.steps));
+    EXPECT_EQ(z.size(), size_t(cfg.train.steps));
+    for (const auto& [step, value] : z) EXPECT_GT(value, 0.0) << "z-loss at step " << step;
+    const auto single_vio = logged(dir + "/run", "train", "max_vio");
+    for (const auto& [step, value] : vio) EXPECT_EQ(value, single_vio.at(step)) << "MaxVio at step " << step;
+  }
+  comm->barrier();
+}

@@ -11,7 +11,10 @@ namespace moe::trainer {
 
 std::unique_ptr<FusedAdamW> make_adamw(model::CausalLM& lm, const OptimOptions& o) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& p : lm->named_parameters()) (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
+  for (const auto& p : lm->named_parameters()) {
+    if (!p.value().requires_grad()) continue;  // the routing bias: moved by its own rule, after the step
+    (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
+  }
   auto options = [&](double weight_decay) {
     return std::make_unique<torch::optim::AdamWOptions>(
         torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(weight_decay));

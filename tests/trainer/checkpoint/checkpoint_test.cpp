@@ -4,6 +4,7 @@
 //  - a checkpoint saved by one process resumes on N ranks, one saved on N ranks resumes in one
 //    process (and on 4 ranks, on 2 with ep 2), equal to the uninterrupted run to fp32 tolerance;
 //  - a changed model, a corrupt tensor that only its owner reads: every rank refuses, naming both.
+// The runs balance by bias (model.bias_update_rate): its state is among the bitwise-compared tensors.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -45,6 +46,9 @@ TrainConfig run_config(const std::string& dir, const std::string& run, int world
   c.checkpoint.every = 4;
   c.checkpoint.save_final = true;
   c.optim.grad_clip = 0.05;  // active
+  // Balancing by bias and the z-loss on: the bias is training state, resumed and resharded too.
+  c.model.bias_update_rate = 1e-2;
+  c.model.router_z_loss_coef = 1e-3;
   return c;
 }
 
