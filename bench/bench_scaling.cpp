@@ -59,6 +59,7 @@ struct Options {
   std::vector<int> ep_sizes;
   int64_t tokens_per_rank = 2048, global_tokens = 0, steps = 10, warmup = 3, collective_iters = 10;
   int overlap = -1;  // -1: the config's parallel.overlap_grad_sync
+  int64_t topk_group = 0;  // > 0: each ep > 1 also runs with n_group = ep (a group per rank), this topk_group
 };
 
 Options parse(int argc, char** argv) {
@@ -77,6 +78,9 @@ Options parse(int argc, char** argv) {
       ("warmup", po::value(&o.warmup)->default_value(o.warmup), "untimed steps first")
       ("collective_iters", po::value(&o.collective_iters)->default_value(o.collective_iters), "iterations of each collective alone")
       ("overlap", po::value(&o.overlap)->default_value(o.overlap), "gradient sync during backward: 1, 0, -1 = the config's")
+      ("topk_group", po::value(&o.topk_group)->default_value(o.topk_group),
+       "> 0: each ep_size > 1 runs again with group-limited routing, model.n_group = ep_size (a group per rank) "
+       "and this model.topk_group, to compare the all-to-all bytes leaving each rank")
       ("backend", po::value(&o.backend)->default_value(o.backend), "auto | mpi | nccl")
       ("device", po::value(&o.device)->default_value(o.device), "auto | cpu | cuda")
       ("json", po::value(&o.json), "append one JSON line per configuration to this file (rank 0)")
@@ -117,6 +121,7 @@ class WallClockRegions : public RegionRecorder {
 struct StepTimes {
   double step = 0, forward = 0, backward = 0, grad_sync = 0, update = 0;
   double a2a_fwd = 0, counts_fwd = 0, a2a_bwd = 0, counts_bwd = 0, allreduce_bwd = 0, experts_region = 0;
+  double a2a_leaving_bytes = 0;  // dispatch and combine rows to other ranks, forward and backward
 };
 
 std::vector<double> gather(parallel::Communicator& world, double value) {
@@ -130,6 +135,7 @@ std::vector<double> gather(parallel::Communicator& world, double value) {
 std::pair<int64_t, int64_t> gradient_bytes(model::CausalLM& lm) {
   int64_t dense = 0, expert = 0;
   for (const auto& p : lm->named_parameters()) {
+    if (!p.value().requires_grad()) continue;  // the routing bias: never synchronised
     (parallel::is_expert_parameter(p.key()) ? expert : dense) += p.value().numel() * 4;
   }
   return {dense, expert};
@@ -204,6 +210,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
     st.a2a_bwd = bwd_comm.all_to_all_s - fwd_comm.all_to_all_s;
     st.counts_bwd = bwd_comm.count_exchange_s - fwd_comm.count_exchange_s;
     st.allreduce_bwd = bwd_comm.all_reduce_s - fwd_comm.all_reduce_s;
+    st.a2a_leaving_bytes = double(bwd_comm.all_to_all_remote_bytes);
     const auto by_region = regions.take();
     st.experts_region = by_region.count("experts") ? by_region.at("experts") : 0;
     if (!timed) continue;
@@ -232,6 +239,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   const double wait = rank_mean([](const StepTimes& s) { return s.counts_fwd + s.counts_bwd; });
   const double grad_exposed = rank_mean([](const StepTimes& s) { return s.grad_sync + s.allreduce_bwd; });
   const double update = rank_mean([](const StepTimes& s) { return s.update; });
+  const double leaving = rank_mean([](const StepTimes& s) { return s.a2a_leaving_bytes; });
   const double fwd_comm = rank_mean([](const StepTimes& s) { return s.a2a_fwd + s.counts_fwd; });
   const double bwd_comm = rank_mean([](const StepTimes& s) { return s.a2a_bwd + s.counts_bwd + s.allreduce_bwd; });
   const double experts_fwd = std::max(0.0, rank_mean([](const StepTimes& s) { return s.experts_region; }) - fwd_comm);
@@ -291,6 +299,8 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   j["layers"] = m.num_hidden_layers;
   j["experts"] = m.use_moe ? m.n_routed_experts : 0;
   j["top_k"] = m.use_moe ? m.num_experts_per_tok : 0;
+  j["n_group"] = m.use_moe ? m.n_group : 0;
+  j["topk_group"] = m.use_moe ? m.topk_group : 0;
   j["params_total"] = trainer::total_parameters(m);
   j["params_active"] = trainer::active_parameters(m);
   j["flops_per_token"] = trainer::training_flops_per_token(m, seq);
@@ -309,6 +319,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   j["imbalance"] = {{"experts_max_over_mean", expert_imbalance},
                     {"ep_ranks_max_over_mean", rank_imbalance},
                     {"step_time_max_over_min", median(step_spread)}};
+  j["a2a_bytes_leaving_per_rank"] = leaving;  // per step, mean over ranks
   j["collectives"] = collectives;
   return j;
 }
@@ -323,6 +334,11 @@ void print_row(const nlohmann::ordered_json& j) {
               b["expert_compute"].get<double>(), b["all_to_all"].get<double>(), b["wait"].get<double>(),
               b["grad_allreduce"].get<double>(), b["optimizer"].get<double>(),
               j["imbalance"]["experts_max_over_mean"].get<double>(), j["imbalance"]["ep_ranks_max_over_mean"].get<double>());
+  if (j["ep"].get<int>() > 1) {
+    std::printf("      all-to-all leaving each rank: %.3f MB per step (n_group %ld, topk_group %ld)\n",
+                j["a2a_bytes_leaving_per_rank"].get<double>() / 1e6, long(j["n_group"].get<int64_t>()),
+                long(j["topk_group"].get<int64_t>()));
+  }
   for (const auto& c : j["collectives"]) {
     std::printf("      %-10s over %d ranks: %10ld B  %9.1f us  algbw %7.3f GB/s  busbw %7.3f GB/s  #wrong %ld\n",
                 c["op"].get<std::string>().c_str(), c["ranks"].get<int>(), long(c["bytes"].get<int64_t>()),
@@ -367,12 +383,24 @@ int main(int argc, char** argv) try {
                              ") and the experts (" + std::to_string(experts) + ")");
       continue;
     }
-    log_rank0("bench", "world " + std::to_string(n) + ", ep " + std::to_string(ep) + ": running");
-    const auto j = run_layout(o, config, ep, world, device);
-    if (world->rank() != 0) continue;
-    print_row(j);
-    std::cout << j.dump() << "\n";
-    if (json.is_open()) json << j.dump() << "\n" << std::flush;
+    std::vector<trainer::TrainConfig> variants{config};
+    if (o.topk_group > 0 && ep > 1 && config.model.use_moe) {  // a group per rank: copies reach <= topk_group ranks
+      auto grouped = config;
+      grouped.model.n_group = ep;
+      grouped.model.topk_group = o.topk_group;
+      grouped.model.validate();
+      variants.push_back(grouped);
+    }
+    for (const auto& variant : variants) {
+      log_rank0("bench", "world " + std::to_string(n) + ", ep " + std::to_string(ep) + ", topk_group " +
+                             std::to_string(variant.model.topk_group) + " of " + std::to_string(variant.model.n_group) +
+                             " groups: running");
+      const auto j = run_layout(o, variant, ep, world, device);
+      if (world->rank() != 0) continue;
+      print_row(j);
+      std::cout << j.dump() << "\n";
+      if (json.is_open()) json << j.dump() << "\n" << std::flush;
+    }
   }
   world.reset();
   inner.reset();

@@ -13,6 +13,11 @@ Step time = compute + all-to-all + count exchanges + exposed gradient all-reduce
   all-to-all   4 per MoE layer (dispatch, combine and their backward), each latency + the bytes
                that leave the rank (tokens x top-k x hidden x 4 x (ep-1)/ep) over the bus
                bandwidth inside the node, or across nodes for the part that leaves it
+               Group-limited routing (model.n_group/topk_group) leaves these bytes as they are: our
+               dispatch sends one row per (token, expert) copy, and the limit changes which ranks
+               receive a token's copies, not how many copies leave (moe-bench-scaling --topk_group
+               measures both); it would save bytes only with a dispatch that sends a token once per
+               destination rank
   counts       one latency per MoE layer (the count exchange before each dispatch)
   all-reduce   ring: per bucket 2(n-1) latencies + 2(n-1)/n x bytes / bandwidth; dense gradients
                over all ranks, expert gradients over the edp group; with overlap the part that

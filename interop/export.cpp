@@ -42,7 +42,10 @@ void write_json(const fs::path& path, const nlohmann::ordered_json& j) {
 // Refuses a weight the narrower type cannot hold (fp16 overflows beyond 65504), naming it.
 NamedTensors converted(NamedTensors tensors, torch::ScalarType dtype) {
   for (auto& [name, value] : tensors) {
-    value = value.to(dtype).contiguous();
+    // The routing bias stays fp32 (transformers keeps it so): its steps are finer than bf16's.
+    const std::string bias = ".e_score_correction_bias";
+    const bool fp32 = name.size() > bias.size() && name.compare(name.size() - bias.size(), bias.size(), bias) == 0;
+    value = value.to(fp32 ? torch::kFloat32 : dtype).contiguous();
     MOE_CHECK(torch::isfinite(value).all().item<bool>(), name, " does not fit in ", c10::toString(dtype),
               " (values beyond its range): export with --dtype bf16 or fp32");
   }

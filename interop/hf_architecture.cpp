@@ -30,6 +30,25 @@ std::string expert(int64_t l, const char* group, int64_t e, const char* proj) {
   return layer(l) + "mlp." + group + "." + std::to_string(e) + "." + proj + ".weight";
 }
 
+// Our shared experts as one SwiGLU of n x I (Granite's and Glm4Moe's): rows of the gate and up
+// projections and columns of the down projection concatenated; n = 0 gives width-0 tensors.
+struct SharedMlp {
+  torch::Tensor gate, up, down;
+};
+
+SharedMlp concatenated_shared(const ModelConfig& c, int64_t l, const TensorLookup& ours) {
+  if (c.n_shared_experts == 0) {
+    return {torch::zeros({0, c.hidden_size}), torch::zeros({0, c.hidden_size}), torch::zeros({c.hidden_size, 0})};
+  }
+  std::vector<torch::Tensor> gates, ups, downs;
+  for (int64_t s = 0; s < c.n_shared_experts; ++s) {
+    gates.push_back(ours(expert(l, "shared_experts", s, "gate_proj")));
+    ups.push_back(ours(expert(l, "shared_experts", s, "up_proj")));
+    downs.push_back(ours(expert(l, "shared_experts", s, "down_proj")));
+  }
+  return {torch::cat(gates), torch::cat(ups), torch::cat(downs, 1)};
+}
+
 // GraniteMoeShared's input_linear holds [gate; up] rows, output_linear the down projection.
 void to_granite_moe(const ModelConfig& c, int64_t l, const TensorLookup& ours, NamedTensors& out) {
   const auto moe = layer(l) + "block_sparse_moe.";
@@ -41,14 +60,9 @@ void to_granite_moe(const ModelConfig& c, int64_t l, const TensorLookup& ours, N
   }
   out.emplace_back(moe + "input_linear.weight", torch::stack(input));
   out.emplace_back(moe + "output_linear.weight", torch::stack(output));
-  std::vector<torch::Tensor> gates, ups, downs;
-  for (int64_t s = 0; s < c.n_shared_experts; ++s) {
-    gates.push_back(ours(expert(l, "shared_experts", s, "gate_proj")));
-    ups.push_back(ours(expert(l, "shared_experts", s, "up_proj")));
-    downs.push_back(ours(expert(l, "shared_experts", s, "down_proj")));
-  }
-  out.emplace_back(layer(l) + "shared_mlp.input_linear.weight", torch::cat({torch::cat(gates), torch::cat(ups)}));
-  out.emplace_back(layer(l) + "shared_mlp.output_linear.weight", torch::cat(downs, 1));
+  const auto shared = concatenated_shared(c, l, ours);
+  out.emplace_back(layer(l) + "shared_mlp.input_linear.weight", torch::cat({shared.gate, shared.up}));
+  out.emplace_back(layer(l) + "shared_mlp.output_linear.weight", shared.down);
 }
 
 void from_granite_moe(const ModelConfig& c, int64_t l, const TensorLookup& hf, NamedTensors& out) {
@@ -106,6 +120,46 @@ void from_qwen2_moe(const ModelConfig& c, int64_t l, const TensorLookup& hf, Nam
   }
 }
 
+// Glm4Moe's routed experts and gate weight have our names; its router adds e_score_correction_bias
+// (fp32, zeros where we balance without one); one shared SwiGLU.
+void to_glm4_moe(const ModelConfig& c, int64_t l, const TensorLookup& ours, NamedTensors& out) {
+  const auto gate = layer(l) + "mlp.gate.";
+  out.emplace_back(gate + "weight", ours(gate + "weight"));
+  out.emplace_back(gate + "e_score_correction_bias", c.has_score_bias() ? ours(gate + "e_score_correction_bias")
+                                                                         : torch::zeros({c.n_routed_experts}));
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    for (const auto* proj : {"gate_proj", "up_proj", "down_proj"}) {
+      out.emplace_back(expert(l, "experts", e, proj), ours(expert(l, "experts", e, proj)));
+    }
+  }
+  const auto shared = concatenated_shared(c, l, ours);
+  out.emplace_back(layer(l) + "mlp.shared_experts.gate_proj.weight", shared.gate);
+  out.emplace_back(layer(l) + "mlp.shared_experts.up_proj.weight", shared.up);
+  out.emplace_back(layer(l) + "mlp.shared_experts.down_proj.weight", shared.down);
+}
+
+void from_glm4_moe(const ModelConfig& c, int64_t l, const TensorLookup& hf, NamedTensors& out) {
+  const auto gate = layer(l) + "mlp.gate.";
+  out.emplace_back(gate + "weight", hf(gate + "weight"));
+  out.emplace_back(gate + "e_score_correction_bias", hf(gate + "e_score_correction_bias"));
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    for (const auto* proj : {"gate_proj", "up_proj", "down_proj"}) {
+      out.emplace_back(expert(l, "experts", e, proj), hf(expert(l, "experts", e, proj)));
+    }
+  }
+  const int64_t width = c.resolved_intermediate_size(), all = c.n_shared_experts * width;
+  const auto shared = layer(l) + "mlp.shared_experts.";
+  const auto gates = hf(shared + "gate_proj.weight"), ups = hf(shared + "up_proj.weight"),
+             downs = hf(shared + "down_proj.weight");
+  MOE_CHECK(gates.size(0) == all && ups.size(0) == all && downs.size(1) == all, shared,
+            "*_proj.weight have width ", gates.size(0), ", expected n_shared_experts x moe_intermediate_size = ", all);
+  for (int64_t s = 0; s < c.n_shared_experts; ++s) {
+    out.emplace_back(expert(l, "shared_experts", s, "gate_proj"), gates.slice(0, s * width, (s + 1) * width).clone());
+    out.emplace_back(expert(l, "shared_experts", s, "up_proj"), ups.slice(0, s * width, (s + 1) * width).clone());
+    out.emplace_back(expert(l, "shared_experts", s, "down_proj"), downs.slice(1, s * width, (s + 1) * width).clone());
+  }
+}
+
 void dense_mlp(int64_t l, const TensorLookup& from, NamedTensors& out) {
   for (const auto* proj : {"gate_proj", "up_proj", "down_proj"}) {
     const auto name = layer(l) + "mlp." + proj + ".weight";
@@ -155,6 +209,7 @@ std::string hf_class_name(HfArchitecture a) {
     case HfArchitecture::kLlama: return "LlamaForCausalLM";
     case HfArchitecture::kQwen2Moe: return "Qwen2MoeForCausalLM";
     case HfArchitecture::kGraniteMoeShared: return "GraniteMoeSharedForCausalLM";
+    case HfArchitecture::kGlm4Moe: return "Glm4MoeForCausalLM";
   }
   return "";
 }
@@ -162,10 +217,14 @@ std::string hf_class_name(HfArchitecture a) {
 HfArchitecture hf_architecture_for(const ModelConfig& c) {
   c.validate();
   if (!c.use_moe) return HfArchitecture::kLlama;
+  if (c.scoring_func == "sigmoid") {
+    MOE_CHECK(c.n_routed_experts / c.n_group >= 2, "n_group = ", c.n_group, " (groups of one expert): Glm4Moe, the ",
+              "transformers class of sigmoid routing, ranks a group by its two best scores");
+    return HfArchitecture::kGlm4Moe;
+  }
   // Qwen2-MoE and GraniteMoeShared route by softmax top-k, with neither a bias nor groups.
-  const char* why = ": Qwen2-MoE and GraniteMoeShared, the transformers classes we export to, route by softmax top-k "
-                    "without it";
-  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "'", why);
+  const char* why = " with softmax scores: Qwen2-MoE and GraniteMoeShared route by softmax top-k without it "
+                    "(Glm4Moe has it for sigmoid scores only)";
   MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
             " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
   MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
@@ -241,6 +300,25 @@ nlohmann::ordered_json hf_config_json(const ModelConfig& c, HfArchitecture a, co
       j["router_aux_loss_coef"] = c.aux_loss_alpha;
       j["output_router_logits"] = false;
       break;
+    case HfArchitecture::kGlm4Moe:
+      j["model_type"] = "glm4_moe";
+      j["intermediate_size"] = width;  // of dense layers: there are none (first_k_dense_replace 0)
+      j["moe_intermediate_size"] = width;
+      j["n_routed_experts"] = c.n_routed_experts;
+      j["num_experts_per_tok"] = c.num_experts_per_tok;
+      j["n_shared_experts"] = c.n_shared_experts;
+      j["first_k_dense_replace"] = 0;
+      j["norm_topk_prob"] = c.norm_topk_prob;
+      j["routed_scaling_factor"] = c.routed_scaling_factor;
+      j["n_group"] = c.n_group;
+      j["topk_group"] = c.topk_group;
+      j["use_qk_norm"] = false;
+      j["attention_bias"] = false;
+      j["partial_rotary_factor"] = 1.0;
+      j["rope_parameters"]["partial_rotary_factor"] = 1.0;
+      j["num_nextn_predict_layers"] = 0;
+      j["output_router_logits"] = false;
+      break;
   }
   return j;
 }
@@ -253,6 +331,7 @@ NamedTensors to_hf_tensors(const ModelConfig& c, HfArchitecture a, const TensorL
       case HfArchitecture::kLlama: dense_mlp(l, ours, out); break;
       case HfArchitecture::kQwen2Moe: to_qwen2_moe(c, l, ours, out); break;
       case HfArchitecture::kGraniteMoeShared: to_granite_moe(c, l, ours, out); break;
+      case HfArchitecture::kGlm4Moe: to_glm4_moe(c, l, ours, out); break;
     }
   }
   return out;
@@ -329,11 +408,39 @@ HfModel hf_model_of_config(const nlohmann::json& j, const std::string& what) {
     const double ours = 1.0 / std::sqrt(double(head_dim));
     MOE_CHECK(std::abs(scale - ours) <= 1e-6 * ours, what, ": config.json's \"attention_multiplier\" is ", scale,
               "; our attention scales by 1/sqrt(head_dim) = ", ours);
+  } else if (type == "glm4_moe") {
+    m.architecture = HfArchitecture::kGlm4Moe;
+    c.use_moe = true;
+    c.scoring_func = "sigmoid";
+    c.intermediate_size = field<int64_t>(j, "moe_intermediate_size", what);
+    c.n_routed_experts = field<int64_t>(j, "n_routed_experts", what);
+    c.num_experts_per_tok = field<int64_t>(j, "num_experts_per_tok", what);
+    c.n_shared_experts = field_or<int64_t>(j, "n_shared_experts", 1, what);
+    c.norm_topk_prob = field_or<bool>(j, "norm_topk_prob", true, what);
+    c.routed_scaling_factor = field_or<double>(j, "routed_scaling_factor", 1.0, what);
+    c.n_group = field_or<int64_t>(j, "n_group", 1, what);
+    c.topk_group = field_or<int64_t>(j, "topk_group", 1, what);
+    // Its router always adds e_score_correction_bias: ours holds it when balancing by bias, so an
+    // import balances by bias at DeepSeek-V3's rate (--model.bias_update_rate changes it later).
+    c.bias_update_rate = 1e-3;
+    require<int64_t>(j, "first_k_dense_replace", 0, 1, what, "our model has an MoE feed-forward in every layer");
+    require<bool>(j, "use_qk_norm", false, false, what, "our attention normalises neither queries nor keys");
+    require<bool>(j, "attention_bias", false, false, what, no_bias);
+    double partial = field_or<double>(j, "partial_rotary_factor", 0.5, what);
+    if (j.contains("rope_parameters") && j["rope_parameters"].contains("partial_rotary_factor")) {
+      partial = j["rope_parameters"]["partial_rotary_factor"].get<double>();
+    }
+    MOE_CHECK(partial == 1.0, what, ": config.json's \"partial_rotary_factor\" is ", partial,
+              "; our rotary embedding turns the whole head");
   } else {
-    throw InvalidArgument(what + ": model_type '" + type +
-                          "' is not one we import (llama, qwen2_moe, granitemoeshared: the ones our export writes)");
+    throw InvalidArgument(what + ": model_type '" + type + "' is not one we import (llama, qwen2_moe, "
+                          "granitemoeshared, glm4_moe: the ones our export writes)");
   }
-  c.validate();
+  try {
+    c.validate();
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(what + ": " + e.what());
+  }
   return m;
 }
 
@@ -345,6 +452,7 @@ NamedTensors from_hf_tensors(const HfModel& m, const TensorLookup& hf) {
     switch (m.architecture) {
       case HfArchitecture::kLlama: dense_mlp(l, hf, out); break;
       case HfArchitecture::kGraniteMoeShared: from_granite_moe(c, l, hf, out); break;
+      case HfArchitecture::kGlm4Moe: from_glm4_moe(c, l, hf, out); break;
       case HfArchitecture::kQwen2Moe:
         from_qwen2_moe(c, l, hf, out);
         for (const auto* p : {"q_proj", "k_proj", "v_proj"}) {

@@ -10,8 +10,15 @@
 //                                                ungated shared SwiGLU: n shared experts of width I
 //                                                are one of width n x I (their rows concatenated);
 //                                                all multipliers 1, attention scale 1/sqrt(head_dim)
-// Refused: shared experts with unnormalised weights (Qwen2-MoE gates its shared expert by a
-// sigmoid, Granite always renormalises), anything but softmax scoring.
+//   MoE with sigmoid scores (DeepSeek-V3's       Glm4MoeForCausalLM: sigmoid scores plus
+//   router), with or without the balancing       e_score_correction_bias (zeros without one) to
+//   bias, groups, a scaling factor               choose, group-limited top-k by the two best scores,
+//                                                weights renormalised and scaled; the shared experts
+//                                                concatenated as for Granite; full rotary, no q/k
+//                                                norm, no biases, every layer MoE
+// Refused: shared experts with unnormalised softmax weights (Qwen2-MoE gates its shared expert by a
+// sigmoid, Granite always renormalises); softmax scores with a bias, groups or a scaling factor;
+// sigmoid groups of one expert (Glm4Moe ranks a group by its two best scores).
 #pragma once
 #include <torch/types.h>
 
@@ -25,7 +32,7 @@
 
 namespace moe::interop {
 
-enum class HfArchitecture { kLlama, kQwen2Moe, kGraniteMoeShared };
+enum class HfArchitecture { kLlama, kQwen2Moe, kGraniteMoeShared, kGlm4Moe };
 
 /// "LlamaForCausalLM", ...
 std::string hf_class_name(HfArchitecture architecture);
@@ -50,7 +57,7 @@ struct HfModel {
 };
 
 /// Our configuration of a config.json; refuses (naming the field and its value) a model_type
-/// other than the three, or settings our model does not compute (untied embeddings, biases,
+/// other than the four, or settings our model does not compute (untied embeddings, biases,
 /// multipliers, rope scaling, sliding windows, dense layers among MoE ones, ...).
 HfModel hf_model_of_config(const nlohmann::json& config_json, const std::string& what);
 

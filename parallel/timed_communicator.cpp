@@ -57,7 +57,15 @@ std::unique_ptr<PendingCollective> TimedCommunicator::all_reduce_async(at::Tenso
 void TimedCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                    const std::vector<int64_t>& in_splits) {
   const bool counts = input.scalar_type() == at::kLong;
-  if (!counts) times_->all_to_all_bytes += input.nbytes();
+  if (!counts) {
+    times_->all_to_all_bytes += input.nbytes();
+    if (input.size(0) > 0) {
+      const uint64_t row_bytes = input.nbytes() / uint64_t(input.size(0));
+      for (size_t r = 0; r < in_splits.size(); ++r) {
+        if (int(r) != rank()) times_->all_to_all_remote_bytes += uint64_t(in_splits[r]) * row_bytes;
+      }
+    }
+  }
   timed(counts ? &CommTimes::count_exchange_s : &CommTimes::all_to_all_s,
         [&] { inner_->all_to_all(output, input, out_splits, in_splits); });
 }

@@ -17,6 +17,7 @@ struct CommTimes {
   double all_reduce_s = 0;      // all-reduces, blocking and async (start + wait)
   double other_s = 0;           // all-gathers, broadcasts, barriers
   uint64_t all_to_all_bytes = 0, all_reduce_bytes = 0;  // sent by this rank
+  uint64_t all_to_all_remote_bytes = 0;  // of the payload all-to-alls, the rows to other ranks: what leaves this rank
 };
 
 class TimedCommunicator : public Communicator {

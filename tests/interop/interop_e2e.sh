@@ -36,21 +36,25 @@ train() {  # [STEPS=N] train RUN RANKS [options...]
     || { cat "$tmp/$run.log"; echo "e2e: training $run failed"; return 1; }
 }
 
-step "train: MoE with a shared expert on 2 ranks (ep 2), MoE without (top-1), dense"
+step "train: MoE with a shared expert on 2 ranks (ep 2), MoE without (top-1), dense, DeepSeek-V3 routing"
 train moe 2 --parallel.ep_size 2
 train moe_noshared 1 --parallel.ep_size 1 --model.n_shared_experts 0 --model.num_experts_per_tok 1
 train dense 1 --parallel.ep_size 1 --model.use_moe false
+# Sigmoid scores, a routing bias that has moved (rate 1e-2), 2 groups of which a token uses 1, scaled weights.
+train moe_sigmoid 2 --parallel.ep_size 2 --model.scoring_func sigmoid --model.bias_update_rate 1e-2 \
+  --model.n_group 2 --model.topk_group 1 --model.routed_scaling_factor 1.5 --model.router_z_loss_coef 1e-3
 grep -q "vocab" "$tmp/moe/config.ini" && grep -q "^vocab_size = 512" "$tmp/moe/config.ini" \
   || fail "model.vocab_size 0 was not taken from the data (512)"
 
-for run in moe moe_noshared dense; do
+for run in moe moe_noshared dense moe_sigmoid; do
   step "export $run to Hugging Face; transformers against our outputs"
   "$tbin/reference_outputs" "$tmp/$run" "$tmp/$run.ref.safetensors"
   "$bin/moe-export" --checkpoint "$tmp/$run" --out_dir "$tmp/$run-hf"
   check hf "$tmp/$run-hf" "$tmp/$run.ref.safetensors" "$tol"
 done
 grep -q GraniteMoeShared "$tmp/moe-hf/config.json" && grep -q Qwen2Moe "$tmp/moe_noshared-hf/config.json" \
-  && grep -q Llama "$tmp/dense-hf/config.json" || fail "unexpected architectures"
+  && grep -q Llama "$tmp/dense-hf/config.json" && grep -q Glm4Moe "$tmp/moe_sigmoid-hf/config.json" \
+  || fail "unexpected architectures"
 
 step "sharded export (index file), bf16"
 "$bin/moe-export" --checkpoint "$tmp/moe" --out_dir "$tmp/moe-hf-sharded" --max_shard_gb 0.0002 --no_tokenizer
@@ -77,6 +81,8 @@ check same-parameters "$tmp/moe" "$tmp/moe-from-hf"
 check same-parameters "$tmp/moe" "$tmp/moe-from-shards"
 "$bin/moe-import" --from "$tmp/moe_noshared-hf" --out_dir "$tmp/noshared-from-hf"
 check same-parameters "$tmp/moe_noshared" "$tmp/noshared-from-hf"
+"$bin/moe-import" --from "$tmp/moe_sigmoid-hf" --out_dir "$tmp/sigmoid-from-hf"
+check same-parameters "$tmp/moe_sigmoid" "$tmp/sigmoid-from-hf"
 "$bin/moe-import" --from "$tmp/dense-hf" --out_dir "$tmp/dense-from-hf"
 check same-parameters "$tmp/dense" "$tmp/dense-from-hf"
 "$bin/moe-import" --from "$tmp/moe-mm/pretrain_64_moe.pth" --out_dir "$tmp/moe-from-mm"
@@ -100,6 +106,7 @@ step "refusals"
 STEPS=1 train shared_unnormalised 1 --parallel.ep_size 1 --model.norm_topk_prob false
 refused "norm_topk_prob" "$bin/moe-export" --checkpoint "$tmp/shared_unnormalised" --out_dir "$tmp/x" --no_tokenizer
 refused "dtype" "$bin/moe-export" --checkpoint "$tmp/moe" --out_dir "$tmp/x" --dtype fp8
+refused "scoring_func 'sigmoid'" "$bin/moe-export" --checkpoint "$tmp/moe_sigmoid" --out_dir "$tmp/x" --format minimind
 refused "is not an export" "$bin/moe-export" --checkpoint "$tmp/moe" --out_dir "$tmp/moe"
 python3 - "$tmp/moe-hf/config.json" "$tmp/untied/config.json" <<'PY'
 import json, os, shutil, sys

@@ -57,11 +57,24 @@ struct Case {
   HfArchitecture architecture;
 };
 
+// DeepSeek-V3's routing: sigmoid scores, the bias (the rate an import sets), 2 groups, scaled weights.
+model::ModelConfig deepseek_routing(int64_t shared) {
+  auto c = tiny(true, shared);
+  c.scoring_func = "sigmoid";
+  c.bias_update_rate = 1e-3;
+  c.n_group = 2;
+  c.topk_group = 1;
+  c.routed_scaling_factor = 1.5;
+  return c;
+}
+
 std::vector<Case> cases() {
   return {{"dense", tiny(false, 0), HfArchitecture::kLlama},
           {"moe_no_shared", tiny(true, 0), HfArchitecture::kQwen2Moe},
           {"moe_top1_unnormalised", tiny(true, 0, 1, false), HfArchitecture::kQwen2Moe},
-          {"moe_two_shared", tiny(true, 2), HfArchitecture::kGraniteMoeShared}};
+          {"moe_two_shared", tiny(true, 2), HfArchitecture::kGraniteMoeShared},
+          {"sigmoid_no_shared", deepseek_routing(0), HfArchitecture::kGlm4Moe},
+          {"sigmoid_two_shared", deepseek_routing(2), HfArchitecture::kGlm4Moe}};
 }
 
 }  // namespace
@@ -72,14 +85,15 @@ TEST(HfArchitecture, EachConfigurationGetsTheClassThatComputesIt) {
   test::expect_refusal([] { hf_architecture_for(tiny(true, 1, 1, true)); }, {"num_experts_per_tok = 1"});
 }
 
-// Routing neither format computes is refused by both exports, naming the field and the reason.
+// Routing a format cannot compute is refused, naming the field and the reason: MiniMind's .pth
+// routes by softmax top-k only; of the transformers classes, Glm4Moe takes the bias, groups and
+// scaling with sigmoid scores only.
 TEST(Export, RoutingAFormatCannotExpressIsRefusedNamingTheField) {
   struct Refused {
     std::function<void(model::ModelConfig&)> set;
     const char* field;
   };
   const std::vector<Refused> refused = {
-      {[](auto& c) { c.scoring_func = "sigmoid"; }, "scoring_func 'sigmoid'"},
       {[](auto& c) { c.bias_update_rate = 1e-3; }, "bias_update_rate = 0.001"},
       {[](auto& c) { c.n_group = 2; c.topk_group = 1; }, "n_group = 2, topk_group = 1"},
       {[](auto& c) { c.routed_scaling_factor = 2.5; }, "routed_scaling_factor = 2.5"},
@@ -88,10 +102,17 @@ TEST(Export, RoutingAFormatCannotExpressIsRefusedNamingTheField) {
     for (const int shared : {0, 2}) {
       auto c = tiny(true, shared);
       r.set(c);
-      test::expect_refusal([&] { hf_architecture_for(c); }, {r.field, "route by softmax top-k"});
+      test::expect_refusal([&] { hf_architecture_for(c); }, {r.field, "with softmax scores", "Glm4Moe"});
       test::expect_refusal([&] { check_minimind_routing(c); }, {r.field, "MiniMind2's MoEGate computes softmax"});
     }
   }
+  auto sigmoid = tiny(true, 1);
+  sigmoid.scoring_func = "sigmoid";
+  EXPECT_EQ(hf_architecture_for(sigmoid), HfArchitecture::kGlm4Moe);
+  test::expect_refusal([&] { check_minimind_routing(sigmoid); }, {"scoring_func 'sigmoid'", "MiniMind2's MoEGate"});
+  sigmoid.n_group = 4;
+  sigmoid.topk_group = 2;
+  test::expect_refusal([&] { hf_architecture_for(sigmoid); }, {"n_group = 4 (groups of one expert)", "two best"});
   auto z = tiny(true, 0);
   z.router_z_loss_coef = 1e-3;  // a training loss: nothing to export, nothing refused
   EXPECT_EQ(hf_architecture_for(z), HfArchitecture::kQwen2Moe);
@@ -182,10 +203,16 @@ TEST(HfArchitecture, ImportRefusesWhatOurModelDoesNotCompute) {
       {HfArchitecture::kGraniteMoeShared, "shared_intermediate_size", 100, "not a positive multiple"},
       {HfArchitecture::kGraniteMoeShared, "num_experts_per_tok", 1, "weighs the expert by 1"},
       {HfArchitecture::kGraniteMoeShared, "vocab_size", "many", "not the expected type"},
+      {HfArchitecture::kGlm4Moe, "first_k_dense_replace", 1, "first_k_dense_replace"},
+      {HfArchitecture::kGlm4Moe, "use_qk_norm", true, "use_qk_norm"},
+      {HfArchitecture::kGlm4Moe, "attention_bias", true, "no biases"},
+      {HfArchitecture::kGlm4Moe, "rope_parameters", {{"rope_type", "default"}, {"rope_theta", 1e6}, {"partial_rotary_factor", 0.5}}, "partial_rotary_factor"},
+      {HfArchitecture::kGlm4Moe, "n_group", 3, "n_group 3"},
   };
   for (const auto& e : edits) {
     const auto config = e.architecture == HfArchitecture::kLlama      ? tiny(false, 0)
                         : e.architecture == HfArchitecture::kQwen2Moe ? tiny(true, 0)
+                        : e.architecture == HfArchitecture::kGlm4Moe  ? deepseek_routing(1)
                                                                       : tiny(true, 1);
     auto json = nlohmann::json::parse(hf_config_json(config, e.architecture, "float32").dump());
     json[e.key] = e.value;
