@@ -84,7 +84,8 @@ while true; do
   sleep 1
 done
 self_requeues=$(grep -c "requeueing job $job" "$tmp/slurm.out" || true)
-say "job $job completed: $self_requeues requeues of its own, preempted $preempted time(s)"
+early=$(grep -c "early, left to this script's clock" "$tmp/slurm.out" || true)
+say "job $job completed: $self_requeues requeues of its own, preempted $preempted time(s), $early early Slurm signal(s) left to the clock"
 [ "$self_requeues" -ge 1 ] || fail "the job never requeued itself at a time limit"
 [ "$preempted" = 1 ] || fail "the job was never preempted (it finished in its first start)"
 grep -q "stopped by Slurm at checkpoint step" "$tmp/slurm.out" || fail "the preempted start did not save and stop"
