@@ -214,6 +214,16 @@ std::string hf_class_name(HfArchitecture a) {
   return "";
 }
 
+void check_softmax_top_k_routing(const ModelConfig& c, const std::string& why) {
+  if (!c.use_moe) return;
+  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "'", why);
+  MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
+            " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
+  MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
+            why);
+  MOE_CHECK(c.routed_scaling_factor == 1.0, "routed_scaling_factor = ", c.routed_scaling_factor, why);
+}
+
 HfArchitecture hf_architecture_for(const ModelConfig& c) {
   c.validate();
   if (!c.use_moe) return HfArchitecture::kLlama;
@@ -223,13 +233,8 @@ HfArchitecture hf_architecture_for(const ModelConfig& c) {
     return HfArchitecture::kGlm4Moe;
   }
   // Qwen2-MoE and GraniteMoeShared route by softmax top-k, with neither a bias nor groups.
-  const char* why = " with softmax scores: Qwen2-MoE and GraniteMoeShared route by softmax top-k without it "
-                    "(Glm4Moe has it for sigmoid scores only)";
-  MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
-            " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
-  MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
-            why);
-  MOE_CHECK(c.routed_scaling_factor == 1.0, "routed_scaling_factor = ", c.routed_scaling_factor, why);
+  check_softmax_top_k_routing(c, " with softmax scores: Qwen2-MoE and GraniteMoeShared route by softmax top-k "
+                                 "without it (Glm4Moe has it for sigmoid scores only)");
   if (c.n_shared_experts == 0) return HfArchitecture::kQwen2Moe;
   MOE_CHECK(c.num_experts_per_tok > 1 && c.norm_topk_prob, "n_shared_experts = ", c.n_shared_experts,
             " with ", c.num_experts_per_tok > 1 ? "norm_topk_prob = false" : "num_experts_per_tok = 1",

@@ -34,6 +34,11 @@ namespace moe::interop {
 
 enum class HfArchitecture { kLlama, kQwen2Moe, kGraniteMoeShared, kGlm4Moe };
 
+/// Refuses, naming the field and appending `why`, routing other than plain softmax top-k: sigmoid
+/// scores, a routing bias, group-limited routing, scaled weights (what Qwen2-MoE, GraniteMoeShared
+/// and MiniMind's own model compute without).
+void check_softmax_top_k_routing(const model::ModelConfig& config, const std::string& why);
+
 /// "LlamaForCausalLM", ...
 std::string hf_class_name(HfArchitecture architecture);
 

@@ -39,14 +39,7 @@ std::string minimind_weight_name(const model::ModelConfig& c) {
 }
 
 void check_minimind_routing(const model::ModelConfig& c) {
-  if (!c.use_moe) return;
-  const char* why = ": MiniMind2's MoEGate computes softmax top-k only; export it with --format hf";
-  MOE_CHECK(c.scoring_func == "softmax", "scoring_func '", c.scoring_func, "'", why);
-  MOE_CHECK(!c.has_score_bias(), "bias_update_rate = ", c.bias_update_rate,
-            " (the gates hold e_score_correction_bias, added to the scores to choose experts)", why);
-  MOE_CHECK(!c.limits_groups(), "n_group = ", c.n_group, ", topk_group = ", c.topk_group, " (group-limited routing)",
-            why);
-  MOE_CHECK(c.routed_scaling_factor == 1.0, "routed_scaling_factor = ", c.routed_scaling_factor, why);
+  check_softmax_top_k_routing(c, ": MiniMind2's MoEGate computes softmax top-k only; export it with --format hf");
 }
 
 nlohmann::ordered_json minimind_config_json(const model::ModelConfig& config) {
