@@ -85,9 +85,13 @@ nlohmann::ordered_json bench_config(const std::string& config_path, std::shared_
 
   auto lm = parallel::make_expert_parallel_model(config.model, groups, config.train.seed);
   lm->to(device);
-  auto optimizer = trainer::make_adamw(lm, config.optim);
-  for (auto& p : lm->parameters()) p.mutable_grad() = torch::zeros_like(p);
-  optimizer->step();  // AdamW moments exist, as in a real run
+  parallel::GradientSync sync(lm, groups, 32 << 20, false, trainer::gradient_reduction(config.optim));
+  auto optimizer = trainer::make_training_optimizer(lm, sync, config.optim);
+  for (auto& p : lm->parameters()) {
+    if (p.requires_grad()) p.mutable_grad() = torch::zeros_like(p);
+  }
+  sync.sync();
+  optimizer->update(config.optim.lr);  // AdamW moments exist, as in a real run
   trainer::CheckpointInputs in;
   in.lm = lm;
   in.optimizer = optimizer.get();

@@ -12,13 +12,18 @@
 //   all_to_all        dispatch and combine payloads, forward and backward (timed communicator)
 //   wait              the per-expert count exchange before each dispatch: tiny messages, so its
 //                     time is the wait for the slowest rank (load imbalance, host synchronisation)
-//   grad_allreduce    gradient all-reduce not hidden behind backward (exposed)
-//   optimizer         global gradient norm (one all-reduce), clipping, AdamW
+//   grad_allreduce    gradient all-reduce (reduce-scatter when sharded) not hidden behind backward
+//   optimizer         global gradient norm (one all-reduce), clipping, AdamW (sharded: of this
+//                     rank's blocks, then the all-gather of the updated weights)
 //   expert_compute    routed experts: forward measured (the experts region less its communication),
 //                     backward in the forward's proportion of the backward compute
 //   dense_compute     the rest: attention, norms, gate, shared experts, embedding, loss
 //   grad_allreduce_alone, grad_allreduce_overlapped: the same buckets all-reduced alone, and how
 //                     much of that the step did not expose (with --overlap 1)
+// With --shard_state 1 (or both) the optimiser is the distributed one (optim.shard_state); every
+// row also reports the training state per rank (weights, gradients, moments) against the formula
+// (16 B per parameter replicated; 8 + 8/d sharded, 4 + 12/d with --shard_grads 1, d = the
+// parameter's replicas), the peak memory of the timed steps and the optimiser's share of the step.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -46,7 +51,8 @@
 #include "trainer/config_cli.h"
 #include "trainer/device.h"
 #include "trainer/mfu.h"
-#include "trainer/optim/optimizer.h"
+#include "trainer/optim/training_optimizer.h"
+#include "trainer/peak_memory.h"
 
 namespace po = boost::program_options;
 using namespace moe;
@@ -59,6 +65,8 @@ struct Options {
   std::vector<int> ep_sizes;
   int64_t tokens_per_rank = 2048, global_tokens = 0, steps = 10, warmup = 3, collective_iters = 10;
   int overlap = -1;  // -1: the config's parallel.overlap_grad_sync
+  std::string shard_state = "0";  // 0 | 1 | both
+  int shard_grads = 0;
   int64_t topk_group = 0;  // > 0: each ep > 1 also runs with n_group = ep (a group per rank), this topk_group
 };
 
@@ -81,12 +89,18 @@ Options parse(int argc, char** argv) {
       ("topk_group", po::value(&o.topk_group)->default_value(o.topk_group),
        "> 0: each ep_size > 1 runs again with group-limited routing, model.n_group = ep_size (a group per rank) "
        "and this model.topk_group, to compare the all-to-all bytes leaving each rank")
+      ("shard_state", po::value(&o.shard_state)->default_value(o.shard_state),
+       "the distributed optimiser (optim.shard_state): 0, 1, or both (each layout twice)")
+      ("shard_grads", po::value(&o.shard_grads)->default_value(o.shard_grads),
+       "with sharding: 1 frees each full gradient once reduce-scattered (optim.shard_grads)")
       ("backend", po::value(&o.backend)->default_value(o.backend), "auto | mpi | nccl")
       ("device", po::value(&o.device)->default_value(o.device), "auto | cpu | cuda")
       ("json", po::value(&o.json), "append one JSON line per configuration to this file (rank 0)")
       ("label", po::value(&o.label), "a name for this machine in the JSON lines");
   launch::parse_or_exit(argc, argv, desc);
   MOE_CHECK(o.mode == "weak" || o.mode == "strong", "--mode '", o.mode, "' is not weak or strong");
+  MOE_CHECK(o.shard_state == "0" || o.shard_state == "1" || o.shard_state == "both", "--shard_state '",
+            o.shard_state, "' is not 0, 1 or both");
   MOE_CHECK(o.steps > 0 && o.warmup >= 0 && o.collective_iters > 0, "--steps, --collective_iters must be positive");
   return o;
 }
@@ -155,8 +169,8 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   lm->train();
   const bool overlap = o.overlap < 0 ? config.parallel.overlap_grad_sync : o.overlap == 1;
   const int64_t bucket_bytes = int64_t(config.parallel.bucket_mb * (1 << 20));
-  parallel::GradientSync sync(lm, groups, bucket_bytes, overlap);
-  auto optimizer = trainer::make_adamw(lm, config.optim);
+  parallel::GradientSync sync(lm, groups, bucket_bytes, overlap, trainer::gradient_reduction(config.optim));
+  auto optimizer = trainer::make_training_optimizer(lm, sync, config.optim);
   const bool bf16 = device.is_cuda();
 
   const int64_t seq = config.data.seq_len;
@@ -174,6 +188,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   torch::Tensor routed;  // tokens routed to each expert, over the timed steps and layers (this rank's)
   for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
     const bool timed = s >= o.warmup;
+    if (s == o.warmup) trainer::reset_peak_memory(device);
     StepTimes st;
     optimizer->zero_grad();
     world->barrier();  // steps start together: the time of a step is that of its slowest rank
@@ -201,7 +216,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
     synchronize();
     st.grad_sync = seconds_since(t2);
     const auto t3 = Clock::now();
-    trainer::apply_update(lm, groups, *optimizer, config.optim, config.optim.lr);
+    optimizer->update(config.optim.lr);
     synchronize();
     st.update = seconds_since(t3);
     st.step = seconds_since(t0);
@@ -219,6 +234,9 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
       routed = routed.defined() ? routed + layer.routed.cpu() : layer.routed.cpu().clone();
     }
   }
+
+  const auto peak = trainer::peak_memory(device);
+  const auto state = optimizer->state_bytes();  // after a step: the moments exist, the gradients as kept
 
   // Step time: per step the slowest rank; then median, min, max over steps.
   std::vector<double> step_max, step_spread;
@@ -280,6 +298,19 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   }
   grad_alone = mean(gather(*world, grad_alone));
 
+  // The formula: 4 B of weight per parameter, 4 B of gradient and 8 B of moments per trained
+  // parameter, the last two divided by its replicas d (world for dense, edp for experts) when sharded.
+  const double dense_params = double(dense_bytes) / 4, expert_params = double(expert_bytes) / 4;
+  const double trained = dense_params + expert_params;
+  const double per_replica = dense_params / n + expert_params / topo.edp_size;
+  const double weights = double(state.weights);
+  const bool sharded = config.optim.shard_state, freed = sharded && config.optim.shard_grads;
+  const double formula = weights + (freed ? 4 * per_replica : 4 * trained) + 8 * (sharded ? per_replica : trained);
+  auto max_over_ranks = [&](double v) {
+    const auto all = gather(*world, v);
+    return *std::max_element(all.begin(), all.end());
+  };
+
   const double tokens_per_s = double(tokens) * n / step_s;
   const auto ms = [](double s) { return s * 1e3; };
   nlohmann::ordered_json j;
@@ -321,6 +352,15 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
                     {"step_time_max_over_min", median(step_spread)}};
   j["a2a_bytes_leaving_per_rank"] = leaving;  // per step, mean over ranks
   j["collectives"] = collectives;
+  j["shard_state"] = sharded;
+  j["shard_grads"] = freed;
+  j["state_bytes_per_rank"] = {{"weights", max_over_ranks(double(state.weights))},
+                               {"gradients", max_over_ranks(double(state.gradients))},
+                               {"moments", max_over_ranks(double(state.moments))},
+                               {"total", max_over_ranks(double(state.total()))},
+                               {"formula", max_over_ranks(formula)}};
+  j["peak_memory_gib_per_rank"] = max_over_ranks(peak.allocated_gib);
+  j["optimizer_share"] = update / step_s;
   return j;
 }
 
@@ -334,6 +374,14 @@ void print_row(const nlohmann::ordered_json& j) {
               b["expert_compute"].get<double>(), b["all_to_all"].get<double>(), b["wait"].get<double>(),
               b["grad_allreduce"].get<double>(), b["optimizer"].get<double>(),
               j["imbalance"]["experts_max_over_mean"].get<double>(), j["imbalance"]["ep_ranks_max_over_mean"].get<double>());
+  const auto& state = j["state_bytes_per_rank"];
+  std::printf("      %s: state per rank %.2f MB (weights %.2f, gradients %.2f, moments %.2f; formula %.2f), "
+              "peak %.3f GiB, optimizer %.1f%% of the step\n",
+              j["shard_state"].get<bool>() ? (j["shard_grads"].get<bool>() ? "sharded+grads" : "sharded") : "replicated",
+              state["total"].get<double>() / 1e6, state["weights"].get<double>() / 1e6,
+              state["gradients"].get<double>() / 1e6, state["moments"].get<double>() / 1e6,
+              state["formula"].get<double>() / 1e6, j["peak_memory_gib_per_rank"].get<double>(),
+              100 * j["optimizer_share"].get<double>());
   if (j["ep"].get<int>() > 1) {
     std::printf("      all-to-all leaving each rank: %.3f MB per step (n_group %ld, topk_group %ld)\n",
                 j["a2a_bytes_leaving_per_rank"].get<double>() / 1e6, long(j["n_group"].get<int64_t>()),
@@ -391,10 +439,20 @@ int main(int argc, char** argv) try {
       grouped.model.validate();
       variants.push_back(grouped);
     }
+    if (o.shard_state != "0") {  // the same layouts with the distributed optimiser (or only with it)
+      std::vector<trainer::TrainConfig> sharded;
+      for (auto v : variants) {
+        v.optim.shard_state = true;
+        v.optim.shard_grads = o.shard_grads == 1;
+        sharded.push_back(v);
+      }
+      if (o.shard_state == "1") variants.clear();
+      variants.insert(variants.end(), sharded.begin(), sharded.end());
+    }
     for (const auto& variant : variants) {
       log_rank0("bench", "world " + std::to_string(n) + ", ep " + std::to_string(ep) + ", topk_group " +
                              std::to_string(variant.model.topk_group) + " of " + std::to_string(variant.model.n_group) +
-                             " groups: running");
+                             " groups" + (variant.optim.shard_state ? ", sharded optimizer" : "") + ": running");
       const auto j = run_layout(o, variant, ep, world, device);
       if (world->rank() != 0) continue;
       print_row(j);

@@ -23,6 +23,11 @@ Step time = compute + all-to-all + count exchanges + exposed gradient all-reduce
                over all ranks, expert gradients over the edp group; with overlap the part that
                fits in the backward compute is hidden
   optimizer    seconds per parameter held (global norm, clipping, AdamW)
+  sharded      (optim.shard_state) the all-reduce splits into its two halves: the reduce-scatter
+               takes its place in the backward (hidden as far as it fits), the all-gather of the
+               updated weights follows the update, exposed; the optimizer updates 1/d of each
+               parameter (d its replicas: the world for dense, edp for experts); state per GPU
+               8 + 8/d bytes per parameter held instead of 16 (4 + 12/d freeing gradients, ZeRO-2)
 Only the standard library: runs anywhere Python does.
 """
 import configparser
@@ -84,8 +89,9 @@ def link(hw, op, crosses_nodes):
     return hw[op]["inter" if crosses_nodes else "intra"]
 
 
-def predict(c, hw, world, ep, tokens=None, overlap=False, imbalance=1.0):
-    """Seconds per step and its parts for config c on `world` ranks with expert-parallel size ep."""
+def predict(c, hw, world, ep, tokens=None, overlap=False, imbalance=1.0, shard=False):
+    """Seconds per step and its parts for config c on `world` ranks with expert-parallel size ep
+    (shard: the distributed optimiser)."""
     tokens = tokens or c["tokens_per_rank"]
     k = counts(c)
     per_node = hw["ranks_per_node"]
@@ -115,8 +121,13 @@ def predict(c, hw, world, ep, tokens=None, overlap=False, imbalance=1.0):
     allreduce = ring(k["dense_params"] * 4, world, world > per_node) + \
         ring(k["expert_params"] / ep * 4, edp, world > per_node and ep < world)
     backward = 2 / 3 * (dense + expert)
-    parts["grad_allreduce"] = max(0.0, allreduce - backward) if overlap else allreduce
-    parts["optimizer"] = (k["dense_params"] + k["expert_params"] / ep) * hw["optimizer_s_per_param"]
+    # Sharded: a ring all-reduce is a reduce-scatter then an all-gather, each half its time.
+    in_backward = allreduce / 2 if shard else allreduce
+    parts["grad_allreduce"] = max(0.0, in_backward - backward) if overlap else in_backward
+    parts["weight_allgather"] = allreduce / 2 if shard else 0.0
+    updated = k["dense_params"] / world + k["expert_params"] / ep / edp if shard else \
+        k["dense_params"] + k["expert_params"] / ep
+    parts["optimizer"] = updated * hw["optimizer_s_per_param"]
     step = sum(parts.values())
     return {"step_s": step, "tokens_per_s": tokens * world / step, "parts": parts, "allreduce_alone": allreduce}
 
@@ -139,7 +150,8 @@ def fit_line(points):
 
 def calibrate(results):
     """This machine's rates, from moe-bench-scaling's JSON lines (all on one node)."""
-    single = [r for r in results if r["world"] == 1] or sorted(results, key=lambda r: r["world"])[:1]
+    replicated = [r for r in results if not r.get("shard_state")] or results  # the optimizer's full rate
+    single = [r for r in replicated if r["world"] == 1] or sorted(replicated, key=lambda r: r["world"])[:1]
     base = single[0]
     c = from_result(base)
     k = counts(c)
@@ -173,15 +185,15 @@ def print_calibration(results):
           f"all-to-all {hw['all_to_all']['intra']['bw'] / 1e9:.2f} GB/s + {hw['all_to_all']['intra']['lat'] * 1e6:.0f} us, "
           f"all-reduce {hw['all_reduce']['intra']['bw'] / 1e9:.2f} GB/s + {hw['all_reduce']['intra']['lat'] * 1e6:.0f} us, "
           f"optimizer {hw['optimizer_s_per_param'] * 1e9:.2f} ns/parameter")
-    print(f"{'world':>5} {'ep':>3} {'measured ms':>12} {'model ms':>9} {'error':>7} {'measured tok/s':>15} {'model tok/s':>12}")
+    print(f"{'world':>5} {'ep':>3} {'opt':>4} {'measured ms':>12} {'model ms':>9} {'error':>7} {'measured tok/s':>15} {'model tok/s':>12}")
     errors = []
-    for r in sorted(results, key=lambda r: (r["world"], r["ep"])):
+    for r in sorted(results, key=lambda r: (r["world"], r["ep"], r.get("shard_state", False))):
         p = predict(from_result(r), hw, r["world"], r["ep"], r["tokens_per_rank"], r["overlap"],
-                    r["imbalance"]["experts_max_over_mean"] if r["experts"] else 1.0)
+                    r["imbalance"]["experts_max_over_mean"] if r["experts"] else 1.0, r.get("shard_state", False))
         measured = r["step_ms"]["median"]
         err = (p["step_s"] * 1e3 - measured) / measured
         errors.append(abs(err))
-        print(f"{r['world']:5d} {r['ep']:3d} {measured:12.1f} {p['step_s'] * 1e3:9.1f} {100 * err:+6.1f}% "
+        print(f"{r['world']:5d} {r['ep']:3d} {'shd' if r.get('shard_state') else 'rep':>4} {measured:12.1f} {p['step_s'] * 1e3:9.1f} {100 * err:+6.1f}% "
               f"{r['tokens_per_s']:15.0f} {p['tokens_per_s']:12.0f}")
     print(f"mean |error| {100 * sum(errors) / len(errors):.1f}%, largest {100 * max(errors):.1f}%")
     return hw
@@ -202,9 +214,14 @@ H100 = {
 }
 
 
-def state_gb(k, ep):
-    """GB of parameters, gradients and AdamW moments a GPU holds (fp32: 16 bytes per parameter)."""
-    return 16 * (k["dense_params"] + k["expert_params"] / ep) / 1e9
+def state_gb(k, world, ep, shard=False, free_grads=False):
+    """GB of parameters, gradients and AdamW moments a GPU holds (fp32: 16 bytes per parameter;
+    sharded 8 + 8/d, or 4 + 12/d freeing the full gradients, d = the parameter's replicas)."""
+    held = k["dense_params"] + k["expert_params"] / ep
+    if not shard:
+        return 16 * held / 1e9
+    share = k["dense_params"] / world + k["expert_params"] / ep / (world // ep)
+    return ((4 * held + 12 * share) if free_grads else (8 * held + 8 * share)) / 1e9
 
 
 def h100_table(paths):
@@ -212,6 +229,8 @@ def h100_table(paths):
     print("Assumptions: compute at 20% of 790 TFLOP/s (our measured MFU on one H100), all-to-all 340/42 GB/s,")
     print("all-reduce 360/45 GB/s (inside/across nodes) with 15/30 and 10/25 us latency, perfect routing balance.")
     print("eff: tokens/s per GPU against the best layout on 8 GPUs; state: GB of weights, gradients and AdamW per GPU.")
+    print("sharded: optim.shard_state (its step ms; state with full gradients kept / freed, ZeRO-2); pays: the")
+    print("sharded step within 2% of the replicated one while the state shrinks by at least a quarter.")
     for path in paths:
         c = model_config(path)
         k = counts(c)
@@ -219,7 +238,7 @@ def h100_table(paths):
         print(f"\n{path}: {k['dense_params'] / 1e6:.1f}M dense + {k['expert_params'] / 1e6:.1f}M expert parameters, "
               f"{c['tokens_per_rank']} tokens per GPU")
         print(f"{'GPUs':>5} {'ep':>3} {'step ms':>8} {'tok/s':>12} {'tok/s/GPU':>10} {'eff':>6} {'compute':>8} "
-              f"{'a2a':>6} {'gradAR':>7} {'state':>6}  best")
+              f"{'a2a':>6} {'gradAR':>7} {'state':>6} | {'sh ms':>7} {'sh state':>13} pays  best")
         base = None
         for world in (8, 16, 32, 64):
             rows = [(ep, predict(c, H100, world, ep, overlap=True)) for ep in eps if world % ep == 0]
@@ -229,9 +248,13 @@ def h100_table(paths):
             for ep, p in rows:
                 per_gpu = p["tokens_per_s"] / world
                 parts = p["parts"]
+                s = predict(c, H100, world, ep, overlap=True, shard=True)
+                full, kept, freed = state_gb(k, world, ep), state_gb(k, world, ep, True), state_gb(k, world, ep, True, True)
+                pays = s["step_s"] <= 1.02 * p["step_s"] and kept <= 0.75 * full
                 print(f"{world:5d} {ep:3d} {p['step_s'] * 1e3:8.2f} {p['tokens_per_s']:12.0f} {per_gpu:10.0f} "
                       f"{100 * per_gpu / base:5.1f}% {1e3 * (parts['dense_compute'] + parts['expert_compute']):8.2f} "
-                      f"{1e3 * parts['all_to_all']:6.2f} {1e3 * parts['grad_allreduce']:7.2f} {state_gb(k, ep):6.2f}  "
+                      f"{1e3 * parts['all_to_all']:6.2f} {1e3 * parts['grad_allreduce']:7.2f} {full:6.2f} | "
+                      f"{s['step_s'] * 1e3:7.2f} {kept:6.2f}/{freed:6.2f} {'yes' if pays else 'no':>4}  "
                       f"{'<-' if ep == best else ''}")
 
 

@@ -34,6 +34,14 @@ void check_all_to_all_args(const Communicator& comm, const at::Tensor& output, c
             output.scalar_type(), " differ in dtype or row shape on rank ", comm.rank());
 }
 
+void check_reduce_scatter_args(const Communicator& comm, const at::Tensor& output, const at::Tensor& input) {
+  MOE_CHECK(input.numel() == output.numel() * comm.size() && input.scalar_type() == output.scalar_type(),
+            "reduce_scatter: input of ", input.numel(), " elements (", input.scalar_type(), ") must be ", comm.size(),
+            " x the output's ", output.numel(), " (", output.scalar_type(), ") on rank ", comm.rank());
+  MOE_CHECK(at::isFloatingType(input.scalar_type()), "reduce_scatter: unsupported dtype ", input.scalar_type(),
+            " on rank ", comm.rank());
+}
+
 namespace {
 
 struct CompletedCollective : PendingCollective {
@@ -47,6 +55,12 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(at::Tensor& te
   return std::make_unique<CompletedCollective>();
 }
 
+std::unique_ptr<PendingCollective> Communicator::reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                                   ReduceOp op) {
+  reduce_scatter(output, input, op);
+  return std::make_unique<CompletedCollective>();
+}
+
 namespace {
 
 class SingleCommunicator : public Communicator {
@@ -55,6 +69,10 @@ class SingleCommunicator : public Communicator {
   int size() const override { return 1; }
   std::string backend() const override { return "single"; }
   void all_reduce(at::Tensor&, ReduceOp) override {}
+  void reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp) override {
+    check_reduce_scatter_args(*this, output, input);
+    output.copy_(input.view(output.sizes()));
+  }
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override {
     check_all_to_all_args(*this, output, input, out_splits, in_splits);

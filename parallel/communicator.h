@@ -40,6 +40,13 @@ class Communicator {
   /// it in the background, NCCL on a side stream; the default (single) completes it at once. Same
   /// ordering contract as every collective.
   virtual std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op);
+  /// output [n] = this rank's n-element block of the reduction of every rank's input [size * n]
+  /// (rank r gets elements [r * n, (r + 1) * n)). Both contiguous, same dtype; float types.
+  virtual void reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) = 0;
+  /// Starts a reduce_scatter that wait() finishes; neither tensor may be touched until then. Same
+  /// backgrounds as all_reduce_async.
+  virtual std::unique_ptr<PendingCollective> reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                                  ReduceOp op);
   /// Rows of `input` (dim 0) go out in chunks of in_splits[r] rows to rank r; `output` receives
   /// out_splits[r] rows from rank r, in rank order. Both contiguous, same dtype and row shape.
   virtual void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
@@ -54,6 +61,9 @@ class Communicator {
   /// Stops every rank of the job with this reason (never returns).
   [[noreturn]] virtual void abort(const std::string& reason) = 0;
 };
+
+/// Checks a reduce_scatter's sizes (input = size x output) and dtypes; throws with the values.
+void check_reduce_scatter_args(const Communicator& comm, const at::Tensor& output, const at::Tensor& input);
 
 /// Checks split sizes against the tensors and the group size; throws with the values on mismatch.
 void check_all_to_all_args(const Communicator& comm, const at::Tensor& output, const at::Tensor& input,

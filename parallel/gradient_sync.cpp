@@ -7,16 +7,6 @@ namespace moe::parallel {
 
 bool is_expert_parameter(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }
 
-struct GradientSync::Bucket {
-  std::vector<torch::Tensor> params;
-  Communicator* comm = nullptr;
-  ReduceOp op = ReduceOp::kSum;
-  double scale = 1.0;
-  int64_t ready = 0;  // gradients accumulated in this backward
-  torch::Tensor flat;
-  std::unique_ptr<PendingCollective> pending;
-};
-
 namespace {
 
 int64_t bytes_of(const std::vector<torch::Tensor>& params) {
@@ -27,8 +17,9 @@ int64_t bytes_of(const std::vector<torch::Tensor>& params) {
 
 }  // namespace
 
-GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bucket_bytes, bool overlap)
-    : lm_(std::move(lm)), groups_(std::move(groups)), overlap_(overlap) {
+GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bucket_bytes, bool overlap,
+                           GradientReduction reduction)
+    : lm_(std::move(lm)), groups_(std::move(groups)), overlap_(overlap), reduction_(reduction) {
   // named_parameters() is ordered the same on every rank, so buckets line up across ranks.
   std::vector<std::pair<std::string, torch::Tensor>> params;
   for (const auto& p : lm_->named_parameters()) {
@@ -38,7 +29,17 @@ GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bu
   for (const bool experts : {false, true}) {
     std::unique_ptr<Bucket> current;
     auto close = [&] {
-      if (current) buckets_.push_back(std::move(current));
+      if (!current) return;
+      // Sharded: rank r of the group owns block r of the flat bucket, padded to a multiple of the
+      // group size. Unsharded, the "block" is the whole bucket.
+      const int64_t d = current->comm->size();
+      current->padded_numel = sharded() ? (current->numel + d - 1) / d * d : current->numel;
+      if (sharded()) {
+        const int64_t block = current->padded_numel / d;
+        current->shard_begin = block * current->comm->rank();
+        current->shard_grad = torch::zeros({block}, current->params.front().options());
+      }
+      buckets_.push_back(std::move(current));
     };
     for (const auto& [name, p] : params) {
       if (is_expert_parameter(name) != experts) continue;
@@ -52,11 +53,14 @@ GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bu
         current->op = experts ? ReduceOp::kSum : ReduceOp::kAverage;
         current->scale = experts ? 1.0 / groups_.world->size() : 1.0;
       }
+      current->names.push_back(name);
       current->params.push_back(p);
+      current->offsets.push_back(current->numel);
+      current->numel += p.numel();
     }
     close();
   }
-  if (groups_.world->size() == 1) overlap_ = false;  // nothing to exchange, nothing to overlap
+  if (groups_.world->size() == 1 && !sharded()) overlap_ = false;  // nothing to exchange, nothing to overlap
   if (!overlap_) return;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     for (auto& p : buckets_[b]->params) {
@@ -81,7 +85,15 @@ void GradientSync::start(Bucket& bucket) {
   for (auto& p : bucket.params) {
     grads.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
   }
+  if (bucket.padded_numel > bucket.numel) grads.push_back(torch::zeros({bucket.padded_numel - bucket.numel}, grads[0].options()));
   bucket.flat = torch::cat(grads);
+  if (reduction_ == GradientReduction::kReduceScatterAndFree) {
+    for (auto& p : bucket.params) p.mutable_grad().reset();  // packed: the flat copy is all that is needed
+  }
+  if (sharded()) {
+    bucket.pending = bucket.comm->reduce_scatter_async(bucket.shard_grad, bucket.flat, bucket.op);
+    return;
+  }
   // A single rank still scales (expert gradients / world size = 1 here), but needs no collective.
   if (bucket.comm->size() > 1) bucket.pending = bucket.comm->all_reduce_async(bucket.flat, bucket.op);
 }
@@ -100,6 +112,12 @@ void GradientSync::finish(Bucket& bucket) {
   torch::NoGradGuard no_grad;
   if (bucket.pending) bucket.pending->wait();
   bucket.pending.reset();
+  bucket.ready = 0;
+  if (sharded()) {
+    bucket.flat = torch::Tensor();
+    if (bucket.scale != 1.0) bucket.shard_grad.mul_(bucket.scale);
+    return;
+  }
   if (bucket.scale != 1.0) bucket.flat.mul_(bucket.scale);
   int64_t offset = 0;
   for (auto& p : bucket.params) {
@@ -108,11 +126,10 @@ void GradientSync::finish(Bucket& bucket) {
     offset += p.numel();
   }
   bucket.flat = torch::Tensor();
-  bucket.ready = 0;
 }
 
 void GradientSync::sync() {
-  if (groups_.world->size() == 1) {
+  if (groups_.world->size() == 1 && !sharded()) {
     // One rank: the gradients are final. Only unused parameters get the zero gradient the
     // collective path would give them; no copies through the buckets.
     torch::NoGradGuard no_grad;

@@ -142,6 +142,44 @@ std::unique_ptr<PendingCollective> MpiCommunicator::all_reduce_async(at::Tensor&
   return std::make_unique<MpiPendingAllReduce>(*this, tensor, op);
 }
 
+// An MPI_Ireduce_scatter_block from a host copy of the input (widened to float32 for 16-bit types)
+// into a host output; wait() finishes it and writes the result back.
+class MpiPendingReduceScatter : public PendingCollective {
+ public:
+  MpiPendingReduceScatter(MpiCommunicator& comm, at::Tensor& output, const at::Tensor& input, ReduceOp op)
+      : comm_(comm), output_(output), op_(op) {
+    check_reduce_scatter_args(comm, output, input);
+    const bool widen = input.scalar_type() == torch::kBFloat16 || input.scalar_type() == torch::kHalf;
+    send_ = widen ? input.to(torch::kCPU, torch::kFloat32).contiguous() : host_contiguous(input);
+    recv_ = !widen && output.is_cpu() && output.is_contiguous()
+                ? output
+                : torch::empty(output.sizes(), output.options().device(torch::kCPU).dtype(send_.scalar_type()));
+    MPI_CHECK(MPI_Ireduce_scatter_block(send_.data_ptr(), recv_.data_ptr(),
+                                        to_int(recv_.numel(), "reduce_scatter numel"),
+                                        reduce_type(send_.scalar_type()), MPI_SUM, comm_.comm_, &request_));
+  }
+  void wait() override {
+    comm_.wait(request_, "reduce_scatter");
+    if (op_ == ReduceOp::kAverage) recv_.div_(comm_.size_);
+    copy_back(output_, recv_);
+  }
+
+ private:
+  MpiCommunicator& comm_;
+  at::Tensor output_, send_, recv_;
+  ReduceOp op_;
+  MPI_Request request_;
+};
+
+void MpiCommunicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) {
+  MpiPendingReduceScatter(*this, output, input, op).wait();
+}
+
+std::unique_ptr<PendingCollective> MpiCommunicator::reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                                         ReduceOp op) {
+  return std::make_unique<MpiPendingReduceScatter>(*this, output, input, op);
+}
+
 void MpiCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                  const std::vector<int64_t>& in_splits) {
   check_all_to_all_args(*this, output, input, out_splits, in_splits);

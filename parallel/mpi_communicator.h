@@ -27,6 +27,9 @@ class MpiCommunicator : public Communicator {
   std::string backend() const override { return "mpi"; }
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
   std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
+  void reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) override;
+  std::unique_ptr<PendingCollective> reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                          ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
@@ -37,6 +40,7 @@ class MpiCommunicator : public Communicator {
 
  private:
   friend class MpiPendingAllReduce;
+  friend class MpiPendingReduceScatter;
   // Waits for `request`, polling; past the timeout, aborts every rank naming `op`.
   void wait(MPI_Request& request, const char* op);
 

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -83,30 +84,59 @@ void NcclCommunicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   wait("all_reduce");
 }
 
-class NcclPendingAllReduce : public PendingCollective {
+// A collective enqueued on a side stream that first waits for the current one (the tensors'
+// producers), so that backward kernels keep running meanwhile.
+class NcclPendingOnSideStream : public PendingCollective {
  public:
-  NcclPendingAllReduce(NcclCommunicator& comm, at::Tensor& tensor, ReduceOp op)
-      : comm_(comm), tensor_(tensor), side_(c10::cuda::getStreamFromPool(false, tensor.device().index())) {
-    comm_.check_cuda(tensor, "all_reduce");
-    cudaEvent_t ready;  // the tensor's producers on the current stream come first
+  NcclPendingOnSideStream(NcclCommunicator& comm, const char* op, std::vector<at::Tensor> keep,
+                          const std::function<void(cudaStream_t)>& enqueue)
+      : comm_(comm), op_(op), keep_(std::move(keep)),
+        side_(c10::cuda::getStreamFromPool(false, keep_.front().device().index())) {
+    cudaEvent_t ready;
     CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(ready, current_stream()));
     CUDA_CHECK(cudaStreamWaitEvent(side_.stream(), ready, 0));
     CUDA_CHECK(cudaEventDestroy(ready));  // released once the wait is satisfied
-    NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
-                             op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_.comm_, side_.stream()));
+    enqueue(side_.stream());
   }
   // Polled to completion, so later work on any stream sees the result.
-  void wait() override { comm_.wait("all_reduce", side_.stream()); }
+  void wait() override { comm_.wait(op_, side_.stream()); }
 
  private:
   NcclCommunicator& comm_;
-  at::Tensor tensor_;  // kept alive while the side stream uses it
+  const char* op_;
+  std::vector<at::Tensor> keep_;  // alive while the side stream uses them
   c10::cuda::CUDAStream side_;
 };
 
 std::unique_ptr<PendingCollective> NcclCommunicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
-  return std::make_unique<NcclPendingAllReduce>(*this, tensor, op);
+  check_cuda(tensor, "all_reduce");
+  return std::make_unique<NcclPendingOnSideStream>(*this, "all_reduce", std::vector<at::Tensor>{tensor},
+                                                   [&](cudaStream_t stream) {
+    NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
+                             op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, stream));
+  });
+}
+
+void NcclCommunicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) {
+  check_reduce_scatter_args(*this, output, input);
+  check_cuda(input, "reduce_scatter");
+  check_cuda(output, "reduce_scatter");
+  NCCL_CHECK(ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), nccl_type(input.scalar_type()),
+                               op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, current_stream()));
+  wait("reduce_scatter");
+}
+
+std::unique_ptr<PendingCollective> NcclCommunicator::reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                                          ReduceOp op) {
+  check_reduce_scatter_args(*this, output, input);
+  check_cuda(input, "reduce_scatter");
+  check_cuda(output, "reduce_scatter");
+  return std::make_unique<NcclPendingOnSideStream>(*this, "reduce_scatter", std::vector<at::Tensor>{output, input},
+                                                   [&](cudaStream_t stream) {
+    NCCL_CHECK(ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), nccl_type(input.scalar_type()),
+                                 op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, stream));
+  });
 }
 
 void NcclCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,

@@ -24,6 +24,10 @@ class NcclCommunicator : public Communicator {
   /// On a side stream that first waits for the current one, so that backward kernels keep running
   /// meanwhile; wait() polls it to completion (bounded by the timeout).
   std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
+  void reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) override;
+  /// On a side stream, as all_reduce_async.
+  std::unique_ptr<PendingCollective> reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                          ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
@@ -33,7 +37,7 @@ class NcclCommunicator : public Communicator {
   [[noreturn]] void abort(const std::string& reason) override;
 
  private:
-  friend class NcclPendingAllReduce;
+  friend class NcclPendingOnSideStream;
   // Waits until `stream` has finished the last collective, polling ncclCommGetAsyncError.
   void wait(const char* op, cudaStream_t stream);
   void wait(const char* op);

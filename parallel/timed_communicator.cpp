@@ -54,6 +54,20 @@ std::unique_ptr<PendingCollective> TimedCommunicator::all_reduce_async(at::Tenso
   return std::make_unique<TimedPending>(std::move(pending), [times](double s) { times->all_reduce_s += s; });
 }
 
+void TimedCommunicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) {
+  times_->all_reduce_bytes += input.nbytes();
+  timed(&CommTimes::all_reduce_s, [&] { inner_->reduce_scatter(output, input, op); });
+}
+
+std::unique_ptr<PendingCollective> TimedCommunicator::reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                                           ReduceOp op) {
+  times_->all_reduce_bytes += input.nbytes();
+  std::unique_ptr<PendingCollective> pending;
+  timed(&CommTimes::all_reduce_s, [&] { pending = inner_->reduce_scatter_async(output, input, op); });
+  auto times = times_;
+  return std::make_unique<TimedPending>(std::move(pending), [times](double s) { times->all_reduce_s += s; });
+}
+
 void TimedCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                    const std::vector<int64_t>& in_splits) {
   const bool counts = input.scalar_type() == at::kLong;

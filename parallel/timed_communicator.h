@@ -14,9 +14,10 @@ struct CommTimes {
   double all_to_all_s = 0;      // payload all-to-alls (token rows: dispatch, combine, their backward)
   double count_exchange_s = 0;  // int64 all-to-alls (the per-expert counts before each dispatch):
                                 // tiny, so their time is mostly waiting for the slowest rank
-  double all_reduce_s = 0;      // all-reduces, blocking and async (start + wait)
+  double all_reduce_s = 0;      // all-reduces and reduce-scatters, blocking and async (start + wait)
   double other_s = 0;           // all-gathers, broadcasts, barriers
-  uint64_t all_to_all_bytes = 0, all_reduce_bytes = 0;  // sent by this rank
+  uint64_t all_to_all_bytes = 0, all_reduce_bytes = 0;  // sent by this rank (reduce-scatters' inputs count
+                                                        // as all-reduce bytes: the gradient traffic)
   uint64_t all_to_all_remote_bytes = 0;  // of the payload all-to-alls, the rows to other ranks: what leaves this rank
 };
 
@@ -32,6 +33,9 @@ class TimedCommunicator : public Communicator {
   std::string backend() const override { return inner_->backend(); }
   void all_reduce(at::Tensor& tensor, ReduceOp op) override;
   std::unique_ptr<PendingCollective> all_reduce_async(at::Tensor& tensor, ReduceOp op) override;
+  void reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) override;
+  std::unique_ptr<PendingCollective> reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
+                                                          ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;

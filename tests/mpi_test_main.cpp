@@ -1,5 +1,5 @@
 // main() for multi-rank tests: MPI up, only rank 0 prints, every rank agrees on pass/fail.
-// Options after gtest's: --ep_size=N, --device=cuda (read by tests through mpi_test_options.h).
+// Options after gtest's: --ep_size=N, --device=cuda, --shard_state (read by tests through mpi_test_options.h).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -14,6 +14,7 @@ namespace moe::test {
 namespace {
 int g_ep_size = 0;
 std::string g_device = "cpu";
+bool g_shard_state = false;
 
 // On ranks other than 0: each failed assertion, prefixed with the rank.
 struct RankFailurePrinter : ::testing::EmptyTestEventListener {
@@ -29,6 +30,7 @@ struct RankFailurePrinter : ::testing::EmptyTestEventListener {
 }  // namespace
 int mpi_test_ep_size() { return g_ep_size; }
 const char* mpi_test_device() { return g_device.c_str(); }
+bool mpi_test_shard_state() { return g_shard_state; }
 }  // namespace moe::test
 
 int main(int argc, char** argv) {
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg.rfind("--ep_size=", 0) == 0) moe::test::g_ep_size = std::stoi(arg.substr(10));
     if (arg.rfind("--device=", 0) == 0) moe::test::g_device = arg.substr(9);
+    if (arg == "--shard_state") moe::test::g_shard_state = true;
   }
   moe::parallel::ensure_mpi_initialized();
   int rank = 0, size = 1;

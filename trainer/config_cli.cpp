@@ -98,7 +98,11 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("optim.beta1", bound(c.optim.beta1), "Adam beta1")
       ("optim.beta2", bound(c.optim.beta2), "Adam beta2")
       ("optim.eps", bound(c.optim.eps), "Adam epsilon")
-      ("optim.grad_clip", bound(c.optim.grad_clip), "global gradient-norm limit; 0 = off");
+      ("optim.grad_clip", bound(c.optim.grad_clip), "global gradient-norm limit; 0 = off")
+      ("optim.shard_state", bound(c.optim.shard_state),
+       "split AdamW's moments and update over each parameter's replicas (dense: world, experts: edp)")
+      ("optim.shard_grads", bound(c.optim.shard_grads),
+       "with optim.shard_state: free each full gradient once reduce-scattered (ZeRO-2)");
   po::options_description train("train");
   train.add_options()
       ("train.steps", bound(c.train.steps), "optimiser steps")

@@ -45,6 +45,7 @@ void TrainConfig::validate() const {
   MOE_CHECK(finite(o.eps) && o.eps > 0, "--optim.eps must be a finite positive number, got ", o.eps);
   MOE_CHECK(finite(o.grad_clip) && o.grad_clip >= 0, "--optim.grad_clip must be finite and >= 0 (0 = off), got ",
             o.grad_clip);
+  MOE_CHECK(!o.shard_grads || o.shard_state, "--optim.shard_grads needs --optim.shard_state true");
   const auto& t = train;
   MOE_CHECK(t.steps > 0, "--train.steps must be positive, got ", t.steps);
   MOE_CHECK(t.micro_batch > 0, "--train.micro_batch must be positive, got ", t.micro_batch);
@@ -57,6 +58,8 @@ void TrainConfig::validate() const {
             "' is not one of auto, cpu, cuda");
   MOE_CHECK(t.dtype == "auto" || t.dtype == "fp32" || t.dtype == "bf16", "--train.dtype '", t.dtype,
             "' is not one of auto, fp32, bf16");
+  MOE_CHECK(!(t.cuda_graph && o.shard_state), "--train.cuda_graph runs one rank, which has no replicas to shard the "
+            "optimizer over: leave --optim.shard_state false");
   MOE_CHECK(t.max_bad_steps > 0, "--train.max_bad_steps must be positive, got ", t.max_bad_steps);
   MOE_CHECK(finite(t.peak_tflops) && t.peak_tflops >= 0, "--train.peak_tflops must be finite and >= 0, got ",
             t.peak_tflops);

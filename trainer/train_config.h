@@ -31,6 +31,12 @@ struct OptimOptions {
   double weight_decay = 0.1;   // decoupled; none on norms and biases
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double grad_clip = 1.0;      // global gradient-norm limit; 0 = off
+  // The distributed optimiser (trainer/optim/sharded_adamw.h): AdamW's moments and update split over
+  // each parameter's replicas, gradients reduce-scattered. Off by default: with one rank, or experts
+  // not replicated and few ranks, there is little to save, and the weights' all-gather is not yet
+  // overlapped with the next forward (a latency a fast interconnect notices).
+  bool shard_state = false;
+  bool shard_grads = false;  // with shard_state: release each full gradient once its bucket is packed (ZeRO-2)
 };
 
 struct TrainOptions {

@@ -82,7 +82,7 @@ Trainer::StepStats Trainer::train_step(int64_t step) {
   }
   sync_->sync();
   stats.lr = lr_at(config_.optim, step, t.steps);
-  const auto update = apply_update(lm_, groups_, *optimizer_, config_.optim, stats.lr);
+  const auto update = optimizer_->update(stats.lr);
   stats.grad_norm = update.grad_norm;
   stats.skipped = update.skipped;
   if (config_.model.has_score_bias() && !update.skipped) {

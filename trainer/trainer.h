@@ -21,7 +21,7 @@
 #include "parallel/topology.h"
 #include "trainer/data/data_loader.h"
 #include "trainer/expert_balance.h"
-#include "trainer/optim/fused_adamw.h"
+#include "trainer/optim/training_optimizer.h"
 #include "trainer/graphed_step.h"
 #include "trainer/train_config.h"
 #include "trainer/training_state.h"
@@ -52,6 +52,7 @@ class Trainer {
   model::CausalLM& model() { return lm_; }
   const torch::Device& device() const { return device_; }
   const TrainingState& state() const { return state_; }
+  TrainingOptimizer& optimizer() { return *optimizer_; }
 
  private:
   struct StepStats;
@@ -62,6 +63,8 @@ class Trainer {
   void init_from(const std::string& checkpoint);  // a fresh run's parameters from a checkpoint
   /// Rank 0: out_dir, its config.ini and metrics.jsonl (truncated for a fresh run, appended to on a resume).
   void open_run_outputs(std::ios::openmode metrics_mode);
+  /// "optimizer: ... sharded over ...: X MB of moments on this rank instead of Y".
+  std::string describe_sharded_state() const;
   std::string save();
   StepStats train_step(int64_t step);
   void log_progress(int64_t step, const StepStats& stats);
@@ -76,7 +79,7 @@ class Trainer {
   bool autocast_bf16_ = false;
   model::CausalLM lm_ = nullptr;
   std::unique_ptr<parallel::GradientSync> sync_;
-  std::unique_ptr<FusedAdamW> optimizer_;
+  std::unique_ptr<TrainingOptimizer> optimizer_;
   TrainingState state_;
   std::unique_ptr<GraphedStep> graphed_;  // with train.cuda_graph
   std::shared_ptr<const TokenDataset> train_data_, val_data_;

@@ -64,8 +64,9 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   lm_->to(device_);
   lm_->train();
   sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_, int64_t(config_.parallel.bucket_mb * (1 << 20)),
-                                                   config_.parallel.overlap_grad_sync);
-  optimizer_ = make_adamw(lm_, config_.optim);
+                                                   config_.parallel.overlap_grad_sync,
+                                                   gradient_reduction(config_.optim));
+  optimizer_ = make_training_optimizer(lm_, *sync_, config_.optim);
   peak_flops_ = t.peak_tflops > 0 ? t.peak_tflops * 1e12 : known_peak_flops(device_);
   if (t.cuda_graph) {
     graphed_ = std::make_unique<GraphedStep>(lm_, t.micro_batch, config_.data.seq_len, autocast_bf16_);
@@ -81,6 +82,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
      << topo.experts_per_rank << " experts per MoE layer); device " << device_.str()
      << (autocast_bf16_ ? ", bf16 autocast" : ", fp32") << "; ep " << topo.ep_size << " x edp " << topo.edp_size;
   log_rank0("train", os.str());
+  if (config_.optim.shard_state) log_rank0("train", describe_sharded_state());
   std::ostringstream data;
   data << "data: " << train_data_->tokens() << " training tokens in " << train_data_->shard_count() << " shards, "
        << train_loader_->windows() << " windows of " << config_.data.seq_len + 1 << "; "
@@ -202,6 +204,19 @@ void Trainer::resume_from(const std::string& step_dir) {
      << state_.data.epoch << " window " << state_.data.window << "; saved by a world of " << saved_world;
   log_rank0("resume", os.str());
   for (const auto& note : notes) log_rank0("resume", "changed: " + note);
+}
+
+std::string Trainer::describe_sharded_state() const {
+  int64_t replicated = 0;
+  for (const auto& p : lm_->parameters()) {
+    if (p.requires_grad()) replicated += 8 * p.numel();  // fp32 exp_avg + exp_avg_sq
+  }
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1) << "optimizer: AdamW moments and update sharded over each parameter's "
+     << "replicas (dense over " << groups_.world->size() << " ranks, experts over edp " << groups_.edp->size()
+     << (config_.optim.shard_grads ? "; full gradients freed once reduce-scattered" : "") << "): "
+     << optimizer_->state_bytes().moments / 1e6 << " MB of moments on this rank instead of " << replicated / 1e6;
+  return os.str();
 }
 
 void Trainer::open_run_outputs(std::ios::openmode metrics_mode) {

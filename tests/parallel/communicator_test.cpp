@@ -7,6 +7,7 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/parallel/rank_rows.h"
+#include "tests/support.h"
 
 using namespace moe;
 using namespace moe::parallel;
@@ -36,6 +37,36 @@ TEST(Communicator, AllReduceSumAndAverage) {
     EXPECT_TRUE(torch::allclose(a.to(torch::kFloat64), torch::full({3}, (w - 1) / 2.0, torch::kFloat64)))
         << "dtype " << dtype << ": " << a;
   }
+}
+
+// Rank r's input element i is (r + 1) * (i + 1): block b of the sum is known in closed form, so a
+// block delivered to the wrong rank, or summed over the wrong ranks, shows.
+TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
+  auto comm = world();
+  const int w = comm->size(), r = comm->rank();
+  const int64_t block = 5;
+  const auto index = torch::arange(1, w * block + 1, torch::kFloat64);
+  const auto mine = (index * (r + 1)).narrow(0, 0, w * block);
+  const auto want_sum = (index * (w * (w + 1) / 2)).narrow(0, r * block, block);
+  for (auto dtype : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+    for (const bool async : {false, true}) {
+      auto out = torch::full({block}, -1.0, dtype);
+      const auto in = mine.to(dtype);
+      if (async) {
+        comm->reduce_scatter_async(out, in, ReduceOp::kSum)->wait();
+      } else {
+        comm->reduce_scatter(out, in, ReduceOp::kSum);
+      }
+      const double tol = dtype == torch::kBFloat16 ? 1e-2 : 1e-12;
+      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat64), want_sum, tol, 0)) << dtype << " async " << async << ": " << out;
+      auto avg = torch::empty({block}, dtype);
+      comm->reduce_scatter(avg, in, ReduceOp::kAverage);
+      EXPECT_TRUE(torch::allclose(avg.to(torch::kFloat64), want_sum / w, tol, 0)) << dtype << ": " << avg;
+    }
+  }
+  auto wrong = torch::empty({block + 1});
+  const auto refused = test::refusal([&] { comm->reduce_scatter(wrong, torch::zeros({w * block}), ReduceOp::kSum); });
+  EXPECT_NE(refused.find("reduce_scatter: input of " + std::to_string(w * block)), std::string::npos) << refused;
 }
 
 TEST(Communicator, AllToAllUnequalAndZeroSplitsRouteEveryRow) {

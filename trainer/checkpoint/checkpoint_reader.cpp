@@ -98,7 +98,7 @@ void restore_parameters(const CheckpointReader& reader, model::CausalLM& lm) {
   }
 }
 
-void restore_optimizer(const CheckpointReader& reader, model::CausalLM& lm, FusedAdamW& optimizer) {
+void restore_optimizer(const CheckpointReader& reader, model::CausalLM& lm, TrainingOptimizer& optimizer) {
   for (const auto& p : lm->named_parameters()) {
     if (!reader.has(optimizer_key(p.key(), "exp_avg"))) continue;
     AdamMoments m;
@@ -112,7 +112,7 @@ void restore_optimizer(const CheckpointReader& reader, model::CausalLM& lm, Fuse
               optimizer_key(p.key(), "step"), " = ", steps, " is not a step count");
     m.step = int64_t(steps);
     try {
-      optimizer.set_moments(p.value(), m);
+      optimizer.set_moments(p.key(), m);
     } catch (const InvalidArgument& e) {
       throw InvalidArgument("checkpoint '" + reader.dir() + "': " + p.key() + ": " + e.what());
     }

@@ -9,7 +9,7 @@
 #include "common/safetensors.h"
 #include "model/causal_lm.h"
 #include "trainer/checkpoint/checkpoint_manifest.h"
-#include "trainer/optim/fused_adamw.h"
+#include "trainer/optim/training_optimizer.h"
 #include "trainer/train_config.h"
 
 namespace moe::trainer {
@@ -46,7 +46,7 @@ class CheckpointReader {
 void restore_parameters(const CheckpointReader& reader, model::CausalLM& lm);
 
 /// Restores the AdamW state of every parameter of lm that has one in the checkpoint.
-void restore_optimizer(const CheckpointReader& reader, model::CausalLM& lm, FusedAdamW& optimizer);
+void restore_optimizer(const CheckpointReader& reader, model::CausalLM& lm, TrainingOptimizer& optimizer);
 
 struct LoadedModel {
   TrainConfig config;

@@ -86,21 +86,22 @@ void add_written(CheckpointManifest& m, const std::string& file, const FileBuild
 }
 
 // This rank's share: its files written into tmp_dir, described by a manifest of its own.
-CheckpointManifest write_rank_share(const CheckpointInputs& in, const fs::path& tmp_dir, uint64_t* bytes) {
+// writers: plan_writers'; moments: the full optimiser state of the parameters this rank writes.
+CheckpointManifest write_rank_share(const CheckpointInputs& in, const std::map<std::string, int>& writers,
+                                    const std::map<std::string, AdamMoments>& moments, const fs::path& tmp_dir,
+                                    uint64_t* bytes) {
   const auto& topo = in.groups->topology;
   CheckpointManifest m;
-  const auto writers = plan_writers(in.lm, topo);
   FileBuilder params, optim;
   {
     torch::NoGradGuard no_grad;
     for (const auto& p : in.lm->named_parameters()) {
       if (writers.at(p.key()) != topo.rank) continue;
       params.add(p.key(), p.value().to(torch::kFloat32));
-      if (!in.optimizer) continue;
-      if (const auto moments = in.optimizer->moments_of(p.value())) {
-        optim.add(optimizer_key(p.key(), "exp_avg"), moments->exp_avg.to(torch::kFloat32));
-        optim.add(optimizer_key(p.key(), "exp_avg_sq"), moments->exp_avg_sq.to(torch::kFloat32));
-        optim.add(optimizer_key(p.key(), "step"), torch::full({}, double(moments->step), torch::kFloat32));
+      if (const auto it = moments.find(p.key()); it != moments.end()) {
+        optim.add(optimizer_key(p.key(), "exp_avg"), it->second.exp_avg.to(torch::kFloat32));
+        optim.add(optimizer_key(p.key(), "exp_avg_sq"), it->second.exp_avg_sq.to(torch::kFloat32));
+        optim.add(optimizer_key(p.key(), "step"), torch::full({}, double(it->second.step), torch::kFloat32));
       }
     }
   }
@@ -149,10 +150,17 @@ void write_and_publish(const CheckpointInputs& in, const fs::path& dir, const st
   const auto& topo = in.groups->topology;
   const auto final_dir = dir / name, tmp_dir = dir / (name + ".tmp");
   const auto context = "saving checkpoint " + final_dir.string();
+  // Collective, so before anything on one rank can throw: a sharded optimiser gathers the moments
+  // of the parameters this rank writes.
+  const auto writers = plan_writers(in.lm, topo);
+  const auto moments = in.optimizer ? in.optimizer->gather_moments([&](const std::string& name) {
+    const auto it = writers.find(name);
+    return it != writers.end() && it->second == topo.rank;
+  }) : std::map<std::string, AdamMoments>{};
   std::string error;
   std::string share;
   try {
-    auto mine = write_rank_share(in, tmp_dir, bytes_this_rank);
+    auto mine = write_rank_share(in, writers, moments, tmp_dir, bytes_this_rank);
     auto common = common_fields(in);
     common.files = std::move(mine.files);
     common.tensors = std::move(mine.tensors);

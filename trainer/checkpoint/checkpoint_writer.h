@@ -9,7 +9,7 @@
 
 #include "model/causal_lm.h"
 #include "parallel/topology.h"
-#include "trainer/optim/fused_adamw.h"
+#include "trainer/optim/training_optimizer.h"
 #include "trainer/train_config.h"
 #include "trainer/training_state.h"
 
@@ -25,7 +25,7 @@ struct SavedCheckpoint {
 
 struct CheckpointInputs {
   model::CausalLM lm = nullptr;
-  const FusedAdamW* optimizer = nullptr;  // null: no optimiser state saved
+  TrainingOptimizer* optimizer = nullptr;  // null: no optimiser state saved
   const parallel::ParallelGroups* groups = nullptr;
   const TrainConfig* config = nullptr;
   TrainingState state;        // with this rank's RNG states

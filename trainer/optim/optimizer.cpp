@@ -13,7 +13,7 @@ std::unique_ptr<FusedAdamW> make_adamw(model::CausalLM& lm, const OptimOptions& 
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : lm->named_parameters()) {
     if (!p.value().requires_grad()) continue;  // the routing bias: moved by its own rule, after the step
-    (p.value().dim() >= 2 ? decay : no_decay).push_back(p.value());
+    (has_weight_decay(p.value()) ? decay : no_decay).push_back(p.value());
   }
   auto options = [&](double weight_decay) {
     return std::make_unique<torch::optim::AdamWOptions>(

@@ -13,6 +13,9 @@
 
 namespace moe::trainer {
 
+/// Matrices take weight decay; vectors such as norm weights and biases do not.
+inline bool has_weight_decay(const torch::Tensor& param) { return param.dim() >= 2; }
+
 /// Two parameter groups: matrices (weight decay) and vectors such as norm weights and biases (none).
 /// The update runs as ATen's fused multi-tensor AdamW (trainer/optim/fused_adamw.h).
 std::unique_ptr<FusedAdamW> make_adamw(model::CausalLM& lm, const OptimOptions& options);

@@ -4,9 +4,11 @@
 # failing save, leave `latest` valid and the previous checkpoint loadable; every such run, resumed
 # with the same command, ends with checkpoint files byte-identical to an uninterrupted run's.
 # Usage: checkpoint_e2e.sh BIN_DIR SOURCE_DIR MPIEXEC...
+# MOE_E2E_TRAIN_ARGS: more moe-train options for every run (e.g. "--optim.shard_state true").
 set -euo pipefail
 bin="$1" src="$2"; shift 2
 mpi=("$@")
+read -r -a extra <<< "${MOE_E2E_TRAIN_ARGS:-}"
 tmp="$(mktemp -d)"; trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
 corpus=${MOE_FORTUNES_DIR:-/usr/share/games/fortunes}
 [ -d "$corpus" ] || { echo "e2e: $corpus missing (launch/setup.sh installs Debian's fortunes)"; exit 1; }
@@ -17,7 +19,7 @@ train() {  # train RUN [options...]: 16 steps, a checkpoint every 4
   local run="$1"; shift
   echo "e2e: train $run $*" >> "$tmp/$run.log"
   "${mpi[@]}" -n 2 "$bin/moe-train" --config "$src/configs/tiny.ini" --data.dir "$tmp/data" --model.vocab_size 512 \
-    --train.steps 16 --train.log_every 1 --train.eval_every 0 --checkpoint.every 4 --train.out_dir "$tmp/$run" "$@" \
+    --train.steps 16 --train.log_every 1 --train.eval_every 0 --checkpoint.every 4 --train.out_dir "$tmp/$run" ${extra[@]+"${extra[@]}"} "$@" \
     >> "$tmp/$run.log" 2>&1
 }
 latest() { cat "$tmp/$1/checkpoints/latest"; }

@@ -4,6 +4,7 @@
 //  - a checkpoint saved by one process resumes on N ranks, one saved on N ranks resumes in one
 //    process (and on 4 ranks, on 2 with ep 2), equal to the uninterrupted run to fp32 tolerance;
 //  - a changed model, a corrupt tensor that only its owner reads: every rank refuses, naming both.
+// With --shard_state every run uses the distributed optimiser (optim.shard_state).
 // The runs balance by bias (model.bias_update_rate): its state is among the bitwise-compared tensors.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -49,6 +50,7 @@ TrainConfig run_config(const std::string& dir, const std::string& run, int world
   // Balancing by bias and the z-loss on: the bias is training state, resumed and resharded too.
   c.model.bias_update_rate = 1e-2;
   c.model.router_z_loss_coef = 1e-3;
+  c.optim.shard_state = mpi_test_shard_state();  // the whole suite again with the distributed optimiser
   return c;
 }
 

@@ -1,0 +1,205 @@
+// The distributed optimiser (optim.shard_state) under mpiexec (1, 2, 4 ranks), on every expert
+// layout the world allows (ep 1: experts replicated on all ranks; ep = world; on 4 ranks ep 2 x edp 2):
+//  - 20 steps sharded equal 20 steps replicated to fp32 reduction-order tolerance (weights, losses,
+//    gradient norms), with gradient accumulation, overlapped sync, small buckets (parameters
+//    straddle the ranks' blocks) and clipping active; also with the full gradients freed (ZeRO-2);
+//  - each rank's state is the size the formula says (bytes, not timings);
+//  - resharding through checkpoints: sharded on the world -> replicated in one process -> sharded
+//    on 2 ranks ends with the uninterrupted run's moments, tensor by tensor.
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <torch/torch.h>
+
+#include <set>
+
+#include "parallel/gradient_sync.h"
+#include "tests/support.h"
+#include "tests/trainer/temp_dir.h"
+#include "tests/trainer/training_fixture.h"
+#include "trainer/checkpoint/checkpoint.h"
+#include "trainer/trainer.h"
+
+using namespace moe;
+using namespace moe::trainer;
+using namespace moe::test;
+
+namespace {
+
+// The expert-parallel sizes this world can run: 1, the world, and 2 on 4 ranks (ep 2 x edp 2).
+std::vector<int> layouts(int world) {
+  std::set<int> eps = {1, world};
+  if (world == 4) eps.insert(2);
+  return {eps.begin(), eps.end()};
+}
+
+parallel::ParallelGroups groups_of(std::shared_ptr<parallel::Communicator> comm, int ep) {
+  return parallel::make_groups(std::move(comm), ep, 4);
+}
+
+// A global batch of 4 sequences per micro-batch on any world (1, 2 or 4 ranks), 2 micro-batches.
+TrainConfig run_config(const std::string& dir, const std::string& run, int world) {
+  auto c = tiny_config(dir);
+  c.train.out_dir = dir + "/" + run;
+  c.train.steps = 20;
+  c.train.micro_batch = 4 / world;
+  c.train.grad_accum = 2;
+  c.train.log_every = 1;
+  c.parallel.overlap_grad_sync = true;
+  c.parallel.bucket_mb = 0.01;  // many buckets, parameters cut across the ranks' blocks
+  c.optim.grad_clip = 0.05;     // active: the norm from the blocks must be the whole model's
+  c.model.bias_update_rate = 1e-2;
+  return c;
+}
+
+std::string layout_name(int world, int ep) {
+  return std::to_string(world) + " ranks, ep " + std::to_string(ep) + " x edp " + std::to_string(world / ep);
+}
+
+// Elements of this rank's trained parameters: dense ones, and those of its experts.
+std::pair<int64_t, int64_t> trained_elements(model::CausalLM& lm) {
+  int64_t dense = 0, expert = 0;
+  for (const auto& p : lm->named_parameters()) {
+    if (!p.value().requires_grad()) continue;
+    (parallel::is_expert_parameter(p.key()) ? expert : dense) += p.value().numel();
+  }
+  return {dense, expert};
+}
+
+}  // namespace
+
+TEST(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
+  auto comm = mpi_world();
+  TempDir tmp("moe_sharded_test");
+  const auto dir = rank0_path(*comm, tmp.path());
+  if (comm->rank() == 0) write_dataset(dir + "/data", 200, 64);
+  comm->barrier();
+  const int w = comm->size();
+  for (const int ep : layouts(w)) {
+    const auto what = layout_name(w, ep);
+    const auto tag = "ep" + std::to_string(ep);
+    Trainer replicated(run_config(dir, "replicated_" + tag, w), groups_of(comm, ep));
+    replicated.run();
+    const auto want = weights(replicated.model());
+    for (const bool free_grads : {false, true}) {
+      const std::string run = (free_grads ? "zero2_" : "sharded_") + tag;
+      auto cfg = run_config(dir, run, w);
+      cfg.optim.shard_state = true;
+      cfg.optim.shard_grads = free_grads;
+      Trainer sharded(cfg, groups_of(comm, ep));
+      EXPECT_EQ(sharded.optimizer().kind(), "sharded");
+      sharded.run();
+      for (auto& [name, value] : weights(sharded.model())) {
+        EXPECT_TRUE(all_close(value, want.at(name), 1e-6, 1e-4)) << what << " " << run << ": " << name;
+      }
+      if (comm->rank() == 0) {
+        for (const char* field : {"loss", "grad_norm"}) {
+          const auto a = logged(dir + "/replicated_" + tag, "train", field), b = logged(dir + "/" + run, "train", field);
+          ASSERT_EQ(b.size(), 20u) << what;
+          for (const auto& [step, value] : b) {
+            EXPECT_NEAR(value, a.at(step), 1e-5 * std::abs(a.at(step))) << what << " " << run << " " << field
+                                                                        << " at step " << step;
+          }
+        }
+      }
+    }
+  }
+  comm->barrier();
+}
+
+TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
+  auto comm = mpi_world();
+  TempDir tmp("moe_sharded_test");
+  const auto dir = rank0_path(*comm, tmp.path());
+  if (comm->rank() == 0) write_dataset(dir + "/data", 200, 64);
+  comm->barrier();
+  const int w = comm->size();
+  for (const int ep : layouts(w)) {
+    const auto what = layout_name(w, ep);
+    const int edp = w / ep;
+    for (const std::string mode : {"replicated", "sharded", "zero2"}) {
+      auto cfg = run_config(dir, mode + std::to_string(ep), w);
+      cfg.train.steps = 2;
+      cfg.optim.shard_state = mode != "replicated";
+      cfg.optim.shard_grads = mode == "zero2";
+      Trainer t(cfg, groups_of(comm, ep));
+      t.run();
+      const auto [dense, expert] = trained_elements(t.model());
+      const int64_t trained = dense + expert;
+      int64_t all = 0, tensors = 0;
+      for (const auto& p : t.model()->parameters()) {
+        all += p.numel();
+        ++tensors;
+      }
+      const auto bytes = t.optimizer().state_bytes();
+      EXPECT_EQ(bytes.weights, 4 * all) << what << " " << mode;
+      if (mode == "replicated") {
+        EXPECT_EQ(bytes.moments, 8 * trained) << what;
+        EXPECT_EQ(bytes.gradients, 4 * trained) << what;
+        continue;
+      }
+      // Each bucket's block is its share rounded up (padding < 1 element per bucket, and a
+      // bucket holds at least one parameter tensor): formula <= bytes < formula + 8 per tensor.
+      const double share = double(dense) / w + double(expert) / edp;
+      EXPECT_GE(double(bytes.moments), 8 * share) << what << " " << mode;
+      EXPECT_LT(double(bytes.moments), 8 * share + 8 * tensors) << what << " " << mode;
+      const double full_grads = mode == "zero2" ? 0 : 4 * double(trained);  // ZeRO-2: freed once reduced
+      EXPECT_GE(double(bytes.gradients), full_grads + 4 * share) << what << " " << mode;
+      EXPECT_LT(double(bytes.gradients), full_grads + 4 * share + 4 * tensors) << what << " " << mode;
+    }
+  }
+  comm->barrier();
+}
+
+TEST(ShardedOptimizer, ReshardingThroughCheckpointsKeepsTheMoments) {
+  auto comm = mpi_world();
+  const int w = comm->size();
+  if (w == 1) GTEST_SKIP() << "needs 2 or 4 ranks";
+  TempDir tmp("moe_sharded_test");
+  const auto shared = rank0_path(*comm, tmp.path());
+  if (comm->rank() == 0) write_dataset(shared + "/data", 200, 64);
+  comm->barrier();
+  const int ep = w == 4 ? 2 : w;  // on 4 ranks the experts have replicas (edp 2)
+  auto sharded = [&](const std::string& dir, const std::string& run, int world) {
+    auto c = run_config(dir, run, world);
+    c.train.steps = 12;
+    c.checkpoint.every = 4;
+    c.checkpoint.save_final = true;
+    c.optim.shard_state = true;
+    return c;
+  };
+  // The uninterrupted run: sharded on the whole world.
+  Trainer uninterrupted(sharded(shared, "whole", w), groups_of(comm, ep));
+  uninterrupted.run();
+  // Its step 4, continued by one replicated process (rank 0; the others wait), whose step 8 ...
+  if (comm->rank() == 0) {
+    auto single = run_config(shared, "single", 1);
+    single.train.steps = 12;  // the schedule's length: the learning rates of the uninterrupted run
+    single.checkpoint.every = 4;
+    single.parallel.backend = "single";
+    single.checkpoint.resume = shared + "/whole/checkpoints/step_00000004";
+    Trainer(single, groups_of(parallel::make_single_communicator(), 1)).run();
+  }
+  comm->barrier();
+  // ... is continued to step 12 sharded on 2 ranks (the first two), ep 2 there.
+  auto pair = comm->split(comm->rank() < 2 ? 0 : 1, comm->rank());
+  if (comm->rank() < 2) {
+    auto two = sharded(shared, "two", 2);
+    two.checkpoint.resume = shared + "/single/checkpoints/step_00000008";
+    Trainer(two, groups_of(pair, 2)).run();
+  }
+  comm->barrier();
+  if (comm->rank() == 0) {
+    const CheckpointReader want(shared + "/whole/checkpoints/step_00000012"),
+        got(shared + "/two/checkpoints/step_00000012");
+    int64_t moments = 0;
+    for (const auto& [name, _] : want.manifest().tensors) {
+      ASSERT_TRUE(got.has(name)) << name;
+      const bool is_moment = name.find("exp_avg") != std::string::npos;
+      moments += is_moment;
+      // Moments (and weights) after 12 steps through 3 layouts, against the uninterrupted run.
+      EXPECT_TRUE(all_close(got.read(name), want.read(name), is_moment ? 1e-9 : 1e-6, 1e-4)) << name;
+    }
+    EXPECT_GT(moments, 0);
+  }
+  comm->barrier();
+}
