@@ -22,8 +22,10 @@
 //                     much of that the step did not expose (with --overlap 1)
 // With --shard_state 1 (or both) the optimiser is the distributed one (optim.shard_state); every
 // row also reports the training state per rank (weights, gradients, moments) against the formula
-// (16 B per parameter replicated; 8 + 8/d sharded, 4 + 12/d with --shard_grads 1, d = the
-// parameter's replicas), the peak memory of the timed steps and the optimiser's share of the step.
+// held between steps (16 B per parameter replicated; 8 + 8/d sharded, 4 + 8/d with --shard_grads 1,
+// d = the parameter's replicas), the peak memory of the timed steps and the optimiser's share of
+// the step; the optimizer column is then the update of this rank's blocks, weight_allgather the
+// all-gather of the updated weights after it.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -134,6 +136,7 @@ class WallClockRegions : public RegionRecorder {
 // Per-step values of this rank, then gathered over the ranks.
 struct StepTimes {
   double step = 0, forward = 0, backward = 0, grad_sync = 0, update = 0;
+  double weight_allgather = 0;  // of the update (sharded): the all-gathers of the updated weights
   double a2a_fwd = 0, counts_fwd = 0, a2a_bwd = 0, counts_bwd = 0, allreduce_bwd = 0, experts_region = 0;
   double a2a_leaving_bytes = 0;  // dispatch and combine rows to other ranks, forward and backward
 };
@@ -216,9 +219,11 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
     synchronize();
     st.grad_sync = seconds_since(t2);
     const auto t3 = Clock::now();
+    const double gathers_before = world->times().other_s;
     optimizer->update(config.optim.lr);
     synchronize();
-    st.update = seconds_since(t3);
+    st.weight_allgather = world->times().other_s - gathers_before;
+    st.update = seconds_since(t3) - st.weight_allgather;
     st.step = seconds_since(t0);
     st.a2a_fwd = fwd_comm.all_to_all_s;
     st.counts_fwd = fwd_comm.count_exchange_s;
@@ -257,6 +262,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   const double wait = rank_mean([](const StepTimes& s) { return s.counts_fwd + s.counts_bwd; });
   const double grad_exposed = rank_mean([](const StepTimes& s) { return s.grad_sync + s.allreduce_bwd; });
   const double update = rank_mean([](const StepTimes& s) { return s.update; });
+  const double weight_allgather = rank_mean([](const StepTimes& s) { return s.weight_allgather; });
   const double leaving = rank_mean([](const StepTimes& s) { return s.a2a_leaving_bytes; });
   const double fwd_comm = rank_mean([](const StepTimes& s) { return s.a2a_fwd + s.counts_fwd; });
   const double bwd_comm = rank_mean([](const StepTimes& s) { return s.a2a_bwd + s.counts_bwd + s.allreduce_bwd; });
@@ -298,14 +304,15 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   }
   grad_alone = mean(gather(*world, grad_alone));
 
-  // The formula: 4 B of weight per parameter, 4 B of gradient and 8 B of moments per trained
-  // parameter, the last two divided by its replicas d (world for dense, edp for experts) when sharded.
+  // The formula, for the state held between steps: 4 B of weight per parameter, 4 B of gradient
+  // (none with shard_grads) and 8 B of moments per trained parameter, the moments divided by its
+  // replicas d (world for dense, edp for experts) when sharded.
   const double dense_params = double(dense_bytes) / 4, expert_params = double(expert_bytes) / 4;
   const double trained = dense_params + expert_params;
   const double per_replica = dense_params / n + expert_params / topo.edp_size;
   const double weights = double(state.weights);
   const bool sharded = config.optim.shard_state, freed = sharded && config.optim.shard_grads;
-  const double formula = weights + (freed ? 4 * per_replica : 4 * trained) + 8 * (sharded ? per_replica : trained);
+  const double formula = weights + (freed ? 0 : 4 * trained) + 8 * (sharded ? per_replica : trained);
   auto max_over_ranks = [&](double v) {
     const auto all = gather(*world, v);
     return *std::max_element(all.begin(), all.end());
@@ -345,6 +352,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   j["breakdown_ms"] = {{"dense_compute", ms(dense_compute)},   {"expert_compute", ms(expert_compute)},
                        {"all_to_all", ms(a2a)},                {"wait", ms(wait)},
                        {"grad_allreduce", ms(grad_exposed)},   {"optimizer", ms(update)},
+                       {"weight_allgather", ms(weight_allgather)},
                        {"grad_allreduce_alone", ms(grad_alone)},
                        {"grad_allreduce_overlapped", ms(std::max(0.0, grad_alone - grad_exposed))}};
   j["imbalance"] = {{"experts_max_over_mean", expert_imbalance},
@@ -376,12 +384,12 @@ void print_row(const nlohmann::ordered_json& j) {
               j["imbalance"]["experts_max_over_mean"].get<double>(), j["imbalance"]["ep_ranks_max_over_mean"].get<double>());
   const auto& state = j["state_bytes_per_rank"];
   std::printf("      %s: state per rank %.2f MB (weights %.2f, gradients %.2f, moments %.2f; formula %.2f), "
-              "peak %.3f GiB, optimizer %.1f%% of the step\n",
+              "peak %.3f GiB, optimizer %.1f%% of the step, weight all-gather %.1f ms\n",
               j["shard_state"].get<bool>() ? (j["shard_grads"].get<bool>() ? "sharded+grads" : "sharded") : "replicated",
               state["total"].get<double>() / 1e6, state["weights"].get<double>() / 1e6,
               state["gradients"].get<double>() / 1e6, state["moments"].get<double>() / 1e6,
               state["formula"].get<double>() / 1e6, j["peak_memory_gib_per_rank"].get<double>(),
-              100 * j["optimizer_share"].get<double>());
+              100 * j["optimizer_share"].get<double>(), b["weight_allgather"].get<double>());
   if (j["ep"].get<int>() > 1) {
     std::printf("      all-to-all leaving each rank: %.3f MB per step (n_group %ld, topk_group %ld)\n",
                 j["a2a_bytes_leaving_per_rank"].get<double>() / 1e6, long(j["n_group"].get<int64_t>()),

@@ -27,7 +27,7 @@ Step time = compute + all-to-all + count exchanges + exposed gradient all-reduce
                takes its place in the backward (hidden as far as it fits), the all-gather of the
                updated weights follows the update, exposed; the optimizer updates 1/d of each
                parameter (d its replicas: the world for dense, edp for experts); state per GPU
-               8 + 8/d bytes per parameter held instead of 16 (4 + 12/d freeing gradients, ZeRO-2)
+               8 + 8/d bytes per parameter held instead of 16 (4 + 8/d freeing gradients, ZeRO-2)
 Only the standard library: runs anywhere Python does.
 """
 import configparser
@@ -216,12 +216,12 @@ H100 = {
 
 def state_gb(k, world, ep, shard=False, free_grads=False):
     """GB of parameters, gradients and AdamW moments a GPU holds (fp32: 16 bytes per parameter;
-    sharded 8 + 8/d, or 4 + 12/d freeing the full gradients, d = the parameter's replicas)."""
+    sharded 8 + 8/d, or 4 + 8/d freeing the full gradients, d = the parameter's replicas)."""
     held = k["dense_params"] + k["expert_params"] / ep
     if not shard:
         return 16 * held / 1e9
     share = k["dense_params"] / world + k["expert_params"] / ep / (world // ep)
-    return ((4 * held + 12 * share) if free_grads else (8 * held + 8 * share)) / 1e9
+    return ((4 * held + 8 * share) if free_grads else (8 * held + 8 * share)) / 1e9
 
 
 def h100_table(paths):

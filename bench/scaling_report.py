@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import perf_model  # noqa: E402
 
-PARTS = ["dense_compute", "expert_compute", "all_to_all", "wait", "grad_allreduce", "optimizer"]
+PARTS = ["dense_compute", "expert_compute", "all_to_all", "wait", "grad_allreduce", "optimizer", "weight_allgather"]
 
 
 def load(path):
@@ -50,7 +50,7 @@ def print_tables(rows, eff):
             print(f"{r['world']:5d} {r['ep']:3d} {r['tokens_per_rank']:8d} {r['step_ms']['median']:8.1f} "
                   f"{r['step_ms']['min']:7.1f} {r['step_ms']['max']:7.1f} {r['tokens_per_s']:9.0f} "
                   f"{r['tokens_per_s_per_rank']:10.0f} {100 * eff[id(r)]:5.1f}% | " +
-                  " ".join(f"{b[p]:8.1f}" for p in PARTS) +
+                  " ".join(f"{b.get(p, 0.0):8.1f}" for p in PARTS) +
                   f" | {b['grad_allreduce_overlapped']:7.1f} {r['imbalance']['experts_max_over_mean']:7.2f} "
                   f"{r['imbalance']['ep_ranks_max_over_mean']:8.2f}")
     print("\ncollectives alone (nccl-tests style)")
@@ -92,7 +92,7 @@ def plot(rows, eff, out_dir):
     labels = [f"{r['mode'][0]} n{r['world']} ep{r['ep']}" for r in runs]
     bottom = [0.0] * len(runs)
     for p in PARTS:
-        values = [r["breakdown_ms"][p] for r in runs]
+        values = [r["breakdown_ms"].get(p, 0.0) for r in runs]
         ax.bar(labels, values, bottom=bottom, label=p)
         bottom = [x + y for x, y in zip(bottom, values)]
     ax.plot(labels, [r["step_ms"]["median"] for r in runs], "k_", markersize=20, label="step (median)")

@@ -51,7 +51,8 @@ class Communicator {
   /// out_splits[r] rows from rank r, in rank order. Both contiguous, same dtype and row shape.
   virtual void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                           const std::vector<int64_t>& in_splits) = 0;
-  /// output: [size * n, ...] = the inputs [n, ...] of every rank, in rank order.
+  /// output: [size * n, ...] = the inputs [n, ...] of every rank, in rank order. In place when
+  /// input is output's own block (output.narrow(0, rank * n, n), contiguous).
   virtual void all_gather(at::Tensor& output, const at::Tensor& input) = 0;
   /// Root's tensor to every rank, in place.
   virtual void broadcast(at::Tensor& tensor, int root) = 0;

@@ -35,9 +35,12 @@ GradientSync::GradientSync(model::CausalLM lm, ParallelGroups groups, int64_t bu
       const int64_t d = current->comm->size();
       current->padded_numel = sharded() ? (current->numel + d - 1) / d * d : current->numel;
       if (sharded()) {
-        const int64_t block = current->padded_numel / d;
-        current->shard_begin = block * current->comm->rank();
-        current->shard_grad = torch::zeros({block}, current->params.front().options());
+        current->shard_numel = current->padded_numel / d;
+        current->shard_begin = current->shard_numel * current->comm->rank();
+      }
+      if (reduction_ == GradientReduction::kReduceScatter) {
+        current->grad_buffer = torch::zeros({current->padded_numel}, current->params.front().options());
+        attach_gradient_views(*current);
       }
       buckets_.push_back(std::move(current));
     };
@@ -79,18 +82,57 @@ GradientSync::~GradientSync() = default;
 
 void GradientSync::begin_backward(bool last) { armed_ = overlap_ && last; }
 
+void GradientSync::attach_gradient_views(Bucket& bucket) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < bucket.params.size(); ++i) {
+    auto& p = bucket.params[i];
+    auto view = bucket.grad_buffer.narrow(0, bucket.offsets[i], p.numel()).view_as(p);
+    // A gradient made elsewhere (a .grad someone reset, then a backward) is copied in.
+    if (p.grad().defined() && p.grad().data_ptr() != view.data_ptr()) view.copy_(p.grad());
+    if (!p.grad().defined() || p.grad().data_ptr() != view.data_ptr()) p.mutable_grad() = view;
+  }
+}
+
+void GradientSync::zero_grad() {
+  torch::NoGradGuard no_grad;
+  for (auto& bucket : buckets_) {
+    if (!bucket->grad_buffer.defined()) {
+      for (auto& p : bucket->params) p.mutable_grad().reset();
+      continue;
+    }
+    bucket->grad_buffer.zero_();
+    for (size_t i = 0; i < bucket->params.size(); ++i) {
+      auto& p = bucket->params[i];
+      p.mutable_grad() = bucket->grad_buffer.narrow(0, bucket->offsets[i], p.numel()).view_as(p);
+    }
+  }
+}
+
 void GradientSync::start(Bucket& bucket) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads;
-  for (auto& p : bucket.params) {
-    grads.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+  if (bucket.grad_buffer.defined()) {
+    attach_gradient_views(bucket);  // the backward accumulated into the views: the buffer is the flat bucket
+    bucket.flat = bucket.grad_buffer;
+  } else {
+    std::vector<torch::Tensor> grads;
+    for (auto& p : bucket.params) {
+      grads.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+    }
+    if (bucket.padded_numel > bucket.numel) {
+      grads.push_back(torch::zeros({bucket.padded_numel - bucket.numel}, grads[0].options()));
+    }
+    bucket.flat = torch::cat(grads);
   }
-  if (bucket.padded_numel > bucket.numel) grads.push_back(torch::zeros({bucket.padded_numel - bucket.numel}, grads[0].options()));
-  bucket.flat = torch::cat(grads);
   if (reduction_ == GradientReduction::kReduceScatterAndFree) {
     for (auto& p : bucket.params) p.mutable_grad().reset();  // packed: the flat copy is all that is needed
   }
+  if (sharded() && bucket.comm->size() == 1) {
+    bucket.shard_grad = bucket.flat;  // the whole bucket is this rank's block: no second copy
+                                      // (with a gradient buffer, the .grad views see the scaling)
+    return;
+  }
   if (sharded()) {
+    bucket.shard_grad = torch::empty({bucket.shard_numel}, bucket.flat.options());
     bucket.pending = bucket.comm->reduce_scatter_async(bucket.shard_grad, bucket.flat, bucket.op);
     return;
   }

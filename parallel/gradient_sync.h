@@ -36,7 +36,9 @@ bool is_expert_parameter(const std::string& name);
 /// How gradients leave a GradientSync.
 enum class GradientReduction {
   kAllReduce,            // every rank gets every reduced gradient in .grad
-  kReduceScatter,        // each rank gets its block of each bucket (GradientBucket::shard_grad)
+  kReduceScatter,        // each rank gets its block of each bucket (GradientBucket::shard_grad); the
+                         // parameters' .grad are views of one flat buffer per bucket, which the
+                         // backward accumulates into and the reduce-scatter reads: no copies
   kReduceScatterAndFree  // the same, and each .grad is released once its bucket is packed
 };
 
@@ -48,10 +50,11 @@ struct GradientBucket {
   int64_t numel = 0;                 // the parameters' elements
   int64_t padded_numel = 0;          // numel rounded up to a multiple of the group size (sharded)
   Communicator* comm = nullptr;      // the group that holds these parameters (world or edp)
-  // Sharded: this rank's block [shard_begin, shard_begin + shard_grad.numel()) of the flat bucket,
-  // and its reduced, scaled gradient after sync() (the padding's elements are zero).
-  int64_t shard_begin = 0;
+  // Sharded: this rank's block [shard_begin, shard_begin + shard_numel) of the flat bucket, and its
+  // reduced, scaled gradient from sync() until its user releases it (the padding's elements are zero).
+  int64_t shard_begin = 0, shard_numel = 0;
   torch::Tensor shard_grad;
+  torch::Tensor grad_buffer;  // kReduceScatter: [padded_numel], each parameter's .grad a view of it
   // The collective in flight.
   ReduceOp op = ReduceOp::kSum;
   double scale = 1.0;
@@ -70,6 +73,9 @@ class GradientSync {
   void begin_backward(bool last);
   /// Call after the step's last backward on every rank. Missing gradients count as zeros.
   void sync();
+  /// Before a step's first backward: zeroes the gradient buffers (kReduceScatter, re-attaching each
+  /// .grad to its view), else releases every .grad.
+  void zero_grad();
 
   size_t bucket_count() const { return buckets_.size(); }
   /// Dense buckets first, then expert ones; the same layout on every rank of a group.
@@ -84,6 +90,8 @@ class GradientSync {
   void start(Bucket& bucket);
   void on_gradient_ready(size_t bucket);
   void finish(Bucket& bucket);
+  /// kReduceScatter: makes each .grad the view of the bucket's buffer (copying in one made elsewhere).
+  void attach_gradient_views(Bucket& bucket);
   bool sharded() const { return reduction_ != GradientReduction::kAllReduce; }
 
   model::CausalLM lm_;

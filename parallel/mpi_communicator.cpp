@@ -208,11 +208,15 @@ void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
   MOE_CHECK(output.numel() == input.numel() * size_ && output.scalar_type() == input.scalar_type(),
             "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_,
             " x ", input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
-  const auto send = host_contiguous(input);
   auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+  const int bytes = to_int(input.nbytes(), "all_gather bytes");
+  // In place (MPI_IN_PLACE) when the input already is this rank's block of the output.
+  const bool in_place = recv.data_ptr() == output.data_ptr() && input.is_contiguous() &&
+                        input.data_ptr() == static_cast<char*>(recv.data_ptr()) + int64_t(rank_) * bytes;
+  const auto send = in_place ? input : host_contiguous(input);
   MPI_Request request;
-  const int bytes = to_int(send.nbytes(), "all_gather bytes");
-  MPI_CHECK(MPI_Iallgather(send.data_ptr(), bytes, MPI_BYTE, recv.data_ptr(), bytes, MPI_BYTE, comm_, &request));
+  MPI_CHECK(MPI_Iallgather(in_place ? MPI_IN_PLACE : send.data_ptr(), in_place ? 0 : bytes, MPI_BYTE, recv.data_ptr(),
+                           bytes, MPI_BYTE, comm_, &request));
   wait(request, "all_gather");
   copy_back(output, recv);
 }

@@ -34,6 +34,12 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   const auto& t = config_.train;
   const auto& topo = groups_.topology;
   autocast_bf16_ = device_.is_cuda() && t.dtype != "fp32";
+  if (config_.optim.shard_state && topo.world_size == 1) {
+    // Nothing to split over, and the bucket copies the sharded path makes would only cost memory.
+    log_rank0("train", "--optim.shard_state: one rank holds the only replica of every parameter; the optimizer "
+                       "stays replicated");
+    config_.optim.shard_state = config_.optim.shard_grads = false;
+  }
   MOE_CHECK(!(t.dtype == "bf16" && !device_.is_cuda()), "--train.dtype bf16 needs a GPU; on the CPU training is fp32");
   if (t.cuda_graph) {
     MOE_CHECK(topo.world_size == 1, "--train.cuda_graph runs one rank only (the collectives of ", topo.world_size,

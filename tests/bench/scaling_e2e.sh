@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # moe-bench-scaling under mpiexec -n 1 and -n 2 (ep 1 and 2): the JSON lines hold every field, the
 # collectives deliver every value (#wrong 0), the breakdown accounts for the step, and the
-# performance model calibrates on them and predicts each. Not a timing test: no figure is judged.
+# performance model calibrates on them and predicts each; every layout also runs with the
+# distributed optimiser (--shard_state both), whose state per rank is the formula's. Not a timing
+# test: no figure is judged.
 # Usage: scaling_e2e.sh BIN_DIR SOURCE_DIR MPIEXEC...
 set -euo pipefail
 bin="$1" src="$2"; shift 2
@@ -9,7 +11,7 @@ mpi=("$@")
 tmp="$(mktemp -d)"; trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
 fail() { echo "e2e: FAILED: $*"; exit 1; }
 for n in 1 2; do
-  "${mpi[@]}" -n "$n" "$bin/moe-bench-scaling" --config "$src/configs/tiny.ini" --ep_sizes 1 2 --steps 2 --warmup 1 \
+  "${mpi[@]}" -n "$n" "$bin/moe-bench-scaling" --config "$src/configs/tiny.ini" --ep_sizes 1 2 --steps 2 --warmup 1 --shard_state both \
     --tokens_per_rank 512 --collective_iters 2 --json "$tmp/results.jsonl" > "$tmp/out$n.log" 2>&1 \
     || { cat "$tmp/out$n.log"; fail "moe-bench-scaling -n $n"; }
 done
@@ -18,11 +20,23 @@ grep -q "ep_size 2 skipped" "$tmp/out1.log" || fail "ep_size 2 on one rank was n
 python3 - "$tmp/results.jsonl" <<'PY' || fail "results"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-layouts = sorted((r["world"], r["ep"]) for r in rows)
-assert layouts == [(1, 1), (2, 1), (2, 2)], layouts
+for sharded in (False, True):
+    layouts = sorted((r["world"], r["ep"]) for r in rows if r["shard_state"] == sharded)
+    assert layouts == [(1, 1), (2, 1), (2, 2)], (sharded, layouts)
 for r in rows:
     b = r["breakdown_ms"]
-    parts = sum(b[k] for k in ("dense_compute", "expert_compute", "all_to_all", "wait", "grad_allreduce", "optimizer"))
+    parts = sum(b[k] for k in ("dense_compute", "expert_compute", "all_to_all", "wait", "grad_allreduce", "optimizer",
+                               "weight_allgather"))
+    s = r["state_bytes_per_rank"]
+    # Replicated: exactly 16 B per trained parameter (+ the routing bias's weights). Sharded: the
+    # moments per replica, rounded up per bucket (a few bytes).
+    if r["shard_state"]:
+        assert s["formula"] <= s["total"] <= s["formula"] * 1.001, (r["world"], r["ep"], s)
+    else:
+        assert s["total"] == s["formula"], s
+    if r["shard_state"] and r["world"] > 1:
+        assert s["moments"] < 0.75 * [q for q in rows if not q["shard_state"] and (q["world"], q["ep"]) ==
+                                       (r["world"], r["ep"])][0]["state_bytes_per_rank"]["moments"], s
     # the parts are rank means of each step's pieces, the step the slowest rank's: close, not equal
     assert 0.5 * r["step_ms"]["median"] < parts < 1.5 * r["step_ms"]["max"], (r["world"], r["ep"], parts, r["step_ms"])
     assert r["step_ms"]["min"] <= r["step_ms"]["median"] <= r["step_ms"]["max"]
@@ -57,6 +71,10 @@ allreduce = ring(800 * 4, 8) + ring(100 * 4, 4)                 # dense over 8, 
 assert abs(p["parts"]["all_to_all"] - a2a) < 1e-15, (p["parts"], a2a)
 assert abs(p["parts"]["grad_allreduce"] - allreduce) < 1e-15, (p["parts"], allreduce)
 assert abs(p["parts"]["optimizer"] - 900e-9) < 1e-15
+s = pm.predict(c, hw, world=8, ep=2, shard=True)  # the all-reduce's halves; 1/d of each parameter updated
+assert abs(s["parts"]["grad_allreduce"] - allreduce / 2) < 1e-15 and abs(s["parts"]["weight_allgather"] - allreduce / 2) < 1e-15, s
+assert abs(s["parts"]["optimizer"] - (800 / 8 + 100 / 4) * 1e-9) < 1e-15, s["parts"]
+assert abs(pm.state_gb(k, 8, 2, shard=True) - (8 * 900 + 8 * (800 / 8 + 100 / 4)) / 1e9) < 1e-18
 print("model arithmetic: as computed by hand")
 PY
 echo "e2e: PASSED"

@@ -69,6 +69,18 @@ TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
   EXPECT_NE(refused.find("reduce_scatter: input of " + std::to_string(w * block)), std::string::npos) << refused;
 }
 
+// In place: the input is the output's own block (the distributed optimiser's weights); the other
+// blocks arrive around it, this one stays.
+TEST(Communicator, AllGatherInPlaceFillsTheOtherBlocks) {
+  auto comm = world();
+  const int w = comm->size(), r = comm->rank();
+  auto out = torch::full({w * 3}, -1.0);
+  out.narrow(0, r * 3, 3).fill_(double(r));
+  comm->all_gather(out, out.narrow(0, r * 3, 3));
+  const auto want = torch::arange(w, torch::kFloat32).repeat_interleave(3);
+  EXPECT_TRUE(torch::equal(out, want)) << "rank " << r << ": " << out;
+}
+
 TEST(Communicator, AllToAllUnequalAndZeroSplitsRouteEveryRow) {
   auto comm = world();
   const int me = comm->rank();

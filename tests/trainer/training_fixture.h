@@ -71,6 +71,15 @@ inline std::string rank0_path(parallel::Communicator& comm, const std::string& p
   return reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
 }
 
+// Rank 0's `dir` on every rank, with the test dataset (200 documents, vocabulary 64) that rank 0
+// wrote into its data/ before every rank returns.
+inline std::string shared_dir_with_dataset(parallel::Communicator& comm, const std::string& dir) {
+  const auto shared = rank0_path(comm, dir);
+  if (comm.rank() == 0) write_dataset(shared + "/data", 200, 64);
+  comm.barrier();
+  return shared;
+}
+
 // `field` of every record of `type` in a run's metrics.jsonl, by step.
 inline std::map<int64_t, double> logged(const std::string& run_dir, const std::string& type,
                                         const std::string& field) {

@@ -13,30 +13,40 @@ ShardedAdamW::ShardedAdamW(model::CausalLM lm, parallel::GradientSync& sync, con
     : lm_(std::move(lm)), sync_(sync), options_(options) {
   MOE_CHECK(sync.reduction() != parallel::GradientReduction::kAllReduce,
             "ShardedAdamW needs a GradientSync that reduce-scatters");
+  torch::NoGradGuard no_grad;
   const auto& buckets = sync_.buckets();
   for (size_t b = 0; b < buckets.size(); ++b) {
-    const auto& bucket = *buckets[b];
-    const int64_t lo = bucket.shard_begin, hi = lo + bucket.shard_grad.numel();
-    exp_avg_.push_back(torch::zeros_like(bucket.shard_grad));
-    exp_avg_sq_.push_back(torch::zeros_like(bucket.shard_grad));
+    auto& bucket = *buckets[b];
+    const int64_t lo = bucket.shard_begin, hi = lo + bucket.shard_numel;
+    const auto options = bucket.params.front().options();
+    // The bucket's parameters move into one flat buffer (padding zero), keeping their values.
+    weights_.push_back(torch::zeros({bucket.padded_numel}, options));
+    for (size_t i = 0; i < bucket.params.size(); ++i) {
+      auto& p = bucket.params[i];
+      auto view = weights_.back().narrow(0, bucket.offsets[i], p.numel()).view_as(p);
+      view.copy_(p);
+      p.set_data(view);
+    }
+    exp_avg_.push_back(torch::zeros({bucket.shard_numel}, options));
+    exp_avg_sq_.push_back(torch::zeros({bucket.shard_numel}, options));
     for (size_t i = 0; i < bucket.params.size(); ++i) {
       where_[bucket.names[i]] = {b, i};
       const int64_t begin = std::max(lo, bucket.offsets[i]);
       const int64_t end = std::min(hi, bucket.offsets[i] + bucket.params[i].numel());
       if (begin >= end) continue;
       pieces_.push_back({b, i, begin, end - begin});
-      steps_.push_back(torch::zeros({}, bucket.shard_grad.options().dtype(torch::kFloat32)));
+      steps_.push_back(torch::zeros({}, options.dtype(torch::kFloat32)));
     }
   }
 }
 
-int64_t ShardedAdamW::block_numel(size_t bucket) const { return sync_.buckets()[bucket]->shard_grad.numel(); }
+int64_t ShardedAdamW::block_numel(size_t bucket) const { return sync_.buckets()[bucket]->shard_numel; }
 
-void ShardedAdamW::zero_grad() {
-  for (const auto& bucket : sync_.buckets()) {
-    for (auto& p : bucket->params) p.mutable_grad().reset();
-  }
+void ShardedAdamW::release_gradient_blocks() {
+  for (const auto& bucket : sync_.buckets()) bucket->shard_grad = torch::Tensor();
 }
+
+void ShardedAdamW::zero_grad() { sync_.zero_grad(); }
 
 double ShardedAdamW::global_grad_norm() const {
   torch::NoGradGuard no_grad;
@@ -44,7 +54,10 @@ double ShardedAdamW::global_grad_norm() const {
   // expert over its edp group, the EP groups holding different experts): the blocks' squares
   // summed over the world are the whole model's, each parameter counted once.
   std::vector<torch::Tensor> blocks;
-  for (const auto& bucket : sync_.buckets()) blocks.push_back(bucket->shard_grad);
+  for (const auto& bucket : sync_.buckets()) {
+    MOE_CHECK(bucket->shard_grad.defined(), "ShardedAdamW::update before GradientSync::sync");
+    blocks.push_back(bucket->shard_grad);
+  }
   auto squares = blocks.empty() ? torch::zeros({1}, torch::kFloat64)
                                 : torch::stack(torch::_foreach_norm(blocks, 2)).to(torch::kFloat64).square().sum().reshape({1});
   auto& world = *sync_.groups().world;
@@ -57,7 +70,10 @@ UpdateResult ShardedAdamW::update(double lr) {
   UpdateResult result;
   result.grad_norm = global_grad_norm();
   result.skipped = !std::isfinite(result.grad_norm);
-  if (result.skipped) return result;  // the weights stay as they are on every rank
+  if (result.skipped) {
+    release_gradient_blocks();
+    return result;  // the weights stay as they are on every rank
+  }
   ++step_;
   if (!steps_.empty()) torch::_foreach_add_(steps_, 1);
   // Two kernel calls: matrices decay, vectors (norms, biases) do not (as make_adamw's groups).
@@ -87,30 +103,19 @@ UpdateResult ShardedAdamW::update(double lr) {
                       lists == &decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
                       /*maximize=*/false, divisor);
   }
+  release_gradient_blocks();  // used: between steps only the moments are this rank's own state
   all_gather_weights();
   return result;
 }
 
 void ShardedAdamW::all_gather_weights() {
+  // The update wrote this rank's block of each flat buffer; the all-gather fills the rest in place.
   const auto& buckets = sync_.buckets();
-  std::vector<torch::Tensor> blocks;
-  for (size_t b = 0; b < buckets.size(); ++b) blocks.push_back(torch::zeros({block_numel(b)}, exp_avg_[b].options()));
-  for (const auto& piece : pieces_) {
-    const auto& bucket = *buckets[piece.bucket];
-    const auto& param = bucket.params[piece.param];
-    blocks[piece.bucket]
-        .narrow(0, piece.begin - bucket.shard_begin, piece.length)
-        .copy_(param.view({-1}).narrow(0, piece.begin - bucket.offsets[piece.param], piece.length));
-  }
   for (size_t b = 0; b < buckets.size(); ++b) {
     auto& bucket = *buckets[b];
-    if (bucket.comm->size() == 1) continue;  // this rank updated the whole bucket in place
-    auto full = torch::empty({bucket.padded_numel}, blocks[b].options());
-    bucket.comm->all_gather(full, blocks[b]);
-    for (size_t i = 0; i < bucket.params.size(); ++i) {
-      auto& p = bucket.params[i];
-      p.view({-1}).copy_(full.narrow(0, bucket.offsets[i], p.numel()));
-    }
+    if (bucket.comm->size() == 1) continue;  // this rank updated the whole bucket
+    const auto block = weights_[b].narrow(0, bucket.shard_begin, bucket.shard_numel);
+    bucket.comm->all_gather(weights_[b], block);
   }
 }
 
@@ -170,7 +175,7 @@ StateBytes ShardedAdamW::state_bytes() const {
     if (p.grad().defined()) bytes.gradients += int64_t(p.grad().nbytes());
   }
   for (size_t b = 0; b < exp_avg_.size(); ++b) {
-    bytes.gradients += int64_t(sync_.buckets()[b]->shard_grad.nbytes());
+    if (const auto& g = sync_.buckets()[b]->shard_grad; g.defined()) bytes.gradients += int64_t(g.nbytes());
     bytes.moments += int64_t(exp_avg_[b].nbytes() + exp_avg_sq_[b].nbytes());
   }
   return bytes;

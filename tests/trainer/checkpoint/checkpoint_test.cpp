@@ -76,9 +76,7 @@ void expect_close_weights(model::CausalLM& lm, const std::map<std::string, torch
 TEST(Checkpoint, ResumeIsBitwiseExact) {
   auto comm = mpi_world();
   TempDir tmp("moe_checkpoint_test");
-  const auto dir = rank0_path(*comm, tmp.path());
-  if (comm->rank() == 0) write_dataset(dir + "/data", 200, 64);
-  comm->barrier();
+  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
   const int ep = test_ep(*comm);
   auto cfg = run_config(dir, "a", comm->size());
   cfg.train.micro_batch = 2;
@@ -204,9 +202,7 @@ TEST(Checkpoint, EveryRankRefusesAMismatchOrACorruptShard) {
   auto comm = mpi_world();
   const int ep = test_ep(*comm);
   TempDir tmp("moe_checkpoint_test");
-  const auto dir = rank0_path(*comm, tmp.path());
-  if (comm->rank() == 0) write_dataset(dir + "/data", 200, 64);
-  comm->barrier();
+  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
   auto cfg = run_config(dir, "a", comm->size());
   cfg.train.steps = 4;
   Trainer(cfg, groups_of(comm, ep)).run();
