@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [build] [test] [bench] [graph] [layer] [peer PEER.py] [ckpt] [train DATA_DIR]
+#   bench/gpu_check.sh LOG_DIR [build] [test] [bench] [graph] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR]
 # On the lent GPU machine the build needs Boost.Program_options, nlohmann-json and zlib carried in
 # the device bundle: ../shared/gpu/make-bundle.sh nlohmann-json3-dev zlib1g-dev
 #   build  launch/setup.sh (MOE_NO_APT=1 where apt is missing), tests included
@@ -10,6 +10,8 @@
 #   layer  one Mixtral-shaped MoE layer, grouped and loop experts
 #   peer   the PyTorch baseline script given, same configs, same GPU, right after ours
 #   ckpt   moe-bench-checkpoint on the GPU: save/load of the training state, sharded start-up
+#   shard  the distributed optimizer on the GPU: sharded_optimizer_test on 2 ranks sharing it (MPI),
+#          then moe-bench-scaling on gpu-768, replicated and sharded, one rank (NCCL) and 2 (MPI)
 #   train  launch/run_gpus.sh 1 configs/minimind2-moe.ini on DATA_DIR (200 steps; more moe-train
 #          options in $MOE_TRAIN_ARGS), then moe-generate --device cuda from its checkpoint
 set -uo pipefail
@@ -37,6 +39,15 @@ while [ $# -gt 0 ]; do
           "$bin/moe-bench-checkpoint" --device cuda --dir "$log_dir/ckpt-bench" \
             --configs "$root/configs/minimind2-moe.ini,$root/configs/gpu-768.ini,$root/configs/gpu-1024.ini" \
             2>&1 | tee "$log_dir/ckpt.log" | grep -v '^{' ;;
+    shard) stage shard
+           export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+           mpirun -np 2 --oversubscribe "$bin/sharded_optimizer_test" --device=cuda 2>&1 | tee "$log_dir/shard_test.log" |
+             grep -E "OK|PASSED|FAILED|SKIPPED|Failure" | head -20
+           "$bin/moe-bench-scaling" --config "$root/configs/gpu-768.ini" --device cuda --backend nccl --shard_state both \
+             --steps 5 --warmup 2 2>&1 | tee "$log_dir/shard_bench.log" | grep -v '^{'
+           mpirun -np 2 --oversubscribe "$bin/moe-bench-scaling" --config "$root/configs/gpu-768.ini" --device cuda \
+             --backend mpi --ep_sizes 1 --shard_state both --steps 3 --warmup 1 2>&1 | tee -a "$log_dir/shard_bench.log" |
+             grep -v '^{' ;;
     train) stage train
            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "$root/launch/run_gpus.sh" 1 \
              "$root/configs/minimind2-moe.ini" --data.dir "$2" --train.steps 200 --train.log_every 20 \

@@ -102,7 +102,9 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("optim.shard_state", bound(c.optim.shard_state),
        "split AdamW's moments and update over each parameter's replicas (dense: world, experts: edp)")
       ("optim.shard_grads", bound(c.optim.shard_grads),
-       "with optim.shard_state: free each full gradient once reduce-scattered (ZeRO-2)");
+       "with optim.shard_state: free each full gradient once reduce-scattered (ZeRO-2)")
+      ("optim.state_dtype", bound(c.optim.state_dtype),
+       "fp32 | bf16 (with optim.shard_state): how AdamW's moments are stored; the update computes in fp32");
   po::options_description train("train");
   train.add_options()
       ("train.steps", bound(c.train.steps), "optimiser steps")

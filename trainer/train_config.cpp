@@ -46,6 +46,10 @@ void TrainConfig::validate() const {
   MOE_CHECK(finite(o.grad_clip) && o.grad_clip >= 0, "--optim.grad_clip must be finite and >= 0 (0 = off), got ",
             o.grad_clip);
   MOE_CHECK(!o.shard_grads || o.shard_state, "--optim.shard_grads needs --optim.shard_state true");
+  MOE_CHECK(o.state_dtype == "fp32" || o.state_dtype == "bf16", "--optim.state_dtype '", o.state_dtype,
+            "' is not one of fp32, bf16");
+  MOE_CHECK(o.state_dtype == "fp32" || o.shard_state, "--optim.state_dtype ", o.state_dtype,
+            " needs --optim.shard_state true (the replicated optimizer keeps fp32 moments)");
   const auto& t = train;
   MOE_CHECK(t.steps > 0, "--train.steps must be positive, got ", t.steps);
   MOE_CHECK(t.micro_batch > 0, "--train.micro_batch must be positive, got ", t.micro_batch);

@@ -37,6 +37,7 @@ struct OptimOptions {
   // overlapped with the next forward (a latency a fast interconnect notices).
   bool shard_state = false;
   bool shard_grads = false;  // with shard_state: release each full gradient once its bucket is packed (ZeRO-2)
+  std::string state_dtype = "fp32";  // fp32 | bf16 (with shard_state): the moments' storage; the update runs in fp32
 };
 
 struct TrainOptions {

@@ -37,8 +37,9 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   if (config_.optim.shard_state && topo.world_size == 1) {
     // Nothing to split over, and the bucket copies the sharded path makes would only cost memory.
     log_rank0("train", "--optim.shard_state: one rank holds the only replica of every parameter; the optimizer "
-                       "stays replicated");
+                       "stays replicated (fp32 moments)");
     config_.optim.shard_state = config_.optim.shard_grads = false;
+    config_.optim.state_dtype = "fp32";
   }
   MOE_CHECK(!(t.dtype == "bf16" && !device_.is_cuda()), "--train.dtype bf16 needs a GPU; on the CPU training is fp32");
   if (t.cuda_graph) {

@@ -27,8 +27,9 @@ ShardedAdamW::ShardedAdamW(model::CausalLM lm, parallel::GradientSync& sync, con
       view.copy_(p);
       p.set_data(view);
     }
-    exp_avg_.push_back(torch::zeros({bucket.shard_numel}, options));
-    exp_avg_sq_.push_back(torch::zeros({bucket.shard_numel}, options));
+    const auto state = options.dtype(options_.state_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+    exp_avg_.push_back(torch::zeros({bucket.shard_numel}, state));
+    exp_avg_sq_.push_back(torch::zeros({bucket.shard_numel}, state));
     for (size_t i = 0; i < bucket.params.size(); ++i) {
       where_[bucket.names[i]] = {b, i};
       const int64_t begin = std::max(lo, bucket.offsets[i]);
@@ -76,33 +77,54 @@ UpdateResult ShardedAdamW::update(double lr) {
   }
   ++step_;
   if (!steps_.empty()) torch::_foreach_add_(steps_, 1);
-  // Two kernel calls: matrices decay, vectors (norms, biases) do not (as make_adamw's groups).
+  // Matrices decay, vectors (norms, biases) do not (as make_adamw's groups): two kernel calls, or
+  // two per bucket with bf16 moments, which are widened to fp32 a bucket at a time around them.
+  const bool widen = !exp_avg_.empty() && exp_avg_.front().scalar_type() != torch::kFloat32;
+  const double factor = clip_factor(result.grad_norm, options_.grad_clip);
   struct Lists {
     std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
   } decay, plain;
+  auto run = [&] {
+    for (auto* lists : {&decay, &plain}) {
+      if (lists->params.empty()) continue;
+      std::optional<torch::Tensor> divisor;  // the kernel divides each gradient by it as it reads it
+      if (factor != 1.0) divisor = torch::full({}, 1.0 / factor, lists->steps.front().options());
+      at::_fused_adamw_(lists->params, lists->grads, lists->exp_avgs, lists->exp_avg_sqs, /*max_exp_avg_sqs=*/{},
+                        lists->steps, lr, options_.beta1, options_.beta2,
+                        lists == &decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
+                        /*maximize=*/false, divisor);
+      *lists = Lists{};
+    }
+  };
   const auto& buckets = sync_.buckets();
+  size_t current = buckets.size();
+  torch::Tensor m, v;  // the current bucket's moments, as the kernel updates them (fp32)
+  auto close_bucket = [&] {
+    if (!widen || current == buckets.size()) return;
+    run();
+    exp_avg_[current].copy_(m);
+    exp_avg_sq_[current].copy_(v);
+  };
   for (size_t k = 0; k < pieces_.size(); ++k) {
     const auto& piece = pieces_[k];
+    if (piece.bucket != current) {
+      close_bucket();
+      current = piece.bucket;
+      m = widen ? exp_avg_[current].to(torch::kFloat32) : exp_avg_[current];
+      v = widen ? exp_avg_sq_[current].to(torch::kFloat32) : exp_avg_sq_[current];
+    }
     const auto& bucket = *buckets[piece.bucket];
     const auto& param = bucket.params[piece.param];
     const int64_t in_block = piece.begin - bucket.shard_begin;
     auto& lists = has_weight_decay(param) ? decay : plain;
     lists.params.push_back(param.view({-1}).narrow(0, piece.begin - bucket.offsets[piece.param], piece.length));
     lists.grads.push_back(bucket.shard_grad.narrow(0, in_block, piece.length));
-    lists.exp_avgs.push_back(exp_avg_[piece.bucket].narrow(0, in_block, piece.length));
-    lists.exp_avg_sqs.push_back(exp_avg_sq_[piece.bucket].narrow(0, in_block, piece.length));
+    lists.exp_avgs.push_back(m.narrow(0, in_block, piece.length));
+    lists.exp_avg_sqs.push_back(v.narrow(0, in_block, piece.length));
     lists.steps.push_back(steps_[k]);
   }
-  const double factor = clip_factor(result.grad_norm, options_.grad_clip);
-  for (auto* lists : {&decay, &plain}) {
-    if (lists->params.empty()) continue;
-    std::optional<torch::Tensor> divisor;  // the kernel divides each gradient by it as it reads it
-    if (factor != 1.0) divisor = torch::full({}, 1.0 / factor, lists->steps.front().options());
-    at::_fused_adamw_(lists->params, lists->grads, lists->exp_avgs, lists->exp_avg_sqs, /*max_exp_avg_sqs=*/{},
-                      lists->steps, lr, options_.beta1, options_.beta2,
-                      lists == &decay ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
-                      /*maximize=*/false, divisor);
-  }
+  close_bucket();
+  run();
   release_gradient_blocks();  // used: between steps only the moments are this rank's own state
   all_gather_weights();
   return result;

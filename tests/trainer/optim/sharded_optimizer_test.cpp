@@ -4,9 +4,12 @@
 //    gradient norms), with gradient accumulation, overlapped sync, small buckets (parameters
 //    straddle the ranks' blocks) and clipping active; also with the full gradients freed (ZeRO-2);
 //  - each rank's state between steps is the size the formula says (bytes, not timings): weights
-//    4 B per parameter, gradients 4 B (none with shard_grads), moments 8/d B (+ padding);
+//    4 B per parameter, gradients 4 B (none with shard_grads), moments 8/d B (4/d in bf16; + padding);
+//  - bf16 moments (optim.state_dtype) train close to fp32 ones;
 //  - resharding through checkpoints: sharded on the world -> replicated in one process -> sharded
 //    on 2 ranks ends with the uninterrupted run's moments, tensor by tensor.
+// With --device=cuda the runs train on the GPU in fp32 (ranks share it through the MPI backend):
+// the fused kernel on the blocks' views, the buffers on the device (skips without a GPU).
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <torch/torch.h>
@@ -14,6 +17,7 @@
 #include <set>
 
 #include "parallel/gradient_sync.h"
+#include "tests/parallel/mpi_test_options.h"
 #include "tests/support.h"
 #include "tests/trainer/temp_dir.h"
 #include "tests/trainer/training_fixture.h"
@@ -49,8 +53,12 @@ TrainConfig run_config(const std::string& dir, const std::string& run, int world
   c.parallel.bucket_mb = 0.01;  // many buckets, parameters cut across the ranks' blocks
   c.optim.grad_clip = 0.05;     // active: the norm from the blocks must be the whole model's
   c.model.bias_update_rate = 1e-2;
+  c.train.device = mpi_test_device();
+  c.train.dtype = "fp32";  // on a GPU too: the comparisons are at fp32 tolerance
   return c;
 }
+
+bool skip_without_gpu() { return std::string(mpi_test_device()) == "cuda" && !torch::cuda::is_available(); }
 
 std::string layout_name(int world, int ep) {
   return std::to_string(world) + " ranks, ep " + std::to_string(ep) + " x edp " + std::to_string(world / ep);
@@ -69,6 +77,7 @@ std::pair<int64_t, int64_t> trained_elements(model::CausalLM& lm) {
 }  // namespace
 
 TEST(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
+  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
   auto comm = mpi_world();
   TempDir tmp("moe_sharded_test");
   const auto dir = shared_dir_with_dataset(*comm, tmp.path());
@@ -106,6 +115,7 @@ TEST(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
 }
 
 TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
+  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
   auto comm = mpi_world();
   TempDir tmp("moe_sharded_test");
   const auto dir = shared_dir_with_dataset(*comm, tmp.path());
@@ -113,11 +123,12 @@ TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
   for (const int ep : layouts(w)) {
     const auto what = layout_name(w, ep);
     const int edp = w / ep;
-    for (const std::string mode : {"replicated", "sharded", "zero2"}) {
+    for (const std::string mode : {"replicated", "sharded", "zero2", "bf16"}) {
       auto cfg = run_config(dir, mode + std::to_string(ep), w);
       cfg.train.steps = 2;
       cfg.optim.shard_state = mode != "replicated";
       cfg.optim.shard_grads = mode == "zero2";
+      if (mode == "bf16") cfg.optim.state_dtype = "bf16";
       Trainer t(cfg, groups_of(comm, ep));
       t.run();
       const auto [dense, expert] = trained_elements(t.model());
@@ -137,8 +148,9 @@ TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
       // Each bucket's block is its share rounded up (padding < 1 element per bucket, and a
       // bucket holds at least one parameter tensor): formula <= bytes < formula + 8 per tensor.
       const double share = double(dense) / w + double(expert) / edp;
-      EXPECT_GE(double(bytes.moments), 8 * share) << what << " " << mode;
-      EXPECT_LT(double(bytes.moments), 8 * share + 8 * tensors) << what << " " << mode;
+      const double per_element = mode == "bf16" ? 4 : 8;  // two moments of 2 or 4 bytes
+      EXPECT_GE(double(bytes.moments), per_element * share) << what << " " << mode;
+      EXPECT_LT(double(bytes.moments), per_element * share + 8 * tensors) << what << " " << mode;
       // Between steps: the full gradients (kept, or freed once packed: ZeRO-2); the reduced blocks
       // are released by the update.
       EXPECT_EQ(bytes.gradients, mode == "zero2" ? 0 : 4 * trained) << what << " " << mode;
@@ -147,7 +159,41 @@ TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
   comm->barrier();
 }
 
+// bf16 moments round what AdamW keeps to 8 bits of mantissa: the run stays close to the fp32 one
+// (losses within 1%), not equal; and its checkpoint holds fp32 moments that resume a replicated run.
+TEST(ShardedOptimizer, Bf16MomentsTrainCloseToFp32) {
+  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
+  auto comm = mpi_world();
+  TempDir tmp("moe_sharded_test");
+  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
+  const int w = comm->size();
+  auto fp32 = run_config(dir, "fp32", w), bf16 = run_config(dir, "bf16", w);
+  for (auto* c : {&fp32, &bf16}) {
+    c->optim.shard_state = true;
+    c->checkpoint.save_final = true;
+  }
+  bf16.optim.state_dtype = "bf16";
+  Trainer(fp32, groups_of(comm, w)).run();
+  Trainer(bf16, groups_of(comm, w)).run();
+  if (comm->rank() == 0) {
+    const auto a = logged(dir + "/fp32", "train", "loss"), b = logged(dir + "/bf16", "train", "loss");
+    ASSERT_EQ(b.size(), 20u);
+    for (const auto& [step, loss] : b) EXPECT_NEAR(loss, a.at(step), 0.01 * a.at(step)) << "step " << step;
+    const CheckpointReader reader(dir + "/bf16/checkpoints/step_00000020");
+    EXPECT_EQ(reader.manifest().tensors.at("optimizer.model.norm.weight.exp_avg").dtype, "F32");
+  }
+  comm->barrier();
+  auto resumed = run_config(dir, "resumed", w);
+  resumed.train.steps = 21;
+  resumed.checkpoint.resume = dir + "/bf16/checkpoints/step_00000020";
+  Trainer t(resumed, groups_of(comm, w));
+  EXPECT_EQ(t.optimizer().kind(), "replicated");
+  t.run();
+  comm->barrier();
+}
+
 TEST(ShardedOptimizer, ReshardingThroughCheckpointsKeepsTheMoments) {
+  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
   auto comm = mpi_world();
   const int w = comm->size();
   if (w == 1) GTEST_SKIP() << "needs 2 or 4 ranks";
