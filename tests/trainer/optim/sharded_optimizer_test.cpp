@@ -58,7 +58,19 @@ TrainConfig run_config(const std::string& dir, const std::string& run, int world
   return c;
 }
 
-bool skip_without_gpu() { return std::string(mpi_test_device()) == "cuda" && !torch::cuda::is_available(); }
+// Every test: the MPI world, and a run directory rank 0 made, with the dataset, that every rank sees.
+class ShardedOptimizer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::string(mpi_test_device()) == "cuda" && !torch::cuda::is_available()) {
+      GTEST_SKIP() << "--device=cuda: no CUDA device visible";
+    }
+    dir = shared_dir_with_dataset(*comm, tmp.path());
+  }
+  std::shared_ptr<parallel::Communicator> comm = mpi_world();
+  TempDir tmp{"moe_sharded_test"};
+  std::string dir;
+};
 
 std::string layout_name(int world, int ep) {
   return std::to_string(world) + " ranks, ep " + std::to_string(ep) + " x edp " + std::to_string(world / ep);
@@ -76,11 +88,7 @@ std::pair<int64_t, int64_t> trained_elements(model::CausalLM& lm) {
 
 }  // namespace
 
-TEST(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
-  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
-  auto comm = mpi_world();
-  TempDir tmp("moe_sharded_test");
-  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
+TEST_F(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
   const int w = comm->size();
   for (const int ep : layouts(w)) {
     const auto what = layout_name(w, ep);
@@ -114,11 +122,7 @@ TEST(ShardedOptimizer, EqualsReplicatedOverTwentySteps) {
   comm->barrier();
 }
 
-TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
-  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
-  auto comm = mpi_world();
-  TempDir tmp("moe_sharded_test");
-  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
+TEST_F(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
   const int w = comm->size();
   for (const int ep : layouts(w)) {
     const auto what = layout_name(w, ep);
@@ -161,11 +165,7 @@ TEST(ShardedOptimizer, StatePerRankIsTheFormulasSize) {
 
 // bf16 moments round what AdamW keeps to 8 bits of mantissa: the run stays close to the fp32 one
 // (losses within 1%), not equal; and its checkpoint holds fp32 moments that resume a replicated run.
-TEST(ShardedOptimizer, Bf16MomentsTrainCloseToFp32) {
-  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
-  auto comm = mpi_world();
-  TempDir tmp("moe_sharded_test");
-  const auto dir = shared_dir_with_dataset(*comm, tmp.path());
+TEST_F(ShardedOptimizer, Bf16MomentsTrainCloseToFp32) {
   const int w = comm->size();
   auto fp32 = run_config(dir, "fp32", w), bf16 = run_config(dir, "bf16", w);
   for (auto* c : {&fp32, &bf16}) {
@@ -192,13 +192,10 @@ TEST(ShardedOptimizer, Bf16MomentsTrainCloseToFp32) {
   comm->barrier();
 }
 
-TEST(ShardedOptimizer, ReshardingThroughCheckpointsKeepsTheMoments) {
-  if (skip_without_gpu()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
-  auto comm = mpi_world();
+TEST_F(ShardedOptimizer, ReshardingThroughCheckpointsKeepsTheMoments) {
   const int w = comm->size();
   if (w == 1) GTEST_SKIP() << "needs 2 or 4 ranks";
-  TempDir tmp("moe_sharded_test");
-  const auto shared = shared_dir_with_dataset(*comm, tmp.path());
+  const auto& shared = dir;
   const int ep = w == 4 ? 2 : w;  // on 4 ranks the experts have replicas (edp 2)
   auto sharded = [&](const std::string& dir, const std::string& run, int world) {
     auto c = run_config(dir, run, world);
