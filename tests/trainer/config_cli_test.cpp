@@ -102,6 +102,15 @@ TEST(ConfigCli, EveryDocumentedErrorNamesTheKeyAndValue) {
             "--data.seq_len 100000 must be in [1, model.max_position_embeddings = 32768]");
   EXPECT_EQ(error_of(with_data({"--parallel.global_batch_aux", "true"})),
             "--parallel.global_batch_aux needs --model.seq_aux false");
+  // The distributed optimizer's options go together.
+  EXPECT_EQ(error_of(with_data({"--optim.shard_grads", "true"})), "--optim.shard_grads needs --optim.shard_state true");
+  EXPECT_EQ(error_of(with_data({"--optim.state_dtype", "bf16"})),
+            "--optim.state_dtype bf16 needs --optim.shard_state true (the replicated optimizer keeps fp32 moments)");
+  EXPECT_EQ(error_of(with_data({"--optim.shard_state", "true", "--optim.state_dtype", "fp16"})),
+            "--optim.state_dtype 'fp16' is not one of fp32, bf16");
+  EXPECT_EQ(error_of(with_data({"--optim.shard_state", "true", "--train.cuda_graph", "true"})),
+            "--train.cuda_graph runs one rank, which has no replicas to shard the optimizer over: leave "
+            "--optim.shard_state false");
   // Every floating-point option is finite and in its range.
   EXPECT_EQ(error_of(with_data({"--optim.lr", "inf"})), "--optim.lr must be a finite positive number, got inf");
   EXPECT_EQ(error_of(with_data({"--optim.lr", "nan"})), "--optim.lr must be a finite positive number, got nan");
