@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -120,14 +121,32 @@ std::string PythonCoprocess::read_line() {
   }
 }
 
-std::string PythonCoprocess::request(const std::string& line) {
-  const std::string message = line + "\n";
-  for (size_t done = 0; done < message.size();) {
-    const ssize_t n = write(to_child_.get(), message.data() + done, message.size() - done);
+void PythonCoprocess::write_all(const void* data, size_t bytes) {
+  const auto* at = static_cast<const char*>(data);
+  for (size_t done = 0; done < bytes;) {
+    const ssize_t n = write(to_child_.get(), at + done, bytes - done);
     if (n < 0 && errno == EINTR) continue;
     MOE_CHECK(n > 0, "the Python helper '", what_, "' stopped reading (its error is above)");
     done += size_t(n);
   }
+}
+
+void PythonCoprocess::read_exact(void* data, size_t bytes) {
+  auto* at = static_cast<char*>(data);
+  const size_t buffered = std::min(bytes, buffer_.size());
+  std::memcpy(at, buffer_.data(), buffered);
+  buffer_.erase(0, buffered);
+  for (size_t done = buffered; done < bytes;) {
+    const ssize_t n = read(from_child_.get(), at + done, bytes - done);
+    if (n < 0 && errno == EINTR) continue;
+    MOE_CHECK(n > 0, "the Python helper '", what_, "' stopped answering (its error is above)");
+    done += size_t(n);
+  }
+}
+
+std::string PythonCoprocess::request(const std::string& line) {
+  const std::string message = line + "\n";
+  write_all(message.data(), message.size());
   return read_line();
 }
 

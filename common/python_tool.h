@@ -14,7 +14,8 @@ namespace moe {
 /// naming the command and its exit status.
 void run_python_tool(const std::string& script, const std::vector<std::string>& args);
 
-/// A helper that answers one line on stdout for each line written to its stdin.
+/// A helper that answers one line on stdout for each line written to its stdin (or binary
+/// messages, which the helper defines).
 class PythonCoprocess {
  public:
   PythonCoprocess(const std::string& script, const std::vector<std::string>& args);
@@ -26,6 +27,9 @@ class PythonCoprocess {
   std::string request(const std::string& line);
   /// The next line the helper writes (its greeting).
   std::string read_line();
+  /// Binary requests and answers (after the greeting line).
+  void write_all(const void* data, size_t bytes);
+  void read_exact(void* data, size_t bytes);
 
  private:
   std::string what_;

@@ -3,6 +3,9 @@
 
   hf_tokenizer.py serve TOKENIZER_JSON          a co-process: one JSON request per stdin line,
                                                 one JSON answer per stdout line (trainer/data/hf_tokenizer.h)
+  hf_tokenizer.py encode-batches TOKENIZER_JSON a co-process for moe-prepare's workers: binary batches
+                                                (HfBatchEncoder in trainer/data/hf_tokenizer.h),
+                                                encoded with encode_batch on one thread
   hf_tokenizer.py export TOKENIZER OUT_DIR      write tokenizer.json and tokenizer_config.json that
                                                 transformers' AutoTokenizer loads, from a run's
                                                 tokenizer.model (SentencePiece) or tokenizer.json
@@ -81,6 +84,46 @@ def serve(path):
         else:
             fail(f"unknown request {line.strip()}")
         out.write(json.dumps(answer) + "\n")
+        out.flush()
+
+
+def read_exactly(stream, n):
+    data = stream.read(n)
+    if len(data) != n:
+        fail(f"the request ended after {len(data)} of {n} bytes")
+    return data
+
+
+def encode_batches(path):
+    """uint32 n, n x uint32 lengths, texts -> uint32 n, n x uint32 counts, uint32 ids (little endian)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: moe-prepare runs one helper per core
+    import struct
+    from array import array
+    tokenizer = load_json_tokenizer(path)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # the same ids, no offsets
+    stdin, out = sys.stdin.buffer, sys.stdout.buffer
+    out.write(b'{"ready": true}\n')
+    out.flush()
+    while True:
+        head = stdin.read(4)  # blocks until 4 bytes or the end of the input
+        if not head:
+            return
+        if len(head) < 4:
+            fail("a request ended inside its header")
+        (n,) = struct.unpack("<I", head)
+        lengths = array("I")
+        lengths.frombytes(read_exactly(stdin, 4 * n))
+        payload = read_exactly(stdin, sum(lengths))
+        texts, at = [], 0
+        for length in lengths:  # the corpus reader has checked the UTF-8 already; as the JSON path would
+            texts.append(payload[at:at + length].decode("utf-8", "replace"))
+            at += length
+        encodings = encode(texts, add_special_tokens=False)
+        counts, ids = array("I"), array("I")
+        for e in encodings:
+            counts.append(len(e.ids))
+            ids.extend(e.ids)
+        out.write(struct.pack("<I", n) + counts.tobytes() + ids.tobytes())
         out.flush()
 
 
@@ -173,7 +216,7 @@ def check(source, hf_dir, text_file):
 
 
 def main(argv):
-    commands = {"serve": (serve, 1), "export": (export, 2), "check": (check, 3)}
+    commands = {"serve": (serve, 1), "encode-batches": (encode_batches, 1), "export": (export, 2), "check": (check, 3)}
     if len(argv) < 2 or argv[1] not in commands or len(argv) - 2 != commands[argv[1]][1]:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -1,9 +1,6 @@
 #include "trainer/peak_memory.h"
 
-#include <malloc.h>
-
-#include <fstream>
-#include <string>
+#include "common/resident_memory.h"
 
 #ifdef MOE_TORCH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -21,10 +18,7 @@ void reset_peak_memory(const torch::Device& device) {
 #else
   (void)device;
 #endif
-  // Freed heap memory goes back to the system first: otherwise new allocations reuse it without
-  // raising the resident set, and the peak would miss them.
-  malloc_trim(0);
-  std::ofstream("/proc/self/clear_refs") << "5";
+  reset_peak_resident();
 }
 
 PeakMemory peak_memory(const torch::Device& device) {
@@ -36,14 +30,8 @@ PeakMemory peak_memory(const torch::Device& device) {
 #else
   (void)device;
 #endif
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      const double gib = std::stod(line.substr(6)) / double(1 << 20);
-      return {gib, gib};
-    }
-  }
-  return {};
+  const double gib = peak_resident_bytes() / double(1 << 30);
+  return {gib, gib};
 }
 
 }  // namespace moe::trainer

@@ -8,11 +8,21 @@
 #include <memory>
 #include <string_view>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <signal.h>
+#include <sys/resource.h>
 #include <thread>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "common/log.h"
+#include "common/resident_memory.h"
 #include "common/remove_tree.h"
+#include "trainer/data/document_parts.h"
+#include "trainer/data/encode_pipeline.h"
+#include "trainer/data/prepare_journal.h"
+#include "trainer/data/prepare_progress.h"
+#include "trainer/data/shard_set.h"
 #include "trainer/data/token_shard.h"
 #include "trainer/data/tokenizer.h"
 
@@ -24,75 +34,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// "\r[prepare] <stage> 45% (1.2 / 2.6 MB) ..." on stderr, at most every half second.
-class Progress {
- public:
-  Progress(bool enabled, std::string stage, uint64_t total_bytes)
-      : enabled_(enabled), stage_(std::move(stage)), total_(std::max<uint64_t>(1, total_bytes)) {}
-  void update(uint64_t bytes, const std::string& extra = "", bool force = false) {
-    if (!enabled_) return;
-    const auto now = Clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(500)) return;
-    last_ = now;
-    std::fprintf(stderr, "\r[prepare] %s %3.0f%% (%.1f / %.1f MB)%s   ", stage_.c_str(), 100.0 * bytes / total_,
-                 bytes / 1e6, total_ / 1e6, extra.c_str());
-    std::fflush(stderr);
-  }
-  void done(uint64_t bytes, const std::string& extra) {
-    update(bytes, extra, true);
-    if (enabled_) std::fprintf(stderr, "\n");
-  }
-
- private:
-  bool enabled_;
-  std::string stage_;
-  uint64_t total_;
-  Clock::time_point last_{};
-};
-
 uint64_t total_bytes(const std::vector<std::string>& files) {
   uint64_t n = 0;
   for (const auto& f : files) n += fs::file_size(f);
   return n;
 }
 
-// Writes a split's shards "<dir>/<split>-00000.bin", ... of at most shard_tokens tokens (a
-// document is never split).
-class ShardSet {
- public:
-  ShardSet(std::string dir, std::string split, uint64_t shard_tokens, uint32_t vocab, uint32_t eos)
-      : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), vocab_(vocab), eos_(eos) {}
-  void add(const std::vector<int>& tokens) {
-    if (!writer_ || writer_->count() >= shard_tokens_) roll();
-    writer_->append_document(tokens);
-    tokens_ += tokens.size() + 1;
-  }
-  void close() {
-    if (writer_) writer_->close();
-    writer_.reset();
-  }
-  uint64_t shards() const { return shards_; }
-  uint64_t tokens() const { return tokens_; }
-
- private:
-  void roll() {
-    close();
-    writer_ = std::make_unique<TokenShardWriter>(shard_path(dir_, split_, shards_++), vocab_, eos_);
-  }
-  std::string dir_, split_;
-  uint64_t shard_tokens_;
-  uint32_t vocab_, eos_;
-  std::unique_ptr<TokenShardWriter> writer_;
-  uint64_t shards_ = 0, tokens_ = 0;
-};
-
 // The outputs are written into <out_dir>/.prepare.tmp/ and moved into out_dir only when the whole
-// job has succeeded: a failure leaves out_dir exactly as it was (the guard removes the staging).
+// job has succeeded: a failure leaves out_dir exactly as it was (the guard removes the staging). A
+// kill leaves the staging and its journal, from which the same command resumes.
 class Staging {
  public:
   explicit Staging(const std::string& out_dir) : out_(out_dir), dir_(fs::path(out_dir) / ".prepare.tmp") {
-    fs::create_directories(out_);
-    remove_tree(dir_.string());  // left by a run that was killed
     fs::create_directories(dir_);
   }
   ~Staging() {
@@ -102,8 +55,25 @@ class Staging {
     }
   }
   std::string dir() const { return dir_.string(); }
+  /// The journal of an interrupted run of this command, if there is one; else an empty staging.
+  std::optional<PrepareJournal> resume(const std::string& command) {
+    auto journal = read_journal(dir());
+    if (journal && journal->command == command) return journal;
+    if (!fs::is_empty(dir_)) {
+      log("prepare", journal ? "the interrupted run in " + dir() + " was of another command or other inputs: "
+                               "starting over"
+                             : "starting over (nothing to resume in " + dir() + ")");
+    }
+    remove_tree(dir());
+    fs::create_directories(dir_);
+    return std::nullopt;
+  }
   /// Replaces the old outputs by the staged ones.
   void commit() {
+    fs::remove(dir_ / "journal.json");
+    for (const auto& e : fs::directory_iterator(dir_)) {  // ranks' parts, of this or an earlier layout
+      if (e.is_directory()) remove_tree(e.path().string());
+    }
     for (const auto* split : {"train", "val"}) {
       for (const auto& path : list_shards(out_.string(), split)) fs::remove(path);
     }
@@ -114,6 +84,41 @@ class Staging {
  private:
   fs::path out_, dir_;
 };
+
+// What makes the output: a resumed run must have the same (file sizes and times stand for contents).
+std::string command_fingerprint(const std::vector<std::string>& files, const PrepareOptions& o) {
+  const auto stamp = [](const std::string& path) {  // a missing file is refused later, by its user
+    std::error_code e1, e2;
+    const auto size = fs::file_size(path, e1);
+    const auto time = fs::last_write_time(path, e2).time_since_epoch().count();
+    return e1 || e2 ? nlohmann::json(path) : nlohmann::json{path, size, time};
+  };
+  nlohmann::json inputs = nlohmann::json::array();
+  for (const auto& f : files) inputs.push_back(stamp(f));
+  return nlohmann::json{{"inputs", inputs},
+                        {"tokenizer", o.tokenizer.empty() ? nlohmann::json(o.vocab_size) : stamp(o.tokenizer)},
+                        {"tokenizer_sample_bytes", o.tokenizer_sample_bytes},
+                        {"val_fraction", o.val_fraction},
+                        {"shard_tokens", o.shard_tokens},
+                        {"separator", o.corpus.separator},
+                        {"skip_malformed", o.corpus.skip_malformed}}
+      .dump();
+}
+
+// Test hook: MOE_PREPARE_FAULT=tokenizer (SIGKILL once the tokenizer is ready), documents:N (after
+// the N-th document is written) or journal:N (right after the N-th checkpoint of this run), to test
+// resuming at chosen points.
+void fault_point(const std::string& point, uint64_t count = 0) {
+  static const std::string spec = [] {
+    const char* s = std::getenv("MOE_PREPARE_FAULT");
+    return std::string(s ? s : "");
+  }();
+  if (spec.empty()) return;
+  if (spec == point || spec == point + ":" + std::to_string(count)) {
+    log("prepare", "MOE_PREPARE_FAULT: killed at " + spec);
+    ::kill(::getpid(), SIGKILL);
+  }
+}
 
 // SentencePiece skips longer lines (max_sentence_length): a corpus of one huge line would train on
 // nothing. Longer lines are cut, at a space where there is one, never inside a UTF-8 character.
@@ -129,112 +134,343 @@ size_t training_piece_length(std::string_view line, size_t limit) {
 }
 
 // Lines of the corpus for tokenizer training, through a temporary file (the trainer pulls lines,
-// the reader pushes documents).
+// the reader pushes documents). At most about sample_bytes of them, spread evenly over the corpus
+// (systematic sampling by bytes): the trainer's memory follows what it is given, not the corpus.
 std::string tokenizer_training_text(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes,
-                                    const std::string& dir) {
+                                    const std::string& dir, uint64_t* sampled) {
   const auto path = (fs::path(dir) / "tokenizer-input.tmp").string();
   std::ofstream out(path, std::ios::binary);
-  Progress progress(o.progress, "reading for the tokenizer", bytes);
+  const double rate = std::min(1.0, double(o.tokenizer_sample_bytes) / double(std::max<uint64_t>(1, bytes)));
+  double seen = 0;
+  *sampled = 0;
+  auto keep = [&](size_t n) {  // whether the next n bytes cross a multiple of 1/rate
+    const bool kept = rate >= 1 || uint64_t((seen + n) * rate) != uint64_t(seen * rate);
+    seen += n;
+    return kept;
+  };
+  PrepareProgress progress(o.progress, "reading for the tokenizer", bytes);
   const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
     size_t start = 0;
     while (start < doc.size()) {
       const auto end = doc.find('\n', start);
-      const auto line = doc.substr(start, end == std::string::npos ? std::string::npos : end - start);
-      for (auto piece = std::string_view(line); !piece.empty();) {
+      const auto line = std::string_view(doc).substr(start, end == std::string::npos ? std::string::npos : end - start);
+      for (auto piece = line; !piece.empty();) {
         const auto cut = training_piece_length(piece, kMaxTrainingLine);
-        out << piece.substr(0, cut) << '\n';
+        if (keep(cut + 1)) {
+          out << piece.substr(0, cut) << '\n';
+          *sampled += cut + 1;
+        }
         piece.remove_prefix(cut);
       }
       if (end == std::string::npos) break;
       start = end + 1;
     }
   }, [&](uint64_t b) { progress.update(b); });
-  progress.done(stats.bytes, "");
+  progress.done(stats.bytes);
   MOE_CHECK(stats.documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
+  out.close();
+  MOE_CHECK(out.good(), "cannot write '", path, "'");
   return path;
+}
+
+// The tokenizer of the run, staged in `out`: trained on a sample of the corpus, or the user's file
+// copied (with its tokenizer_config.json). Errors name the user's file, not the staged copy.
+void stage_tokenizer(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes,
+                     const std::string& out) {
+  if (o.tokenizer.empty()) {
+    uint64_t sampled = 0;
+    const auto text = tokenizer_training_text(files, o, bytes, out, &sampled);
+    std::ifstream lines(text, std::ios::binary);
+    log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces on " +
+                       std::to_string(sampled / 1000000.0).substr(0, 6) + " MB of text" +
+                       (sampled + kMaxTrainingLine < bytes ? " sampled evenly from the corpus (--tokenizer_sample_mb)" : ""));
+    SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size,
+                                  (fs::path(out) / "tokenizer.model").string(),
+                                  o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
+    fs::remove(text);
+    return;
+  }
+  Tokenizer::open(o.tokenizer);  // refuses a bad file before anything is copied
+  const bool hf = fs::path(o.tokenizer).extension() == ".json";
+  fs::copy_file(o.tokenizer, fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model"),
+                fs::copy_options::overwrite_existing);
+  const auto hf_config = fs::path(o.tokenizer).parent_path() / "tokenizer_config.json";  // its BOS/EOS
+  if (hf && fs::exists(hf_config)) {
+    fs::copy_file(hf_config, fs::path(out) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+  }
+}
+
+// Documents -> the train and val splits: every period-th document (counted over the whole corpus)
+// is held out. A checkpoint (the journal) follows every shard that closes.
+class SplitWriter {
+ public:
+  SplitWriter(const std::string& dir, const PrepareOptions& o, const Tokenizer& tokenizer, PrepareJournal journal,
+              bool checkpoints)
+      : dir_(dir), journal_(std::move(journal)), checkpoints_enabled_(checkpoints),
+        period_(o.val_fraction > 0 ? std::max<uint64_t>(2, std::llround(1.0 / o.val_fraction)) : 0),
+        train_(dir, "train", o.shard_tokens, uint32_t(tokenizer.vocab_size()), uint32_t(tokenizer.eos_id()),
+               journal_.train),
+        val_(dir, "val", o.shard_tokens, uint32_t(tokenizer.vocab_size()), uint32_t(tokenizer.eos_id()), journal_.val) {}
+
+  void add(const std::vector<int>& ids, const DocumentEnd& end) {
+    const bool held_out = period_ > 0 && documents() % period_ == period_ - 1;
+    const bool closed = (held_out ? val_ : train_).add(ids);
+    ++(held_out ? journal_.val_documents : journal_.train_documents);
+    if (closed && checkpoints_enabled_) {
+      journal_.position = end.at;
+      journal_.read = end.read;
+      journal_.train = train_.checkpoint();
+      journal_.val = val_.checkpoint();
+      write_journal(dir_, journal_);
+      fault_point("journal", ++checkpoints_);
+    }
+  }
+  void close(PrepareSummary& s) {
+    train_.close();
+    val_.close();
+    s.train_documents = journal_.train_documents;
+    s.val_documents = journal_.val_documents;
+    s.documents = documents();
+    s.train_tokens = train_.tokens();
+    s.val_tokens = val_.tokens();
+    s.train_shards = train_.shards();
+    s.val_shards = val_.shards();
+  }
+  uint64_t documents() const { return journal_.train_documents + journal_.val_documents; }
+  uint64_t tokens() const { return train_.tokens() + val_.tokens(); }
+
+ private:
+  std::string dir_;
+  PrepareJournal journal_;
+  bool checkpoints_enabled_;
+  uint64_t period_;
+  ShardSet train_, val_;
+  uint64_t checkpoints_ = 0;
+};
+
+void log_workers(const PrepareSummary& s) {
+  for (size_t w = 0; w < s.workers.size(); ++w) {
+    const auto& k = s.workers[w];
+    char line[200];
+    std::snprintf(line, sizeof line, "worker %zu: %llu documents, %.1f MB, %llu tokens, encoding %.1f s (%.2f MB/s)",
+                  w, (unsigned long long)k.documents, k.bytes / 1e6, (unsigned long long)k.tokens, k.busy_seconds,
+                  k.bytes / 1e6 / std::max(k.busy_seconds, 1e-9));
+    log("prepare", line);
+  }
+}
+
+PipelineOptions pipeline_options(const PrepareOptions& o, const Tokenizer& tokenizer) {
+  PipelineOptions pipeline;
+  pipeline.workers = o.workers > 0 ? o.workers : std::max(1, int(std::thread::hardware_concurrency()));
+  pipeline.batch_bytes = o.batch_bytes;
+  log("prepare", "encoding on " + std::to_string(pipeline.workers) + " workers with " + tokenizer.batch_path());
+  return pipeline;
+}
+
+void add_workers(PrepareSummary& summary, const PipelineResult& result) {
+  for (const auto& w : result.workers) summary.workers.push_back({w.documents, w.text_bytes, w.tokens, w.busy_seconds});
+  log_workers(summary);
+}
+
+// One process: the corpus -> the splits, resuming from `journal`.
+void encode_into_splits(const std::vector<std::string>& files, const PrepareOptions& o, const Tokenizer& tokenizer,
+                        const PrepareJournal& journal, uint64_t bytes, const std::string& out, PrepareSummary& summary) {
+  const auto pipeline = pipeline_options(o, tokenizer);
+  SplitWriter splits(out, o, tokenizer, journal, /*checkpoints=*/true);
+  const uint64_t documents_before = splits.documents(), tokens_before = splits.tokens();
+  PrepareProgress progress(o.progress, "tokenizing", bytes, journal.read.bytes);
+  const auto result = run_encode_pipeline(
+      files, o.corpus, CorpusRange{journal.position}, journal.read, pipeline,
+      [&](int) { return tokenizer.batch_encoder(); },
+      [&](EncodedBatch& batch) {
+        for (size_t i = 0; i < batch.ids.size(); ++i) {
+          splits.add(batch.ids[i], batch.ends[i]);
+          fault_point("documents", splits.documents());
+        }
+        progress.update(batch.ends.back().read.bytes, splits.documents() - documents_before,
+                        splits.tokens() - tokens_before);
+      });
+  progress.done(result.read.bytes, splits.documents() - documents_before, splits.tokens() - tokens_before);
+  splits.close(summary);
+  summary.bytes = result.read.bytes;
+  summary.malformed_lines = result.read.malformed_lines;
+  add_workers(summary, result);
+}
+
+uint64_t range_bytes(const std::vector<std::string>& files, const CorpusRange& range) {
+  uint64_t n = 0;
+  for (uint64_t f = range.begin.file; f < files.size() && CorpusPosition{f, 0} < range.end; ++f) {
+    const uint64_t from = f == range.begin.file ? range.begin.offset : 0;
+    const uint64_t to = f == range.end.file ? range.end.offset : fs::file_size(files[f]);
+    n += to - std::min(to, from);
+  }
+  return n;
+}
+
+// Under mpirun, on every rank: its byte range of the corpus -> its part, resuming from the part's
+// journal. Returns the part's journal once complete.
+PartJournal encode_into_part(const std::vector<std::string>& files, const PrepareOptions& o, const Tokenizer& tokenizer,
+                             const std::string& command, const CorpusRange& range, const std::string& dir,
+                             bool progress_line, PrepareSummary& summary) {
+  auto journal = read_part_journal(dir);
+  if (journal && journal->command == command && journal->complete) return *journal;
+  if (!journal || journal->command != command) journal = PartJournal{command, range.begin};
+  if (journal->chunks > 0) {
+    log("prepare", "resuming this rank's part after " + std::to_string(journal->documents) + " documents");
+  }
+  const auto pipeline = pipeline_options(o, tokenizer);
+  PartWriter part(dir, o.shard_tokens, journal->chunks);
+  uint64_t documents = journal->documents;
+  PrepareProgress progress(progress_line, "tokenizing (rank 0's part)", range_bytes(files, range), journal->read.bytes);
+  const auto result = run_encode_pipeline(
+      files, o.corpus, CorpusRange{journal->position, range.end}, journal->read, pipeline,
+      [&](int) { return tokenizer.batch_encoder(); },
+      [&](EncodedBatch& batch) {
+        for (size_t i = 0; i < batch.ids.size(); ++i) {
+          ++documents;
+          if (part.add(batch.ids[i])) {
+            write_part_journal(dir, {command, batch.ends[i].at, batch.ends[i].read, part.chunks(), documents});
+          }
+          fault_point("documents", documents);
+        }
+        progress.update(batch.ends.back().read.bytes, documents - journal->documents);
+      });
+  progress.done(result.read.bytes, documents - journal->documents);
+  part.close();
+  *journal = {command, range.end, result.read, part.chunks(), documents, true};
+  write_part_journal(dir, *journal);
+  add_workers(summary, result);
+  return *journal;
+}
+
+std::string part_dir(const std::string& out, int rank, int ranks) {
+  return (fs::path(out) / ("part-" + std::to_string(rank) + "-of-" + std::to_string(ranks))).string();
+}
+
+// Rank 0 under mpirun: every rank's part, in rank order -> the splits one process would write.
+void join_parts(const std::string& out, int ranks, const std::vector<uint64_t>& chunks, const std::vector<uint64_t>& docs,
+                const PrepareOptions& o, const Tokenizer& tokenizer, const std::string& command,
+                PrepareSummary& summary) {
+  SplitWriter splits(out, o, tokenizer, PrepareJournal{command, true}, /*checkpoints=*/false);
+  uint64_t total = 0;
+  for (const auto d : docs) total += d;
+  log("prepare", "joining the " + std::to_string(ranks) + " ranks' parts (" + std::to_string(total) +
+                     " documents) into the shards");
+  for (int r = 0; r < ranks; ++r) {
+    read_part(part_dir(out, r, ranks), chunks[size_t(r)], [&](const std::vector<int>& ids) { splits.add(ids, {}); });
+  }
+  splits.close(summary);
+  MOE_CHECK(summary.documents == total, "the ranks' parts hold ", summary.documents, " documents, their journals ",
+            total, ": a part was changed while joining?");
+  for (int r = 0; r < ranks; ++r) remove_tree(part_dir(out, r, ranks));
+}
+
+// Under mpirun: the parts, then rank 0 joins them. Only rank 0 touches the staging's top level.
+void prepare_distributed(const std::vector<std::string>& files, const PrepareOptions& o, const Tokenizer& tokenizer,
+                         const std::string& command, const std::string& out, PrepareRanks& ranks,
+                         PrepareSummary& summary) {
+  const int rank = ranks.rank(), size = ranks.size();
+  const auto range = split_corpus(files, size)[size_t(rank)];
+  const auto part_command = command + " ranks " + std::to_string(size);
+  const auto part = encode_into_part(files, o, tokenizer, part_command, range, part_dir(out, rank, size),
+                                     o.progress && rank == 0, summary);
+  // Every rank's counts, rank after rank: documents read, bytes, malformed lines, chunks, documents.
+  const auto all = ranks.all_gather({part.read.documents, part.read.bytes, part.read.malformed_lines, part.chunks,
+                                     part.documents});
+  std::vector<uint64_t> chunks, docs;
+  for (int r = 0; r < size; ++r) {
+    summary.bytes += all[size_t(5 * r + 1)];
+    summary.malformed_lines += all[size_t(5 * r + 2)];
+    chunks.push_back(all[size_t(5 * r + 3)]);
+    docs.push_back(all[size_t(5 * r + 4)]);
+  }
+  if (rank == 0) join_parts(out, size, chunks, docs, o, tokenizer, command, summary);
 }
 
 }  // namespace
 
 std::string PrepareSummary::to_json() const {
+  nlohmann::json per_worker = nlohmann::json::array();
+  for (const auto& w : workers) {
+    per_worker.push_back({{"documents", w.documents}, {"bytes", w.bytes}, {"tokens", w.tokens},
+                          {"busy_seconds", w.busy_seconds}});
+  }
   nlohmann::json j = {{"documents", documents},         {"train_documents", train_documents},
                       {"val_documents", val_documents}, {"train_tokens", train_tokens},
                       {"val_tokens", val_tokens},       {"train_shards", train_shards},
                       {"val_shards", val_shards},       {"bytes", bytes},
                       {"malformed_lines", malformed_lines}, {"skipped_files", skipped_files},
-                      {"vocab_size", vocab_size},       {"seconds", seconds}};
+                      {"vocab_size", vocab_size},       {"seconds", seconds},
+                      {"resumed", resumed},             {"encoder", encoder},
+                      {"peak_resident_bytes", peak_resident_bytes},
+                      {"helper_peak_resident_bytes", helper_peak_resident_bytes},
+                      {"workers", per_worker}};
   return j.dump();
 }
 
-PrepareSummary prepare_corpus(const PrepareOptions& o) {
+PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
   MOE_CHECK(!o.inputs.empty(), "no --input given");
   MOE_CHECK(!o.out_dir.empty(), "no --out_dir given");
   MOE_CHECK(o.val_fraction >= 0 && o.val_fraction < 0.5, "--val_fraction must be in [0, 0.5), got ", o.val_fraction);
   MOE_CHECK(o.shard_tokens > 0, "--shard_tokens must be positive");
+  MOE_CHECK(o.workers >= 0, "--workers must be 0 (all cores) or more, got ", o.workers);
+  MOE_CHECK(o.tokenizer_sample_bytes > 0, "--tokenizer_sample_mb must be positive");
   const auto t0 = Clock::now();
+  const bool distributed = ranks != nullptr && ranks->size() > 1;
+  const bool leader = !distributed || ranks->rank() == 0;
   PrepareSummary summary;
   const auto files = list_corpus_files(o.inputs, &summary.skipped_files);
   MOE_CHECK(!files.empty(), "no input files (a directory contributes .jsonl, .txt and extension-less files)");
   const uint64_t bytes = total_bytes(files);
-  Staging staging(o.out_dir);
-  const auto& out = staging.dir();
-
-  std::string tokenizer_path;  // the user's file when given: errors name it, not the staged copy
-  std::unique_ptr<Tokenizer> tokenizer_ptr;
-  if (o.tokenizer.empty()) {
-    tokenizer_path = (fs::path(out) / "tokenizer.model").string();
-    const auto text = tokenizer_training_text(files, o, bytes, out);
-    std::ifstream lines(text, std::ios::binary);
-    log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces");
-    SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size,
-                                  tokenizer_path, o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
-    fs::remove(text);
-    tokenizer_ptr = Tokenizer::open(tokenizer_path);
-  } else {
-    tokenizer_path = o.tokenizer;
-    tokenizer_ptr = Tokenizer::open(tokenizer_path);  // opened once: an HF tokenizer starts a Python helper
-    const bool hf = fs::path(o.tokenizer).extension() == ".json";
-    fs::copy_file(o.tokenizer, fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model"),
-                  fs::copy_options::overwrite_existing);
-    const auto hf_config = fs::path(o.tokenizer).parent_path() / "tokenizer_config.json";  // its BOS/EOS
-    if (hf && fs::exists(hf_config)) fs::copy_file(hf_config, fs::path(out) / "tokenizer_config.json");
+  const auto command = command_fingerprint(files, o);
+  std::optional<Staging> staging;  // rank 0's: the other ranks only write their parts in it
+  std::optional<PrepareJournal> journal;
+  if (leader) {
+    staging.emplace(o.out_dir);
+    journal = staging->resume(command);
+    summary.resumed = journal.has_value();
+    if (!journal || !journal->tokenizer_ready) {
+      stage_tokenizer(files, o, bytes, staging->dir());
+      journal = PrepareJournal{command, true};
+      write_journal(staging->dir(), *journal);
+      fault_point("tokenizer");
+    } else if (!distributed) {
+      log("prepare", "resuming the interrupted run in " + staging->dir() + " after " +
+                         std::to_string(journal->read.documents) + " documents (" +
+                         std::to_string(journal->read.bytes / 1000000) + " of " + std::to_string(bytes / 1000000) +
+                         " MB)");
+    }
   }
+  if (distributed) ranks->barrier();  // the tokenizer is staged
+  const auto out = (fs::path(o.out_dir) / ".prepare.tmp").string();
+  const auto tokenizer_path = tokenizer_files(out).at(0);
+  const auto tokenizer_ptr = Tokenizer::open(tokenizer_path);
   const Tokenizer& tokenizer = *tokenizer_ptr;
   summary.vocab_size = tokenizer.vocab_size();
-  MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", tokenizer_path, "' has no EOS token (documents are separated by it)");
-
-  const auto vocab = static_cast<uint32_t>(tokenizer.vocab_size()), eos = static_cast<uint32_t>(tokenizer.eos_id());
-  ShardSet train(out, "train", o.shard_tokens, vocab, eos);
-  ShardSet val(out, "val", o.shard_tokens, vocab, eos);
-  const uint64_t period = o.val_fraction > 0 ? std::max<uint64_t>(2, std::llround(1.0 / o.val_fraction)) : 0;
-  Progress progress(o.progress, "tokenizing", bytes);
-  const auto encode_start = Clock::now();
-  const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
-    const bool held_out = period > 0 && summary.documents % period == period - 1;
-    (held_out ? val : train).add(tokenizer.encode(doc));
-    ++(held_out ? summary.val_documents : summary.train_documents);
-    ++summary.documents;
-  }, [&](uint64_t b) {
-    const double secs = std::chrono::duration<double>(Clock::now() - encode_start).count();
-    progress.update(b, ", " + std::to_string(summary.documents) + " documents, " +
-                           std::to_string(int64_t((train.tokens() + val.tokens()) / std::max(secs, 1e-9))) + " tok/s");
-  });
-  progress.done(stats.bytes, ", " + std::to_string(summary.documents) + " documents");
-  MOE_CHECK(summary.train_documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
-  train.close();
-  val.close();
-  summary.train_tokens = train.tokens();
-  summary.val_tokens = val.tokens();
-  summary.train_shards = train.shards();
-  summary.val_shards = val.shards();
-  summary.bytes = stats.bytes;
-  summary.malformed_lines = stats.malformed_lines;
-  summary.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::ofstream summary_file(fs::path(out) / "prepare.json");
-  summary_file << summary.to_json() << "\n";
-  summary_file.close();
-  MOE_CHECK(summary_file.good(), "cannot write '", (fs::path(out) / "prepare.json").string(), "'");
-  staging.commit();
+  MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", o.tokenizer.empty() ? tokenizer_path : o.tokenizer,
+            "' has no EOS token (documents are separated by it)");
+  summary.encoder = tokenizer.batch_path();
+  if (distributed) {
+    prepare_distributed(files, o, tokenizer, command, out, *ranks, summary);
+  } else {
+    encode_into_splits(files, o, tokenizer, *journal, bytes, out, summary);
+  }
+  if (leader) {
+    MOE_CHECK(summary.train_documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
+    summary.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    summary.peak_resident_bytes = peak_resident_bytes();
+    rusage children{};
+    if (getrusage(RUSAGE_CHILDREN, &children) == 0) {
+      summary.helper_peak_resident_bytes = uint64_t(children.ru_maxrss) * 1024;
+    }
+    const auto summary_path = (fs::path(out) / "prepare.json").string();
+    std::ofstream summary_file(summary_path);
+    summary_file << summary.to_json() << "\n";
+    summary_file.close();
+    MOE_CHECK(summary_file.good(), "cannot write '", summary_path, "'");
+    staging->commit();
+  }
+  if (distributed) ranks->barrier();  // the data set is in place when mpirun returns
   return summary;
 }
 

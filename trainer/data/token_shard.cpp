@@ -57,6 +57,28 @@ TokenShardWriter::TokenShardWriter(std::string path, uint32_t vocab_size, uint32
   std::fwrite(blank, 1, sizeof(blank), file_);
 }
 
+TokenShardWriter::TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t eos_id, uint64_t count)
+    : path_(std::move(path)) {
+  header_.token_bytes = vocab_size <= 65536 ? 2 : 4;
+  header_.vocab_size = vocab_size;
+  header_.eos_id = eos_id;
+  header_.count = count;
+  const auto tmp = path_ + ".tmp";
+  const uint64_t bytes = ShardHeader::kBytes + count * header_.token_bytes;
+  std::error_code error;
+  const auto size = std::filesystem::file_size(tmp, error);
+  MOE_CHECK(!error && size >= bytes, "cannot continue '", tmp, "': it holds ", error ? 0 : size, " bytes, ",
+            bytes, " were written before the interruption");
+  std::filesystem::resize_file(tmp, bytes);
+  file_ = std::fopen(tmp.c_str(), "r+b");
+  MOE_CHECK(file_ != nullptr, "cannot open '", tmp, "': ", std::strerror(errno));
+  std::fseek(file_, 0, SEEK_END);
+}
+
+void TokenShardWriter::flush() {
+  MOE_CHECK(std::fflush(file_) == 0 && !std::ferror(file_), "writing '", path_, ".tmp' failed: ", std::strerror(errno));
+}
+
 TokenShardWriter::~TokenShardWriter() {
   if (file_ == nullptr) return;
   std::fclose(file_);

@@ -40,6 +40,9 @@ class TokenShardWriter {
  public:
   /// token_bytes = 2 when vocab_size fits in uint16, else 4.
   TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t eos_id);
+  /// Continues `path.tmp` after its first `count` tokens (a resumed moe-prepare): the rest, written
+  /// after the last flush() that counted, is cut off. Refuses a file shorter than that.
+  TokenShardWriter(std::string path, uint32_t vocab_size, uint32_t eos_id, uint64_t count);
   ~TokenShardWriter();
   TokenShardWriter(const TokenShardWriter&) = delete;
   TokenShardWriter& operator=(const TokenShardWriter&) = delete;
@@ -47,6 +50,8 @@ class TokenShardWriter {
   /// Appends a document's tokens and then EOS.
   void append_document(const std::vector<int>& tokens);
   uint64_t count() const { return header_.count; }
+  /// Hands what was appended to the system, so that a resumed writer finds it after a kill.
+  void flush();
   /// Writes the header and renames the file into place.
   void close();
 

@@ -4,6 +4,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <filesystem>
+#include <fstream>
 #include <unordered_map>
 
 #include "common/check.h"
@@ -56,10 +57,7 @@ SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 void SentencePieceTokenizer::train(const std::function<bool(std::string&)>& next_line, int64_t vocab_size,
                       const std::string& model_path, int threads) {
   MOE_CHECK(vocab_size >= 300, "--vocab_size ", vocab_size, " is too small: byte fallback alone needs 259 ids");
-  auto prefix = model_path;
-  if (prefix.size() > 6 && prefix.substr(prefix.size() - 6) == ".model") prefix.resize(prefix.size() - 6);
   const std::unordered_map<std::string, std::string> args = {
-      {"model_prefix", prefix},
       {"model_type", "bpe"},
       {"vocab_size", std::to_string(vocab_size)},
       {"hard_vocab_limit", "false"},  // a small corpus gets a smaller vocabulary instead of an error
@@ -80,8 +78,13 @@ void SentencePieceTokenizer::train(const std::function<bool(std::string&)>& next
       {"minloglevel", "2"},
   };
   LineIterator lines(next_line);
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines);
+  std::string model;  // returned rather than written: the file then records no path, only the text decides it
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
   MOE_CHECK(status.ok(), "training the tokenizer failed: ", status.ToString());
+  std::ofstream out(model_path, std::ios::binary);
+  out << model;
+  out.close();
+  MOE_CHECK(out.good(), "cannot write '", model_path, "'");
 }
 
 std::vector<int> SentencePieceTokenizer::encode(const std::string& text) const {
@@ -96,6 +99,33 @@ std::string SentencePieceTokenizer::decode(const std::vector<int>& ids) const {
   const auto status = sp_->Decode(ids, &text);
   MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot decode: ", status.ToString());
   return text;
+}
+
+namespace {
+
+// SentencePiece's Encode is const and thread-safe: the workers share one model.
+class SentencePieceBatchEncoder final : public BatchEncoder {
+ public:
+  explicit SentencePieceBatchEncoder(const SentencePieceTokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& documents) override {
+    std::vector<std::vector<int>> ids;
+    ids.reserve(documents.size());
+    for (const auto& d : documents) ids.push_back(tokenizer_.encode(d));
+    return ids;
+  }
+
+ private:
+  const SentencePieceTokenizer& tokenizer_;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchEncoder> SentencePieceTokenizer::batch_encoder() const {
+  return std::make_unique<SentencePieceBatchEncoder>(*this);
+}
+
+std::string SentencePieceTokenizer::batch_path() const {
+  return "SentencePiece (libsentencepiece), one model shared by the worker threads";
 }
 
 int64_t SentencePieceTokenizer::vocab_size() const { return sp_->GetPieceSize(); }

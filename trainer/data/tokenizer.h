@@ -19,6 +19,13 @@ class SentencePieceProcessor;
 
 namespace moe::trainer {
 
+/// Encodes batches of documents on one worker thread of moe-prepare (Tokenizer::batch_encoder).
+class BatchEncoder {
+ public:
+  virtual ~BatchEncoder() = default;
+  virtual std::vector<std::vector<int>> encode_batch(const std::vector<std::string>& documents) = 0;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -31,6 +38,10 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int64_t eos_id() const = 0;
   virtual int64_t bos_id() const = 0;
+  /// An encoder for one more worker thread, with the same ids as encode().
+  virtual std::unique_ptr<BatchEncoder> batch_encoder() const = 0;
+  /// How batch encoders run, for the log ("SentencePiece, shared by the worker threads", ...).
+  virtual std::string batch_path() const = 0;
 };
 
 /// The files that make up the tokenizer in a directory (moe-prepare's output, a checkpoint):
@@ -53,6 +64,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   int64_t vocab_size() const override;
   int64_t eos_id() const override;
   int64_t bos_id() const override;
+  std::unique_ptr<BatchEncoder> batch_encoder() const override;
+  std::string batch_path() const override;
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
