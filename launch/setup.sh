@@ -30,6 +30,12 @@ APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-de
               libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
               clang libclang-rt-dev)
 
+# SentencePiece's C++ library, built from its PyPI source release into .deps/sentencepiece: its BPE
+# encoder is 2.3x faster than Debian's 0.1.97 (4.6 vs 2.0 MB/s on one core, measured). The source
+# release bundles abseil-cpp and protobuf-lite; the build takes about 3 minutes on 2 cores. Without
+# it (no PyPI: the GPU box's bundle) the build uses Debian's library.
+SENTENCEPIECE_VERSION=0.2.2
+
 # What --slurm adds (the Slurm test; the daemons are started by the test, not by the packages).
 SLURM_APT_PACKAGES=(slurmctld slurmd slurm-client munge iproute2)
 
@@ -70,13 +76,40 @@ torch_cmake_prefix() {
   echo "$prefix/torch/share/cmake"
 }
 
+install_sentencepiece() {
+  local prefix="$root/.deps/sentencepiece"
+  [ "$(cat "$prefix/VERSION" 2>/dev/null)" = "$SENTENCEPIECE_VERSION" ] && { log "SentencePiece $SENTENCEPIECE_VERSION: present"; return; }
+  log "building SentencePiece $SENTENCEPIECE_VERSION's C++ library from its PyPI source into .deps/sentencepiece"
+  local tmp; tmp="$(mktemp -d)"
+  if ! python3 -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps --dest "$tmp" \
+         "sentencepiece==$SENTENCEPIECE_VERSION" >&2; then
+    log "WARNING: PyPI unreachable: building with Debian's SentencePiece (slower encoding)"
+    rm -rf "$tmp"; return
+  fi
+  tar xzf "$tmp/sentencepiece-$SENTENCEPIECE_VERSION.tar.gz" -C "$tmp"
+  local src="$tmp/sentencepiece-$SENTENCEPIECE_VERSION/sentencepiece"
+  # abseil-cpp is in the source release, yet its CMakeLists would clone it again from GitHub.
+  sed -i '/FetchContent_Populate(abseil-cpp/,/GIT_TAG/d' "$src/CMakeLists.txt"
+  cmake -S "$src" -B "$tmp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPM_ENABLE_SHARED=OFF \
+    -DSPM_ENABLE_TCMALLOC=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$tmp/install" >/dev/null
+  cmake --build "$tmp/build" -j"$(nproc)" --target install >/dev/null  # spm_train links every absl part needed
+  rm -rf "$prefix"; mkdir -p "$prefix/include" "$prefix/lib"
+  cp "$tmp/install/include/"*.h "$prefix/include/"
+  (cd "$src/third_party/abseil-cpp" && find absl \( -name '*.h' -o -name '*.inc' \) -exec cp --parents {} "$prefix/include/" \;)
+  cp "$tmp/install/lib/"*.a "$prefix/lib/"
+  find "$tmp/build" -name 'libabsl_*.a' -exec cp {} "$prefix/lib/" \;
+  echo "$SENTENCEPIECE_VERSION" > "$prefix/VERSION"
+  rm -rf "$tmp"
+}
+
 configure_and_build() {
-  local prefix="$1" build="$root/build" targets=()
+  local prefix="$1" build="$root/build" targets=() sp_stamp="sentencepiece:$(cat "$root/.deps/sentencepiece/VERSION" 2>/dev/null)"
   [ "$programs_only" = 1 ] && targets=(--target "${USER_PROGRAMS[@]}")
-  if [ ! -f "$build/build.ninja" ] || ! grep -q "$prefix" "$build/CMakeCache.txt" 2>/dev/null; then
+  if [ ! -f "$build/build.ninja" ] || ! grep -q "$prefix" "$build/CMakeCache.txt" 2>/dev/null ||
+     ! grep -q "MOE_SETUP_STAMP:STRING=$sp_stamp" "$build/CMakeCache.txt" 2>/dev/null; then
     log "configuring build/"
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${MOE_BUILD_TYPE:-Release}" \
-      -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+      -DCMAKE_PREFIX_PATH="$prefix" -DMOE_SETUP_STAMP="$sp_stamp" >/dev/null
   fi
   log "building ${targets[*]:-everything} (a first build takes several minutes on 2 cores)"
   cmake --build "$build" -j"$(nproc)" "${targets[@]}"
@@ -113,6 +146,7 @@ for arg in "$@"; do
   esac
 done
 install_debian_packages
+install_sentencepiece
 configure_and_build "$(torch_cmake_prefix)"
 if [ "$python_tools" = 1 ]; then install_python_tools; fi
 log "done: binaries in build/bin"

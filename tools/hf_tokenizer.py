@@ -121,8 +121,9 @@ def encode_batches(path):
         encodings = encode(texts, add_special_tokens=False)
         counts, ids = array("I"), array("I")
         for e in encodings:
-            counts.append(len(e.ids))
-            ids.extend(e.ids)
+            doc = e.ids  # a new list at every access
+            counts.append(len(doc))
+            ids.extend(doc)
         out.write(struct.pack("<I", n) + counts.tobytes() + ids.tobytes())
         out.flush()
 

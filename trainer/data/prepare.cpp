@@ -174,23 +174,26 @@ std::string tokenizer_training_text(const std::vector<std::string>& files, const
 }
 
 // The tokenizer of the run, staged in `out`: trained on a sample of the corpus, or the user's file
-// copied (with its tokenizer_config.json). Errors name the user's file, not the staged copy.
-void stage_tokenizer(const std::vector<std::string>& files, const PrepareOptions& o, uint64_t bytes,
-                     const std::string& out) {
+// copied (with its tokenizer_config.json). Returns the user's tokenizer opened (errors name the
+// user's file, not the staged copy; a tokenizer.json's helper starts once), or null for a trained one.
+std::unique_ptr<Tokenizer> stage_tokenizer(const std::vector<std::string>& files, const PrepareOptions& o,
+                                           uint64_t bytes, const std::string& out) {
   if (o.tokenizer.empty()) {
     uint64_t sampled = 0;
     const auto text = tokenizer_training_text(files, o, bytes, out, &sampled);
     std::ifstream lines(text, std::ios::binary);
-    log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces on " +
-                       std::to_string(sampled / 1000000.0).substr(0, 6) + " MB of text" +
-                       (sampled + kMaxTrainingLine < bytes ? " sampled evenly from the corpus (--tokenizer_sample_mb)" : ""));
+    char megabytes[32];
+    std::snprintf(megabytes, sizeof megabytes, "%.1f MB", sampled / 1e6);
+    log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces on " + megabytes +
+                       " of text" +
+                       (sampled + kMaxTrainingLine < bytes ? ", sampled evenly over the corpus (--tokenizer_sample_mb)" : ""));
     SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size,
                                   (fs::path(out) / "tokenizer.model").string(),
                                   o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
     fs::remove(text);
-    return;
+    return nullptr;
   }
-  Tokenizer::open(o.tokenizer);  // refuses a bad file before anything is copied
+  auto tokenizer = Tokenizer::open(o.tokenizer);  // refuses a bad file before anything is copied
   const bool hf = fs::path(o.tokenizer).extension() == ".json";
   fs::copy_file(o.tokenizer, fs::path(out) / (hf ? "tokenizer.json" : "tokenizer.model"),
                 fs::copy_options::overwrite_existing);
@@ -198,6 +201,7 @@ void stage_tokenizer(const std::vector<std::string>& files, const PrepareOptions
   if (hf && fs::exists(hf_config)) {
     fs::copy_file(hf_config, fs::path(out) / "tokenizer_config.json", fs::copy_options::overwrite_existing);
   }
+  return tokenizer;
 }
 
 // Documents -> the train and val splits: every period-th document (counted over the whole corpus)
@@ -425,12 +429,13 @@ PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
   const auto command = command_fingerprint(files, o);
   std::optional<Staging> staging;  // rank 0's: the other ranks only write their parts in it
   std::optional<PrepareJournal> journal;
+  std::unique_ptr<Tokenizer> tokenizer_ptr;
   if (leader) {
     staging.emplace(o.out_dir);
     journal = staging->resume(command);
     summary.resumed = journal.has_value();
     if (!journal || !journal->tokenizer_ready) {
-      stage_tokenizer(files, o, bytes, staging->dir());
+      tokenizer_ptr = stage_tokenizer(files, o, bytes, staging->dir());
       journal = PrepareJournal{command, true};
       write_journal(staging->dir(), *journal);
       fault_point("tokenizer");
@@ -444,7 +449,7 @@ PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
   if (distributed) ranks->barrier();  // the tokenizer is staged
   const auto out = (fs::path(o.out_dir) / ".prepare.tmp").string();
   const auto tokenizer_path = tokenizer_files(out).at(0);
-  const auto tokenizer_ptr = Tokenizer::open(tokenizer_path);
+  if (!tokenizer_ptr) tokenizer_ptr = Tokenizer::open(tokenizer_path);  // trained, resumed, or another rank
   const Tokenizer& tokenizer = *tokenizer_ptr;
   summary.vocab_size = tokenizer.vocab_size();
   MOE_CHECK(tokenizer.eos_id() >= 0, "tokenizer '", o.tokenizer.empty() ? tokenizer_path : o.tokenizer,

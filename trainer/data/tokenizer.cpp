@@ -4,6 +4,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <filesystem>
+#include <utility>
 #include <fstream>
 #include <unordered_map>
 
@@ -20,7 +21,9 @@ class LineIterator : public sentencepiece::SentenceIterator {
   bool done() const override { return done_; }
   void Next() override { advance(); }
   const std::string& value() const override { return line_; }
-  sentencepiece::util::Status status() const override { return {}; }
+  // util::Status in SentencePiece 0.1, absl::Status from 0.2.2: whichever the library declares.
+  using Status = decltype(std::declval<const sentencepiece::SentenceIterator&>().status());
+  Status status() const override { return {}; }
 
  private:
   void advance() { done_ = !next_(line_); }
@@ -96,7 +99,11 @@ std::vector<int> SentencePieceTokenizer::encode(const std::string& text) const {
 
 std::string SentencePieceTokenizer::decode(const std::vector<int>& ids) const {
   std::string text;
+#if __has_include(<absl/types/span.h>)  // SentencePiece 0.2.2 takes spans (vectors are deprecated)
+  const auto status = sp_->Decode(absl::MakeConstSpan(ids), &text);
+#else
   const auto status = sp_->Decode(ids, &text);
+#endif
   MOE_CHECK(status.ok(), "tokenizer '", path_, "' cannot decode: ", status.ToString());
   return text;
 }

@@ -71,7 +71,13 @@ ls "$out/.prepare.tmp"/part-*-of-2/chunk-00000.bin > /dev/null || fail "the kill
   fail "the resumed mpiexec -n 2: $(tail -5 "$tmp/np_resumed.log")"
 grep -q "resuming this rank's part" "$tmp/np_resumed.log" || fail "the ranks did not resume their parts"
 same "$tmp/w1" "$out"
-echo "e2e: mpiexec -n 2 and -n 3 wrote the single process's shards; killed and resumed: identical"
+# A malformed line in rank 1's range: every rank stops, the error names the file and line.
+{ cat "$tmp/fortunes.jsonl"; echo '{"text": oops}'; } > "$tmp/bad.jsonl"
+bad_line=$(wc -l < "$tmp/bad.jsonl")
+if timeout 120 "${mpi[@]}" -n 2 "$bin/moe-prepare" --input "$tmp/bad.jsonl" "${common[@]}" --tokenizer "$tmp/w1/tokenizer.model" \
+    --out_dir "$tmp/np_bad" > "$tmp/np_bad.log" 2>&1; then fail "mpiexec -n 2 took a malformed line"; fi
+grep -q "bad.jsonl:$bad_line: malformed JSONL line" "$tmp/np_bad.log" || fail "the error does not name the line: $(tail -5 "$tmp/np_bad.log")"
+echo "e2e: mpiexec -n 2 and -n 3 wrote the single process's shards; killed and resumed: identical; an error stops every rank"
 
 # Kill at several points; the same command resumes (with another number of workers).
 cp -r "$tmp/w1" "$tmp/earlier"
