@@ -110,7 +110,6 @@ int prepare(int argc, char** argv, trainer::PrepareRanks* ranks) {
   if (s.skipped_files > 0) std::cout << "; " << s.skipped_files << " files of other types skipped";
   if (s.resumed) std::cout << "; resumed an interrupted run";
   std::cout << "; peak memory " << s.peak_resident_bytes / (1 << 20) << " MiB";
-  if (s.helper_peak_resident_bytes > 0) std::cout << " (+ " << s.helper_peak_resident_bytes / (1 << 20) << " MiB per helper)";
   std::cout << "\n[prepare] wrote " << o.out_dir << "/ (summary: prepare.json)\n";
   return 0;
 }

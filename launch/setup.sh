@@ -81,25 +81,30 @@ install_sentencepiece() {
   [ "$(cat "$prefix/VERSION" 2>/dev/null)" = "$SENTENCEPIECE_VERSION" ] && { log "SentencePiece $SENTENCEPIECE_VERSION: present"; return; }
   log "building SentencePiece $SENTENCEPIECE_VERSION's C++ library from its PyPI source into .deps/sentencepiece"
   local tmp; tmp="$(mktemp -d)"
-  if ! python3 -m pip download -q --disable-pip-version-check --no-binary :all: --no-deps --dest "$tmp" \
-         "sentencepiece==$SENTENCEPIECE_VERSION" >&2; then
-    log "WARNING: PyPI unreachable: building with Debian's SentencePiece (slower encoding)"
-    rm -rf "$tmp"; return
+  if ! python3 -m pip download -q --disable-pip-version-check --retries 1 --timeout 20 --no-binary :all: \
+         --no-deps --dest "$tmp" "sentencepiece==$SENTENCEPIECE_VERSION" >&2 || ! build_sentencepiece "$tmp" "$prefix"; then
+    log "WARNING: no SentencePiece $SENTENCEPIECE_VERSION (PyPI unreachable or the build failed): building with" \
+        "Debian's SentencePiece, whose encoding is 2.3x slower"
   fi
-  tar xzf "$tmp/sentencepiece-$SENTENCEPIECE_VERSION.tar.gz" -C "$tmp"
+  rm -rf "$tmp"
+}
+
+build_sentencepiece() {
+  local tmp="$1" prefix="$2"
+  # Called in a condition, where `set -e` does not stop: each step says it failed itself.
+  tar xzf "$tmp/sentencepiece-$SENTENCEPIECE_VERSION.tar.gz" -C "$tmp" || return 1
   local src="$tmp/sentencepiece-$SENTENCEPIECE_VERSION/sentencepiece"
   # abseil-cpp is in the source release, yet its CMakeLists would clone it again from GitHub.
-  sed -i '/FetchContent_Populate(abseil-cpp/,/GIT_TAG/d' "$src/CMakeLists.txt"
+  sed -i '/FetchContent_Populate(abseil-cpp/,/GIT_TAG/d' "$src/CMakeLists.txt" || return 1
   cmake -S "$src" -B "$tmp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPM_ENABLE_SHARED=OFF \
-    -DSPM_ENABLE_TCMALLOC=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$tmp/install" >/dev/null
-  cmake --build "$tmp/build" -j"$(nproc)" --target install >/dev/null  # spm_train links every absl part needed
+    -DSPM_ENABLE_TCMALLOC=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$tmp/install" >/dev/null || return 1
+  cmake --build "$tmp/build" -j"$(nproc)" --target install >/dev/null || return 1  # spm_train links every absl part needed
   rm -rf "$prefix"; mkdir -p "$prefix/include" "$prefix/lib"
-  cp "$tmp/install/include/"*.h "$prefix/include/"
-  (cd "$src/third_party/abseil-cpp" && find absl \( -name '*.h' -o -name '*.inc' \) -exec cp --parents {} "$prefix/include/" \;)
-  cp "$tmp/install/lib/"*.a "$prefix/lib/"
-  find "$tmp/build" -name 'libabsl_*.a' -exec cp {} "$prefix/lib/" \;
+  cp "$tmp/install/include/"*.h "$prefix/include/" &&
+    (cd "$src/third_party/abseil-cpp" && find absl \( -name '*.h' -o -name '*.inc' \) -exec cp --parents {} "$prefix/include/" \;) &&
+    cp "$tmp/install/lib/"*.a "$prefix/lib/" &&
+    find "$tmp/build" -name 'libabsl_*.a' -exec cp {} "$prefix/lib/" \; || { rm -rf "$prefix"; return 1; }
   echo "$SENTENCEPIECE_VERSION" > "$prefix/VERSION"
-  rm -rf "$tmp"
 }
 
 configure_and_build() {

@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <signal.h>
-#include <sys/resource.h>
 #include <thread>
 #include <unistd.h>
 
@@ -143,10 +142,9 @@ std::string tokenizer_training_text(const std::vector<std::string>& files, const
   const double rate = std::min(1.0, double(o.tokenizer_sample_bytes) / double(std::max<uint64_t>(1, bytes)));
   double seen = 0;
   *sampled = 0;
-  auto keep = [&](size_t n) {  // whether the next n bytes cross a multiple of 1/rate
-    const bool kept = rate >= 1 || uint64_t((seen + n) * rate) != uint64_t(seen * rate);
+  auto keep = [&](size_t n) {  // a line is kept while the kept bytes trail rate x the bytes seen
     seen += n;
-    return kept;
+    return rate >= 1 || double(*sampled) < rate * seen;
   };
   PrepareProgress progress(o.progress, "reading for the tokenizer", bytes);
   const auto stats = read_corpus(files, o.corpus, [&](const std::string& doc) {
@@ -177,16 +175,16 @@ std::string tokenizer_training_text(const std::vector<std::string>& files, const
 // copied (with its tokenizer_config.json). Returns the user's tokenizer opened (errors name the
 // user's file, not the staged copy; a tokenizer.json's helper starts once), or null for a trained one.
 std::unique_ptr<Tokenizer> stage_tokenizer(const std::vector<std::string>& files, const PrepareOptions& o,
-                                           uint64_t bytes, const std::string& out) {
+                                           uint64_t bytes, const std::string& out, PrepareSummary& summary) {
   if (o.tokenizer.empty()) {
-    uint64_t sampled = 0;
+    uint64_t& sampled = summary.tokenizer_text_bytes;
     const auto text = tokenizer_training_text(files, o, bytes, out, &sampled);
     std::ifstream lines(text, std::ios::binary);
     char megabytes[32];
     std::snprintf(megabytes, sizeof megabytes, "%.1f MB", sampled / 1e6);
     log("prepare", "training a BPE tokenizer of " + std::to_string(o.vocab_size) + " pieces on " + megabytes +
                        " of text" +
-                       (sampled + kMaxTrainingLine < bytes ? ", sampled evenly over the corpus (--tokenizer_sample_mb)" : ""));
+                       (o.tokenizer_sample_bytes < bytes ? ", sampled evenly over the corpus (--tokenizer_sample_mb)" : ""));
     SentencePieceTokenizer::train([&](std::string& line) { return bool(std::getline(lines, line)); }, o.vocab_size,
                                   (fs::path(out) / "tokenizer.model").string(),
                                   o.threads > 0 ? o.threads : int(std::thread::hardware_concurrency()));
@@ -406,8 +404,8 @@ std::string PrepareSummary::to_json() const {
                       {"malformed_lines", malformed_lines}, {"skipped_files", skipped_files},
                       {"vocab_size", vocab_size},       {"seconds", seconds},
                       {"resumed", resumed},             {"encoder", encoder},
+                      {"tokenizer_text_bytes", tokenizer_text_bytes},
                       {"peak_resident_bytes", peak_resident_bytes},
-                      {"helper_peak_resident_bytes", helper_peak_resident_bytes},
                       {"workers", per_worker}};
   return j.dump();
 }
@@ -435,7 +433,7 @@ PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
     journal = staging->resume(command);
     summary.resumed = journal.has_value();
     if (!journal || !journal->tokenizer_ready) {
-      tokenizer_ptr = stage_tokenizer(files, o, bytes, staging->dir());
+      tokenizer_ptr = stage_tokenizer(files, o, bytes, staging->dir(), summary);
       journal = PrepareJournal{command, true};
       write_journal(staging->dir(), *journal);
       fault_point("tokenizer");
@@ -464,10 +462,6 @@ PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
     MOE_CHECK(summary.train_documents > 0, "no documents in the inputs (empty files, or every JSONL line skipped)");
     summary.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     summary.peak_resident_bytes = peak_resident_bytes();
-    rusage children{};
-    if (getrusage(RUSAGE_CHILDREN, &children) == 0) {
-      summary.helper_peak_resident_bytes = uint64_t(children.ru_maxrss) * 1024;
-    }
     const auto summary_path = (fs::path(out) / "prepare.json").string();
     std::ofstream summary_file(summary_path);
     summary_file << summary.to_json() << "\n";

@@ -44,8 +44,8 @@ struct PrepareSummary {
   bool resumed = false;        // continued an interrupted run
   std::string encoder;         // how the documents were encoded (Tokenizer::batch_path)
   std::vector<WorkerSummary> workers;  // what each worker encoded in this run
-  uint64_t peak_resident_bytes = 0;         // of this process
-  uint64_t helper_peak_resident_bytes = 0;  // of the largest helper process (a tokenizer.json's), if any
+  uint64_t tokenizer_text_bytes = 0;  // what a tokenizer trained in this run was trained on
+  uint64_t peak_resident_bytes = 0;  // of this process (a tokenizer.json's helpers: about 46 MiB each)
   std::string to_json() const;
 };
 

@@ -329,6 +329,28 @@ TEST(Corpus, Utf8IsValidatedAndBinaryDataRefusedNamingFileAndLine) {
   EXPECT_EQ(stats.documents, 2u);
 }
 
+TEST(Prepare, TheTokenizerTrainsOnABoundedSampleSpreadOverTheCorpus) {
+  test::TempDir dir;
+  auto docs = test::synthetic_documents(6000);
+  for (size_t i = 0; i < docs.size(); ++i) docs[i] += i < 3000 ? " alphabetically" : " zygomorphic";
+  test::write_jsonl(dir / "a.jsonl", {docs.begin(), docs.begin() + 3000});
+  test::write_jsonl(dir / "b.jsonl", {docs.begin() + 3000, docs.end()});
+  auto o = prepare_options({dir / "a.jsonl", dir / "b.jsonl"}, dir / "o");
+  o.vocab_size = 1000;                // room for whole words beside the 256 byte pieces
+  o.tokenizer_sample_bytes = 100000;  // of about 480 KB of JSONL
+  const auto sampled = prepare_corpus(o);
+  EXPECT_LE(sampled.tokenizer_text_bytes, 100000u);
+  EXPECT_GE(sampled.tokenizer_text_bytes, 80000u) << "the limit counts the files' bytes, the sample their text";
+  EXPECT_EQ(sampled.documents, 6000u) << "the sample trains the tokenizer; every document is encoded";
+  // Spread over the corpus: the words of the first and of the last file are both learnt.
+  const SentencePieceTokenizer tok(dir / "o/tokenizer.model");
+  EXPECT_LE(tok.encode(" alphabetically").size(), 3u);
+  EXPECT_LE(tok.encode(" zygomorphic").size(), 3u);
+  o.tokenizer_sample_bytes = 1 << 30;
+  o.out_dir = dir / "all";
+  EXPECT_GT(prepare_corpus(o).tokenizer_text_bytes, 350000u) << "a corpus below the limit is read whole";
+}
+
 TEST(Prepare, ACorpusOfOneHugeLineTrainsATokenizer) {
   test::TempDir dir;
   std::string line;
