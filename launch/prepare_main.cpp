@@ -42,20 +42,27 @@ class MpiPrepareRanks final : public trainer::PrepareRanks {
   void barrier() override {
     MPI_Request request;
     MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &request));
-    for (int done = 0;;) {  // polled gently: rank 0 may be training a tokenizer on every core
+    wait_gently(request);
+  }
+  std::vector<uint64_t> all_gather(const std::vector<uint64_t>& values) override {
+    std::vector<uint64_t> all(values.size() * size_t(size_));
+    MPI_Request request;
+    MPI_CHECK(MPI_Iallgather(values.data(), int(values.size()), MPI_UINT64_T, all.data(), int(values.size()),
+                             MPI_UINT64_T, MPI_COMM_WORLD, &request));
+    wait_gently(request);
+    return all;
+  }
+
+ private:
+  // A blocking MPI call would spin a core, which the ranks still encoding on this node (or rank 0
+  // training the tokenizer) need: poll every 20 ms instead.
+  static void wait_gently(MPI_Request& request) {
+    for (int done = 0;;) {
       MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
       if (done) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
-  std::vector<uint64_t> all_gather(const std::vector<uint64_t>& values) override {
-    std::vector<uint64_t> all(values.size() * size_t(size_));
-    MPI_CHECK(MPI_Allgather(values.data(), int(values.size()), MPI_UINT64_T, all.data(), int(values.size()),
-                            MPI_UINT64_T, MPI_COMM_WORLD));
-    return all;
-  }
-
- private:
   int rank_ = 0, size_ = 1;
 };
 
