@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "launch/cli.h"
 #include "parallel/dist_check.h"
+#include "parallel/mpi_communicator.h"
 #include "trainer/data/prepare.h"
 
 namespace po = boost::program_options;
@@ -31,12 +32,11 @@ bool launched_by_mpi() {
 class MpiPrepareRanks final : public trainer::PrepareRanks {
  public:
   MpiPrepareRanks() {
-    int provided = 0;
-    MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    parallel::ensure_mpi_initialized();  // errors returned, so that MPI_CHECK reports them
     MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
   }
-  ~MpiPrepareRanks() override { MPI_Finalize(); }
+  ~MpiPrepareRanks() override { parallel::finalize_mpi(); }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void barrier() override {
@@ -67,9 +67,8 @@ class MpiPrepareRanks final : public trainer::PrepareRanks {
 };
 
 // Workers per rank by default: the node's cores shared by its ranks.
-int default_workers() {
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int ranks_here = local ? std::max(1, std::atoi(local)) : 1;
+int default_workers(const trainer::PrepareRanks* ranks) {
+  const int ranks_here = ranks != nullptr ? parallel::node_local_size() : 1;
   return std::max(1, int(std::thread::hardware_concurrency()) / ranks_here);
 }
 
@@ -106,7 +105,7 @@ int prepare(int argc, char** argv, trainer::PrepareRanks* ranks) {
   o.progress = !quiet;
   o.batch_bytes = std::max<size_t>(1, batch_kb) << 10;
   o.tokenizer_sample_bytes = uint64_t(std::max(0.0, sample_mb) * (1 << 20));
-  if (o.workers == 0) o.workers = default_workers();
+  if (o.workers == 0) o.workers = default_workers(ranks);
   const auto s = trainer::prepare_corpus(o, ranks);
   if (ranks && ranks->rank() != 0) return 0;
   std::cout << "[prepare] " << s.documents << " documents (" << s.val_documents << " held out), " << s.train_tokens

@@ -170,6 +170,16 @@ CorpusStats read_corpus(const std::vector<std::string>& files, const CorpusOptio
   return stats;
 }
 
+uint64_t corpus_bytes(const std::vector<std::string>& files, const CorpusRange& range) {
+  uint64_t n = 0;
+  for (uint64_t f = range.begin.file; f < files.size() && CorpusPosition{f, 0} < range.end; ++f) {
+    const uint64_t from = f == range.begin.file ? range.begin.offset : 0;
+    const uint64_t to = f == range.end.file ? range.end.offset : fs::file_size(files[f]);
+    n += to - std::min(to, from);
+  }
+  return n;
+}
+
 std::vector<CorpusRange> split_corpus(const std::vector<std::string>& files, int parts) {
   std::vector<uint64_t> sizes;
   uint64_t total = 0;

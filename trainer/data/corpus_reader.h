@@ -53,6 +53,9 @@ void read_corpus_range(const std::vector<std::string>& files, const CorpusOption
                        CorpusStats& stats, const std::function<void(std::string&, const CorpusPosition&)>& on_document,
                        const std::function<void(uint64_t)>& on_bytes = nullptr);
 
+/// The bytes of the files that `range` covers (default: the whole corpus).
+uint64_t corpus_bytes(const std::vector<std::string>& files, const CorpusRange& range = {});
+
 /// The ranges that split the corpus into `parts` of about equal bytes, at line starts of JSONL
 /// files and at the starts of plain-text files (a range may be empty).
 std::vector<CorpusRange> split_corpus(const std::vector<std::string>& files, int parts);

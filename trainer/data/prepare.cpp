@@ -33,12 +33,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-uint64_t total_bytes(const std::vector<std::string>& files) {
-  uint64_t n = 0;
-  for (const auto& f : files) n += fs::file_size(f);
-  return n;
-}
-
 // The outputs are written into <out_dir>/.prepare.tmp/ and moved into out_dir only when the whole
 // job has succeeded: a failure leaves out_dir exactly as it was (the guard removes the staging). A
 // kill leaves the staging and its journal, from which the same command resumes.
@@ -299,16 +293,6 @@ void encode_into_splits(const std::vector<std::string>& files, const PrepareOpti
   add_workers(summary, result);
 }
 
-uint64_t range_bytes(const std::vector<std::string>& files, const CorpusRange& range) {
-  uint64_t n = 0;
-  for (uint64_t f = range.begin.file; f < files.size() && CorpusPosition{f, 0} < range.end; ++f) {
-    const uint64_t from = f == range.begin.file ? range.begin.offset : 0;
-    const uint64_t to = f == range.end.file ? range.end.offset : fs::file_size(files[f]);
-    n += to - std::min(to, from);
-  }
-  return n;
-}
-
 // Under mpirun, on every rank: its byte range of the corpus -> its part, resuming from the part's
 // journal. Returns the part's journal once complete.
 PartJournal encode_into_part(const std::vector<std::string>& files, const PrepareOptions& o, const Tokenizer& tokenizer,
@@ -323,7 +307,7 @@ PartJournal encode_into_part(const std::vector<std::string>& files, const Prepar
   const auto pipeline = pipeline_options(o, tokenizer);
   PartWriter part(dir, o.shard_tokens, journal->chunks);
   uint64_t documents = journal->documents;
-  PrepareProgress progress(progress_line, "tokenizing (rank 0's part)", range_bytes(files, range), journal->read.bytes);
+  PrepareProgress progress(progress_line, "tokenizing (rank 0's part)", corpus_bytes(files, range), journal->read.bytes);
   const auto result = run_encode_pipeline(
       files, o.corpus, CorpusRange{journal->position, range.end}, journal->read, pipeline,
       [&](int) { return tokenizer.batch_encoder(); },
@@ -423,7 +407,7 @@ PrepareSummary prepare_corpus(const PrepareOptions& o, PrepareRanks* ranks) {
   PrepareSummary summary;
   const auto files = list_corpus_files(o.inputs, &summary.skipped_files);
   MOE_CHECK(!files.empty(), "no input files (a directory contributes .jsonl, .txt and extension-less files)");
-  const uint64_t bytes = total_bytes(files);
+  const uint64_t bytes = corpus_bytes(files);
   const auto command = command_fingerprint(files, o);
   std::optional<Staging> staging;  // rank 0's: the other ranks only write their parts in it
   std::optional<PrepareJournal> journal;
