@@ -5,7 +5,7 @@
                                                 one JSON answer per stdout line (trainer/data/hf_tokenizer.h)
   hf_tokenizer.py encode-batches TOKENIZER_JSON a co-process for moe-prepare's workers: binary batches
                                                 (HfBatchEncoder in trainer/data/hf_tokenizer.h),
-                                                encoded with encode_batch on one thread
+                                                encoded with encode_batch_fast on one thread
   hf_tokenizer.py export TOKENIZER OUT_DIR      write tokenizer.json and tokenizer_config.json that
                                                 transformers' AutoTokenizer loads, from a run's
                                                 tokenizer.model (SentencePiece) or tokenizer.json
