@@ -66,9 +66,14 @@ class Pipeline {
     if (stop_ || encoded_.count(seq) == 0) return nullptr;
     auto batch = std::move(encoded_.at(seq));
     encoded_.erase(seq);
+    return batch;
+  }
+
+  // Consumer: the batch it took is written and freed; it counted as in flight until now.
+  void release_taken() {
+    std::lock_guard lock(mutex_);
     --in_flight_;
     changed_.notify_all();
-    return batch;
   }
 
   void fail(std::exception_ptr error) {
@@ -153,9 +158,11 @@ PipelineResult run_encode_pipeline(const std::vector<std::string>& files, const 
   }
   try {
     for (uint64_t seq = 0;; ++seq) {
-      const auto batch = pipeline.take_encoded(seq);
+      auto batch = pipeline.take_encoded(seq);
       if (!batch) break;
       consume(batch->encoded);
+      batch.reset();
+      pipeline.release_taken();
     }
   } catch (...) {
     pipeline.fail(std::current_exception());
