@@ -85,23 +85,22 @@ TokenShardWriter::~TokenShardWriter() {
   std::remove((path_ + ".tmp").c_str());  // never leave a half-written shard under the real name
 }
 
-void TokenShardWriter::write_token(uint32_t token) {
-  if (header_.token_bytes == 2) {
-    const auto t = static_cast<uint16_t>(token);
-    std::fwrite(&t, 2, 1, file_);
-  } else {
-    std::fwrite(&token, 4, 1, file_);
-  }
-  ++header_.count;
+template <typename Token>
+void TokenShardWriter::write_tokens(const std::vector<int>& tokens) {  // the document and its EOS, one write
+  std::vector<Token> narrow(tokens.begin(), tokens.end());
+  narrow.push_back(static_cast<Token>(header_.eos_id));
+  std::fwrite(narrow.data(), sizeof(Token), narrow.size(), file_);
+  header_.count += narrow.size();
 }
 
 void TokenShardWriter::append_document(const std::vector<int>& tokens) {
-  for (const int t : tokens) {
+  for (const int t : tokens)
     MOE_CHECK(t >= 0 && static_cast<uint32_t>(t) < header_.vocab_size, "token ", t, " outside the vocabulary of ",
               header_.vocab_size, " while writing '", path_, "'");
-    write_token(static_cast<uint32_t>(t));
-  }
-  write_token(header_.eos_id);
+  if (header_.token_bytes == 2)
+    write_tokens<uint16_t>(tokens);
+  else
+    write_tokens<uint32_t>(tokens);
 }
 
 void TokenShardWriter::close() {

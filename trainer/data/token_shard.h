@@ -56,7 +56,8 @@ class TokenShardWriter {
   void close();
 
  private:
-  void write_token(uint32_t token);
+  template <typename Token>
+  void write_tokens(const std::vector<int>& tokens);
   std::string path_;
   ShardHeader header_;
   std::FILE* file_ = nullptr;
