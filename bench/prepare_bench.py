@@ -8,7 +8,8 @@ of the installed tools): documents of about 6.3 KB (--shape long) or 313 B (shor
 MiniMind's pretraining data). Trains on it a byte-level BPE tokenizer.json of 6400 pieces (as
 MiniMind's) and a SentencePiece BPE of 4096 pieces (moe-prepare's own). Then measures, side by side:
   moe-prepare --tokenizer tokenizer.json | tokenizer.model  with 1 worker and with every core
-  (the whole pipeline, reading to shards), and the encoding alone: `tokenizers` encode_batch_fast on
+  (the whole pipeline, reading to shards; a tokenizer.json both with the native encoder and, with
+  MOE_HF_ENCODER=library, with the library's helpers), and the encoding alone: `tokenizers` encode_batch_fast on
   1 thread and every core, Python `sentencepiece` encode on 1 thread and every core.
 It prints MB/s, MB/s per core and the scaling from 1 core to all. --memory also prepares corpora of
 those sizes (MB) with the SentencePiece model and prints moe-prepare's peak resident memory.
@@ -79,13 +80,13 @@ def train_hf_tokenizer(corpus, out_dir):
     return os.path.join(out_dir, "tokenizer.json")
 
 
-def run_prepare(bin_dir, corpus, tokenizer, workers, out_dir, extra=()):
+def run_prepare(bin_dir, corpus, tokenizer, workers, out_dir, extra=(), env=None):
     cmd = [os.path.join(bin_dir, "moe-prepare"), "--input", corpus, "--out_dir", out_dir, "--quiet",
            "--val_fraction", "0", "--workers", str(workers), *extra]
     if tokenizer:
         cmd += ["--tokenizer", tokenizer]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
     wall = time.perf_counter() - start
     summary = json.load(open(os.path.join(out_dir, "prepare.json")))
     return summary, wall
@@ -142,21 +143,35 @@ def main():
     sp = os.path.join(tmp, "sp", "tokenizer.model")
 
     rows = []
+    # moe-prepare's paths: a tokenizer.json runs natively unless MOE_HF_ENCODER=library asks for the
+    # library's helpers (the path of the files the native encoder does not cover).
+    paths = {"tokenizers": [("moe-prepare", {}), ("moe-prepare via the library", {"MOE_HF_ENCODER": "library"})],
+             "sentencepiece": [("moe-prepare", {})]}
     for name, model, kind in (("tokenizer.json (byte-level BPE 6400)", hf, "tokenizers"),
                               ("SentencePiece BPE 4096", sp, "sentencepiece")):
-        for cores in sorted({1, args.cores}):
-            summary, wall = run_prepare(args.bin, corpus, model, cores, os.path.join(tmp, f"out-{kind}-{cores}"))
-            rows.append((name, f"moe-prepare, {cores} worker{'s' if cores > 1 else ''}", cores, wall))
+        shards = set()
+        for label, env in paths[kind]:
+            for cores in sorted({1, args.cores}):
+                out = os.path.join(tmp, f"out-{kind}-{len(shards)}-{cores}")
+                summary, wall = run_prepare(args.bin, corpus, model, cores, out, env=env)
+                shards.add(b"".join(open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))
+                                    if f.endswith(".bin")))
+                rows.append((name, f"{label}, {cores} worker{'s' if cores > 1 else ''}", cores, wall,
+                             summary["peak_resident_bytes"] / 2**20))
+        if len(shards) != 1:
+            sys.exit(f"{name}: moe-prepare's paths and worker counts wrote different shards")
         for cores in sorted({1, args.cores}):
             rows.append((name, f"{kind} alone, {cores} thread{'s' if cores > 1 else ''}", cores,
-                         run_library(kind, model, corpus, cores)))
-    print(f"\n{'tokenizer':40s} {'what':34s} {'MB/s':>7s} {'MB/s/core':>9s} {'vs 1 core':>9s}")
+                         run_library(kind, model, corpus, cores), None))
+    print(f"\n{'tokenizer':38s} {'what':40s} {'MB/s':>7s} {'MB/s/core':>9s} {'vs 1 core':>9s} {'peak MiB':>8s}")
     one_core = {}
-    for name, what, cores, seconds in rows:
+    for name, what, cores, seconds, peak in rows:
         rate = megabytes / seconds
         key = (name, what.split(",")[0])
         one_core.setdefault(key, rate)
-        print(f"{name:40s} {what:34s} {rate:7.2f} {rate / cores:9.2f} {rate / one_core[key]:8.2f}x")
+        peak = f"{peak:8.0f}" if peak else ""
+        print(f"{name:38s} {what:40s} {rate:7.2f} {rate / cores:9.2f} {rate / one_core[key]:8.2f}x {peak}")
+    print("(the same shards from every moe-prepare row of a tokenizer; peak: moe-prepare's own, not its helpers')")
 
     if args.memory:
         print(f"\n{'corpus MB':>9s} {'moe-prepare peak MiB':>21s} {'seconds':>8s}  (SentencePiece, {args.cores} workers)")

@@ -27,7 +27,7 @@ PYTHON_TOOLS=(transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 sentenc
               filelock typing-extensions sympy networkx jinja2 fsspec "setuptools<82")
 APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-dev
               libboost-program-options-dev libgtest-dev libgmock-dev
-              libsentencepiece-dev sentencepiece nlohmann-json3-dev zlib1g-dev pkg-config fortunes
+              libsentencepiece-dev sentencepiece libonig-dev libicu-dev nlohmann-json3-dev zlib1g-dev pkg-config fortunes
               clang libclang-rt-dev)
 
 # SentencePiece's C++ library, built from its PyPI source release into .deps/sentencepiece: its BPE
@@ -35,6 +35,15 @@ APT_PACKAGES=(cmake ninja-build g++ ccache python3-pip openmpi-bin libopenmpi-de
 # release bundles abseil-cpp and protobuf-lite; the build takes about 3 minutes on 2 cores. Without
 # it (no PyPI: the GPU box's bundle) the build uses Debian's library.
 SENTENCEPIECE_VERSION=0.2.2
+
+# Oniguruma 6.9.10: the regex engine, with its Unicode 16 tables, that the pinned `tokenizers`
+# library splits text with; the native byte-level BPE must split the same way. Debian bookworm's
+# 6.9.8 has older tables: a letter new in Unicode 16 (U+139C0, say) split a word the library keeps
+# whole (measured on tests/trainer/data/hf_prepare_check.py). PyPI has no source release of it; the
+# onigurumacffi wheel ships the built library, which .deps/oniguruma takes (the header stays
+# Debian's: the same 6.9 interface). Without it the build uses Debian's library and warns.
+ONIGURUMA_WHEEL=onigurumacffi==1.5.0
+ONIGURUMA_VERSION=6.9.10
 
 # What --slurm adds (the Slurm test; the daemons are started by the test, not by the packages).
 SLURM_APT_PACKAGES=(slurmctld slurmd slurm-client munge iproute2)
@@ -76,17 +85,26 @@ torch_cmake_prefix() {
   echo "$prefix/torch/share/cmake"
 }
 
-install_sentencepiece() {
-  local prefix="$root/.deps/sentencepiece"
-  [ "$(cat "$prefix/VERSION" 2>/dev/null)" = "$SENTENCEPIECE_VERSION" ] && { log "SentencePiece $SENTENCEPIECE_VERSION: present"; return; }
-  log "building SentencePiece $SENTENCEPIECE_VERSION's C++ library from its PyPI source into .deps/sentencepiece"
+# A library of ours from PyPI into .deps/NAME, once per version: pip downloads the release (pip's
+# options say which kind) into a temporary directory, INSTALL_FUNCTION TMP PREFIX puts it in place and
+# writes PREFIX/VERSION. If either fails, the build uses Debian's library and the warning says so.
+install_from_pypi() {  # LABEL NAME VERSION INSTALL_FUNCTION WARNING PIP_OPTIONS...
+  local label="$1" prefix="$root/.deps/$2" version="$3" install="$4" warning="$5"
+  shift 5
+  [ "$(cat "$prefix/VERSION" 2>/dev/null)" = "$version" ] && { log "$label $version: present"; return; }
+  log "$label $version from PyPI into .deps/$(basename "$prefix")"
   local tmp; tmp="$(mktemp -d)"
-  if ! python3 -m pip download -q --disable-pip-version-check --retries 1 --timeout 20 --no-binary :all: \
-         --no-deps --dest "$tmp" "sentencepiece==$SENTENCEPIECE_VERSION" >&2 || ! build_sentencepiece "$tmp" "$prefix"; then
-    log "WARNING: no SentencePiece $SENTENCEPIECE_VERSION (PyPI unreachable or the build failed): building with" \
-        "Debian's SentencePiece, whose encoding is 2.3x slower"
+  if ! python3 -m pip download -q --disable-pip-version-check --retries 1 --timeout 20 --no-deps --dest "$tmp" \
+         "$@" >&2 || ! "$install" "$tmp" "$prefix"; then
+    log "WARNING: no $label $version (PyPI unreachable, or the install failed): $warning"
   fi
   rm -rf "$tmp"
+}
+
+install_sentencepiece() {
+  install_from_pypi SentencePiece sentencepiece "$SENTENCEPIECE_VERSION" build_sentencepiece \
+    "building with Debian's SentencePiece, whose encoding is 2.3x slower" \
+    --no-binary :all: "sentencepiece==$SENTENCEPIECE_VERSION"
 }
 
 build_sentencepiece() {
@@ -107,8 +125,27 @@ build_sentencepiece() {
   echo "$SENTENCEPIECE_VERSION" > "$prefix/VERSION"
 }
 
+install_oniguruma() {
+  install_from_pypi Oniguruma oniguruma "$ONIGURUMA_VERSION" unpack_oniguruma \
+    "building with Debian's, whose older Unicode tables can split a rare new letter differently from the tokenizers library" \
+    --only-binary :all: "$ONIGURUMA_WHEEL"
+}
+
+unpack_oniguruma() {
+  local tmp="$1" prefix="$2" library
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/wheel" || return 1
+  library="$(find "$tmp/wheel" -name 'libonig*.so*' | head -1)"
+  [ -n "$library" ] || return 1
+  local version; version="$(python3 -c 'import ctypes, sys
+onig = ctypes.CDLL(sys.argv[1]); onig.onig_version.restype = ctypes.c_char_p; print(onig.onig_version().decode())' "$library")"
+  [ "$version" = "$ONIGURUMA_VERSION" ] || { log "the wheel's Oniguruma is $version, not $ONIGURUMA_VERSION"; return 1; }
+  rm -rf "$prefix"; mkdir -p "$prefix/lib"
+  cp "$library" "$prefix/lib/" && echo "$ONIGURUMA_VERSION" > "$prefix/VERSION"  # its own name: the SONAME
+}
+
 configure_and_build() {
-  local prefix="$1" build="$root/build" targets=() sp_stamp="sentencepiece:$(cat "$root/.deps/sentencepiece/VERSION" 2>/dev/null)"
+  local prefix="$1" build="$root/build" targets=()
+  local sp_stamp="sentencepiece:$(cat "$root/.deps/sentencepiece/VERSION" 2>/dev/null),oniguruma:$(cat "$root/.deps/oniguruma/VERSION" 2>/dev/null)"
   [ "$programs_only" = 1 ] && targets=(--target "${USER_PROGRAMS[@]}")
   if [ ! -f "$build/build.ninja" ] || ! grep -q "$prefix" "$build/CMakeCache.txt" 2>/dev/null ||
      ! grep -q "MOE_SETUP_STAMP:STRING=$sp_stamp" "$build/CMakeCache.txt" 2>/dev/null; then
@@ -152,6 +189,7 @@ for arg in "$@"; do
 done
 install_debian_packages
 install_sentencepiece
+install_oniguruma
 configure_and_build "$(torch_cmake_prefix)"
 if [ "$python_tools" = 1 ]; then install_python_tools; fi
 log "done: binaries in build/bin"

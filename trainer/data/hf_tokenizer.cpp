@@ -1,10 +1,14 @@
 #include "trainer/data/hf_tokenizer.h"
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#if MOE_NATIVE_BPE
+#include "trainer/data/byte_level_bpe.h"
+#endif
 
 namespace moe::trainer {
 
@@ -27,10 +31,36 @@ std::string HfTokenizer::decode(const std::vector<int>& ids) const {
   return nlohmann::json::parse(helper_->request(nlohmann::json{{"decode", ids}}.dump())).get<std::string>();
 }
 
-std::unique_ptr<BatchEncoder> HfTokenizer::batch_encoder() const { return std::make_unique<HfBatchEncoder>(path_); }
+const ByteLevelBpe* HfTokenizer::native() const {
+  std::call_once(native_once_, [&] {
+    const char* choice = std::getenv("MOE_HF_ENCODER");  // "library": the escape hatch, and the benchmark's
+    if (choice != nullptr && std::string(choice) == "library") {
+      native_unsupported_ = "anything: MOE_HF_ENCODER=library asks for the library";
+      return;
+    }
+    MOE_CHECK(choice == nullptr || std::string(choice).empty() || std::string(choice) == "native",
+              "MOE_HF_ENCODER='", choice, "': expected native or library");
+#if MOE_NATIVE_BPE
+    native_ = ByteLevelBpe::load(path_, native_unsupported_);
+#else
+    native_unsupported_ = "this build has no native encoder (Oniguruma or ICU was missing)";
+#endif
+  });
+  return native_.get();
+}
+
+std::unique_ptr<BatchEncoder> HfTokenizer::batch_encoder() const {
+#if MOE_NATIVE_BPE
+  if (native() != nullptr) return native_->encoder();
+#endif
+  return std::make_unique<HfBatchEncoder>(path_);
+}
 
 std::string HfTokenizer::batch_path() const {
-  return "Hugging Face `tokenizers` (encode_batch), one helper process per worker, batches in a binary framing";
+  if (native() != nullptr)
+    return "the native byte-level BPE (C++; the `tokenizers` library's ids, its regex engine), one per worker";
+  return "Hugging Face `tokenizers` (encode_batch), one helper process per worker, batches in a binary framing "
+         "(the native byte-level BPE does not reproduce " + native_unsupported_ + ")";
 }
 
 HfBatchEncoder::HfBatchEncoder(const std::string& tokenizer_json)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """moe-prepare's tokenizer.json path against the `tokenizers` library, document by document.
 
-Byte-level BPE tokenizers of the four families (MiniMind's and GPT-2's ByteLevel split, Llama-3's
-and Qwen2's regex splits, Qwen2's NFC) are trained on the fortunes and an adversarial corpus
+Byte-level BPE tokenizers of the four families the native encoder covers (MiniMind's and GPT-2's
+ByteLevel split, Llama-3's and Qwen2's regex splits, Qwen2's NFC), and one it leaves to the library
+(ByteLevel with add_prefix_space), are trained on the fortunes and an adversarial corpus
 (multi-byte scripts, emoji sequences, combining marks, Unicode spaces and controls, NUL, mojibake,
 runs of spaces and newlines, long digit runs, very long words, every special token's text). Each
 prepares that corpus with 1 and 3 workers: the shards must be identical, and every document's ids
-must equal tokenizer.encode(text, add_special_tokens=False).ids followed by EOS.
+must equal tokenizer.encode(text, add_special_tokens=False).ids followed by EOS, and the log must
+name the path that ran.
 Usage: tools/pytool hf_prepare_check.py BIN_DIR
 """
 import json
@@ -33,6 +35,7 @@ PIECES = [
     "they've", "'s", "''", "it's'd", "0", "123", "1234567", "3.14159", "1,000,000", "١٢٣", "①②",
     "def f(x):\n    return x**2  # comment\n", '{"key": [1, 2, 3]}', "<html><body>&amp;</body></html>",
     "<s>", "</s>", "<unk>", "<|endoftext", "im_end|>", "<|im_start|>user\nhi<|im_end|>",
+    "\U000139c0русский", "\U000139c0 \U000139c0",  # a letter new in Unicode 16 (Oniguruma 6.9.10 knows it)
 ] + SPECIALS
 
 
@@ -80,6 +83,8 @@ def build_tokenizer(family, texts, directory):
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if family in ("minimind", "gpt2"):
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex inside
+    elif family == "prefix-space":  # outside the native encoder: the library runs it
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     elif family == "llama3":
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"), byte_level])
@@ -88,15 +93,15 @@ def build_tokenizer(family, texts, directory):
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"), byte_level])
     tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>"] if family == "gpt2" else SPECIALS
+    specials = ["<|endoftext|>"] if family in ("gpt2", "prefix-space") else SPECIALS
     trainer = trainers.BpeTrainer(vocab_size=1500 if family != "minimind" else 6400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     os.makedirs(directory)
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    eos = "<|endoftext|>" if family == "gpt2" else "<|im_end|>"
+    eos = "<|endoftext|>" if family in ("gpt2", "prefix-space") else "<|im_end|>"
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": eos, "bos_token": "<|im_start|>" if family != "gpt2" else eos}, f)
+        json.dump({"eos_token": eos, "bos_token": eos if family in ("gpt2", "prefix-space") else "<|im_start|>"}, f)
     return tokenizer, tokenizer.token_to_id(eos)
 
 
@@ -134,7 +139,8 @@ def check(bin_dir, tmp):
         for i, d in enumerate(docs):  # escaped and raw UTF-8 lines, both
             f.write(json.dumps({"text": d}, ensure_ascii=i % 2 == 0) + "\n")
     kept = [d for d in docs if d.strip(" \t\r\n")]  # the reader skips blank documents
-    for family in ("minimind", "gpt2", "llama3", "qwen2"):
+    for family in ("minimind", "gpt2", "llama3", "qwen2", "prefix-space"):
+        path = "the library" if family == "prefix-space" else "the native byte-level BPE (C++"
         tokenizer, eos = build_tokenizer(family, texts, os.path.join(tmp, family))
         outputs = []
         for workers in (1, 3):
@@ -145,8 +151,10 @@ def check(bin_dir, tmp):
                                  capture_output=True, text=True)
             if run.returncode != 0:
                 fail(f"{family}: moe-prepare failed:\n{run.stdout}\n{run.stderr}")
-            if "Hugging Face `tokenizers`" not in run.stderr:
-                fail(f"{family}: the log does not name the tokenizer.json path:\n{run.stderr}")
+            if f"encoding on {workers} workers with {path}" not in run.stderr.replace("Hugging Face `tokenizers`", "the library"):
+                fail(f"{family}: the log does not name {path} as the tokenizer.json path:\n{run.stderr}")
+            if family == "prefix-space" and "does not reproduce ByteLevel with add_prefix_space" not in run.stderr:
+                fail(f"{family}: the log does not say why the native encoder does not run:\n{run.stderr}")
             outputs.append(read_shards(out))
         if outputs[0] != outputs[1]:
             fail(f"{family}: 1 and 3 workers wrote different tokens")
@@ -158,7 +166,8 @@ def check(bin_dir, tmp):
             at += len(want)
         if at != len(got):
             fail(f"{family}: {len(got) - at} tokens more than the documents'")
-        print(f"hf_prepare_check: {family}: {len(kept)} documents, {len(got)} tokens, the library's ids, 1 = 3 workers")
+        print(f"hf_prepare_check: {family}: {len(kept)} documents, {len(got)} tokens, the library's ids through {path.split(' (')[0]}, "
+              "1 = 3 workers")
 
 
 if __name__ == "__main__":
