@@ -2,6 +2,7 @@
 
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uniset.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -138,15 +139,31 @@ std::string read_bpe(const json& bpe, ByteLevelBpe& model) {
   return "";
 }
 
+// NFC as the tokenizers library computes it: its tables are Unicode 9.0's (measured: it composes
+// and reorders marks of 9.0, none of 10.0 or later, such as U+11935 U+11930 or U+1DF6). ICU's NFC
+// filtered to the characters assigned by 9.0 is exactly that: a later character is left as it is
+// and blocks composition and reordering around it, as an unassigned one does.
+const icu::Normalizer2& library_nfc() {
+  static const icu::Normalizer2* nfc = [] {
+    UErrorCode status = U_ZERO_ERROR;
+    const auto* full = icu::Normalizer2::getNFCInstance(status);
+    auto* unicode9 = new icu::UnicodeSet(icu::UnicodeString("[:age=9.0:]"), status);
+    MOE_CHECK(U_SUCCESS(status), "ICU's NFC or its Unicode 9.0 set is unavailable: ", u_errorName(status));
+    unicode9->freeze();
+    return new icu::FilteredNormalizer2(*full, *unicode9);
+  }();
+  return *nfc;
+}
+
 std::string nfc_of(std::string_view text) {
-  UErrorCode status = U_ZERO_ERROR;
-  const auto* nfc = icu::Normalizer2::getNFCInstance(status);
+  const auto& nfc = library_nfc();
   const icu::StringPiece piece(text.data(), int32_t(text.size()));
-  if (U_SUCCESS(status) && nfc->isNormalizedUTF8(piece, status)) return std::string(text);
+  UErrorCode status = U_ZERO_ERROR;
+  if (nfc.isNormalizedUTF8(piece, status) && U_SUCCESS(status)) return std::string(text);
   std::string out;
   icu::StringByteSink<std::string> sink(&out);
   status = U_ZERO_ERROR;
-  nfc->normalizeUTF8(0, piece, sink, nullptr, status);
+  nfc.normalizeUTF8(0, piece, sink, nullptr, status);
   MOE_CHECK(U_SUCCESS(status), "NFC normalization failed: ", u_errorName(status));
   return out;
 }

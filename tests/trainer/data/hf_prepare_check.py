@@ -36,6 +36,8 @@ PIECES = [
     "def f(x):\n    return x**2  # comment\n", '{"key": [1, 2, 3]}', "<html><body>&amp;</body></html>",
     "<s>", "</s>", "<unk>", "<|endoftext", "im_end|>", "<|im_start|>user\nhi<|im_end|>",
     "\U000139c0русский", "\U000139c0 \U000139c0",  # a letter new in Unicode 16 (Oniguruma 6.9.10 knows it)
+    # NFC by the library's Unicode 9.0 tables: a 9.0 mark reorders, later ones and a 13.0 composition do not
+    "a\U0001e000\u0316", "x\u1df6\u0316", "x\u0d3b\u0316", "\U00011935\U00011930", "\u1100\u1161\u11a8", "\u212b",
 ] + SPECIALS
 
 
