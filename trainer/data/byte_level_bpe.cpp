@@ -10,6 +10,7 @@
 
 #include "common/check.h"
 #include "trainer/data/regex_split.h"
+#include "trainer/data/utf8.h"
 #include "trainer/data/word_cache.h"
 
 namespace moe::trainer {
@@ -41,11 +42,9 @@ std::optional<std::string> token_bytes(const std::string& token) {
   }();
   std::string bytes;
   for (size_t i = 0; i < token.size();) {
-    const auto lead = static_cast<unsigned char>(token[i]);
-    const size_t length = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+    size_t length = 0;
+    const uint32_t code = decode_utf8(token, i, length);
     if (i + length > token.size()) return std::nullopt;
-    uint32_t code = length == 1 ? lead : lead & (0xFF >> (length + 1));
-    for (size_t k = 1; k < length; ++k) code = code << 6 | (static_cast<unsigned char>(token[i + k]) & 0x3F);
     const auto it = byte_of.find(code);
     if (it == byte_of.end()) return std::nullopt;
     bytes += it->second;
@@ -155,17 +154,18 @@ const icu::Normalizer2& library_nfc() {
   return *nfc;
 }
 
-std::string nfc_of(std::string_view text) {
+// Whether text changes under NFC; if so, `out` receives its NFC (most text is normal: no copy).
+bool nfc_changes(std::string_view text, std::string& out) {
   const auto& nfc = library_nfc();
   const icu::StringPiece piece(text.data(), int32_t(text.size()));
   UErrorCode status = U_ZERO_ERROR;
-  if (nfc.isNormalizedUTF8(piece, status) && U_SUCCESS(status)) return std::string(text);
-  std::string out;
+  if (nfc.isNormalizedUTF8(piece, status) && U_SUCCESS(status)) return false;
+  out.clear();
   icu::StringByteSink<std::string> sink(&out);
   status = U_ZERO_ERROR;
   nfc.normalizeUTF8(0, piece, sink, nullptr, status);
   MOE_CHECK(U_SUCCESS(status), "NFC normalization failed: ", u_errorName(status));
-  return out;
+  return true;
 }
 
 std::string read_added_tokens(const json& added, ByteLevelBpe& model) {
@@ -174,10 +174,12 @@ std::string read_added_tokens(const json& added, ByteLevelBpe& model) {
       if (token.value(option, false)) return std::string("an added token with ") + option;
     auto content = token.at("content").get<std::string>();
     const auto id = token.at("id").get<int32_t>();
-    if (token.value("normalized", false))
-      model.normalized_added.add(model.nfc ? nfc_of(content) : content, id);
-    else
+    if (token.value("normalized", false)) {
+      if (std::string normal; model.nfc && nfc_changes(content, normal)) content = normal;
+      model.normalized_added.add(content, id);
+    } else {
       model.raw_added.add(content, id);
+    }
   }
   return "";
 }
@@ -216,7 +218,7 @@ class ByteLevelBpeEncoder final : public BatchEncoder {
         continue;
       }
       std::string_view normal = raw.text;
-      if (model_->nfc) normal = normalized_ = nfc_of(raw.text);
+      if (model_->nfc && nfc_changes(raw.text, normalized_)) normal = normalized_;
       pieces_.clear();
       model_->normalized_added.split(normal, pieces_);
       for (const auto& piece : pieces_) {

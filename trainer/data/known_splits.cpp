@@ -5,6 +5,8 @@
 #include <memory>
 #include <mutex>
 
+#include "trainer/data/utf8.h"
+
 namespace moe::trainer {
 
 const char* const kGpt2SplitPattern =
@@ -25,8 +27,7 @@ const uint8_t* code_point_classes() {
   static std::unique_ptr<uint8_t[]> table;
   static std::once_flag once;
   std::call_once(once, [] {
-    OnigEncoding encodings[] = {ONIG_ENCODING_UTF8};
-    onig_initialize(encodings, 1);
+    initialize_oniguruma();
     const OnigEncoding utf8 = ONIG_ENCODING_UTF8;
     auto ctype_of = [&](const char* name) {
       const auto* p = reinterpret_cast<const OnigUChar*>(name);
@@ -53,6 +54,14 @@ bool folds_to(uint32_t c, char lower) {
 }
 
 }  // namespace
+
+void initialize_oniguruma() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    OnigEncoding encodings[] = {ONIG_ENCODING_UTF8};
+    onig_initialize(encodings, 1);
+  });
+}
 
 std::optional<KnownSplit> known_split(const std::string& pattern) {
   if (pattern == kGpt2SplitPattern) return KnownSplit::kGpt2;
@@ -110,10 +119,8 @@ size_t KnownSplitter::llama3_match(size_t i, size_t max_digits) const {
 void KnownSplitter::split(std::string_view text, std::vector<std::string_view>& pieces) {
   cls_.clear(), cp_.clear(), offset_.clear();
   for (size_t at = 0; at < text.size();) {  // valid UTF-8: the corpus reader refuses the rest
-    const auto lead = static_cast<unsigned char>(text[at]);
-    const size_t length = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
-    uint32_t c = length == 1 ? lead : lead & (0xFF >> (length + 1));
-    for (size_t k = 1; k < length && at + k < text.size(); ++k) c = c << 6 | (text[at + k] & 0x3F);
+    size_t length = 0;
+    uint32_t c = decode_utf8(text, at, length);
     c = c < kCodePoints ? c : 0xFFFD;
     offset_.push_back(uint32_t(at));
     cp_.push_back(c);

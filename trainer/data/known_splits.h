@@ -15,6 +15,9 @@ namespace moe::trainer {
 
 enum class KnownSplit { kGpt2, kLlama3, kQwen2 };
 
+/// Oniguruma's one-time set-up (UTF-8), before its first regex or table lookup; thread-safe.
+void initialize_oniguruma();
+
 /// The hand-written matcher for this exact pattern, if there is one.
 std::optional<KnownSplit> known_split(const std::string& pattern);
 

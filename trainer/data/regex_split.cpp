@@ -2,9 +2,8 @@
 
 #include <oniguruma.h>
 
-#include <mutex>
-
 #include "common/check.h"
+#include "trainer/data/utf8.h"
 
 namespace moe::trainer {
 
@@ -14,20 +13,6 @@ std::string onig_message(int code, OnigErrorInfo* info) {
   OnigUChar text[ONIG_MAX_ERROR_MESSAGE_LEN];
   onig_error_code_to_str(text, code, info);
   return reinterpret_cast<const char*>(text);
-}
-
-void initialize_oniguruma() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    OnigEncoding encodings[] = {ONIG_ENCODING_UTF8};
-    onig_initialize(encodings, 1);
-  });
-}
-
-size_t utf8_length_at(std::string_view text, size_t at) {
-  if (at >= text.size()) return 1;
-  const auto lead = static_cast<unsigned char>(text[at]);
-  return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
 }
 
 }  // namespace
@@ -61,7 +46,8 @@ void RegexSplit::split(std::string_view text, std::vector<std::string_view>& pie
     MOE_CHECK(at >= 0, "the split pattern '", pattern_, "' failed on a document: ", onig_message(at, nullptr));
     const auto match_start = size_t(region_->beg[0]), match_end = size_t(region_->end[0]);
     if (match_start == match_end && matched_before && last_match_end == match_end) {
-      search_from += utf8_length_at(text, search_from);  // no empty match twice at one place
+      // No empty match twice at one place: step over a character (past the end: out of the loop).
+      search_from += search_from < text.size() ? utf8_length(static_cast<unsigned char>(text[search_from])) : 1;
       continue;
     }
     search_from = last_match_end = match_end;
