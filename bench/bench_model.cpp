@@ -6,9 +6,11 @@
 //   c: hidden 1024, 16 layers, 16 experts top-2 + 1 shared, batch 8 x 1024
 //   tiny: hidden 128, 2 layers, 4 experts (the CPU default), batch 8 x 256
 // Per config: median/min/max step time, tokens/s, MFU (trainer/mfu.h), peak memory; with
-// --breakdown, a second run times the regions of the step with CUDA events. --layer times one
-// Mixtral-shaped MoE layer (hidden 4096, FFN 14336, 8 experts top-2, bf16) forward and backward.
-// Prints a table and one JSON line per result.
+// --breakdown, a second run times the regions of the step with CUDA events. --proxies instead
+// counts one step's GPU-cost proxies (bench/step_proxies.h: launches, host syncs, bytes) by region,
+// on any machine; on the CPU the step follows the GPU's path (bf16 autocast, grouped experts).
+// --layer times one Mixtral-shaped MoE layer (hidden 4096, FFN 14336, 8 experts top-2, bf16)
+// forward and backward. Prints a table and one JSON line per result.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -28,8 +30,10 @@
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include "common/check.h"
 #include "common/step_regions.h"
 #include "bench/bench_stats.h"
+#include "bench/step_proxies.h"
 #include "launch/cli.h"
 #include "model/causal_lm.h"
 #include "parallel/communicator.h"
@@ -115,11 +119,36 @@ class CudaRegionTimer : public moe::RegionRecorder {
 
 struct Options {
   int64_t steps = 20, warmup = 10, batch = 0, seq = 0;
-  bool breakdown = false, unfused_adamw = false, cuda_graph = false;
+  bool breakdown = false, unfused_adamw = false, cuda_graph = false, proxies = false;
   std::string expert_compute = "auto", profile_dir;
 };
 
 using moe::bench::median;
+
+// One step after a warm-up step (AdamW's state exists then), counted by region.
+template <typename Step>
+void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_t t, Step& step, bool& read_loss) {
+  step();
+  sync(device);
+  read_loss = false;
+  moe::bench::StepProxies p;
+  {
+    moe::bench::ProxyRecorder recorder(device);
+    moe::set_region_recorder(&recorder);
+    step();
+    sync(device);
+    moe::set_region_recorder(nullptr);
+    p = recorder.result();
+  }
+  std::printf("proxies of one training step, config %s (%ldx%ld, %s, experts %s):\n%s", k.name.c_str(), long(b),
+              long(t), device.is_cuda() ? "cuda" : "cpu as a GPU: bf16 autocast", k.config.expert_compute.c_str(),
+              moe::bench::format_proxies(p).c_str());
+  std::printf("{\"bench\":\"step_proxies\",\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"batch\":%ld,"
+              "\"seq\":%ld,%s}\n",
+              k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", k.config.expert_compute.c_str(), long(b), long(t),
+              moe::bench::proxies_json_fields(p).c_str());
+  std::fflush(stdout);
+}
 
 void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const auto& c = k.config;
@@ -140,7 +169,9 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   }
   const auto ids = torch::randint(c.vocab_size, {b, t + 1}, torch::TensorOptions(torch::kInt64).device(device));
   const auto x = ids.narrow(1, 0, t), y = ids.narrow(1, 1, t);
-  const bool bf16 = device.is_cuda();
+  // Proxies on the CPU follow a GPU step: bf16 autocast there too (main() picks grouped experts).
+  const bool bf16 = device.is_cuda() || o.proxies;
+  bool read_loss = true;  // the proxies' step leaves it on the device, as the trainer does between logs
   double loss = 0;
   std::unique_ptr<moe::trainer::GraphedStep> graphed;
   if (o.cuda_graph) graphed = std::make_unique<moe::trainer::GraphedStep>(lm, b, t, bf16);
@@ -148,14 +179,14 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     if (graphed) {  // forward and backward replayed as one graph; the update as in the trainer
       const auto& out = graphed->run(x, y);
       moe::trainer::apply_update(lm, groups, *optimizer, optim, optim.lr);
-      loss = out.loss.item<double>();
+      if (read_loss) loss = out.loss.item<double>();
       return;
     }
     optimizer->zero_grad();
     moe::model::CausalLMOutput out;
     {
       moe::ScopedRegion fwd("forward");
-      moe::trainer::AutocastScope autocast(bf16);
+      moe::trainer::AutocastScope autocast(bf16, device.type());
       out = lm(x, y);
     }
     {
@@ -165,8 +196,9 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     moe::ScopedRegion opt("optimizer");
     moe::trainer::apply_update(lm, groups, *optimizer, optim, optim.lr);
     opt.close();
-    loss = out.loss.item<double>();
+    if (read_loss) loss = out.loss.item<double>();
   };
+  if (o.proxies) return count_proxies(k, device, b, t, step, read_loss);
   for (int64_t i = 0; i < o.warmup; ++i) step();
   sync(device);
   moe::trainer::reset_peak_memory(device);
@@ -313,6 +345,8 @@ int main(int argc, char** argv) try {
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
+      ("proxies", po::bool_switch(&o.proxies),
+       "instead of timing: count one step's launches, host syncs and bytes by region (default configs a,b,c,tiny)")
       ("profile", po::value(&o.profile_dir), "also write a kineto trace of 3 steps per config into this directory")
       ("layer", po::value(&layer_tokens)->default_value(0),
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
@@ -323,8 +357,15 @@ int main(int argc, char** argv) try {
     moe::parallel::finalize_mpi();
     return 0;
   }
+  if (o.proxies) {
+    moe::bench::track_cpu_allocations();
+    MOE_CHECK(!o.cuda_graph, "--proxies counts an eager step: drop --cuda-graph");
+    if (configs.empty()) configs = "a,b,c,tiny";
+    // On the CPU, the path a GPU takes (runs_grouped would choose the loop for a CPU tensor).
+    if (!device.is_cuda() && o.expert_compute == "auto") o.expert_compute = "grouped";
+  }
   if (configs.empty()) configs = device.is_cuda() ? "a,b,c" : "tiny";
-  std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
+  if (!o.proxies) std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
               "params", "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "allocGB", "resvGB", "loss");
   for (const auto& name : split(configs)) {
     auto k = make_case(name);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [build] [test] [bench] [graph] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR]
+#   bench/gpu_check.sh LOG_DIR [build] [test] [bench] [graph] [proxies] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR]
 # On the lent GPU machine the build needs Boost.Program_options, nlohmann-json and zlib carried in
 # the device bundle: ../shared/gpu/make-bundle.sh nlohmann-json3-dev zlib1g-dev
 #   build  launch/setup.sh (MOE_NO_APT=1 where apt is missing), tests included
@@ -8,6 +8,7 @@
 #   bench  moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph  the same with forward+backward replayed as a CUDA graph
 #   layer  one Mixtral-shaped MoE layer, grouped and loop experts
+#   proxies  the step's proxies (launches, syncs, bytes) on the GPU, beside the CPU's prediction
 #   peer   the PyTorch baseline script given, same configs, same GPU, right after ours
 #   ckpt   moe-bench-checkpoint on the GPU: save/load of the training state, sharded start-up
 #   shard  the distributed optimizer on the GPU: sharded_optimizer_test on 2 ranks sharing it (MPI),
@@ -30,6 +31,7 @@ while [ $# -gt 0 ]; do
           "$bin/cuda_model_test" 2>&1 | grep -E "OK|FAILED|SKIPPED|Failure" | head -20 ;;
     bench) stage bench; "$bin/moe-bench-model" --device cuda --breakdown 2>&1 | tee "$log_dir/bench.log" ;;
     graph) stage graph; "$bin/moe-bench-model" --device cuda --cuda-graph 2>&1 | tee "$log_dir/bench_graph.log" ;;
+    proxies) stage proxies; "$bin/moe-bench-model" --device cuda --proxies --configs tiny,a,b,c 2>&1 | tee "$log_dir/proxies.log" ;;
     layer) stage layer
            for compute in grouped loop; do
              "$bin/moe-bench-model" --device cuda --layer 4096 --expert-compute $compute --steps 10 --warmup 3

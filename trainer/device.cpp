@@ -18,15 +18,15 @@ torch::Device choose_device(const std::string& wanted) {
   return {torch::kCUDA, static_cast<c10::DeviceIndex>(index)};
 }
 
-AutocastScope::AutocastScope(bool enabled) : enabled_(enabled) {
+AutocastScope::AutocastScope(bool enabled, c10::DeviceType device) : enabled_(enabled), device_(device) {
   if (!enabled_) return;
-  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+  at::autocast::set_autocast_enabled(device_, true);
 }
 
 AutocastScope::~AutocastScope() {
   if (!enabled_) return;
-  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::set_autocast_enabled(device_, false);
   at::autocast::clear_cache();
 }
 

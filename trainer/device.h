@@ -11,17 +11,19 @@ namespace moe::trainer {
 /// wanted: auto (a GPU where one is visible), cuda or cpu. Throws when cuda is asked and none exists.
 torch::Device choose_device(const std::string& wanted);
 
-/// bf16 autocast for CUDA while alive (enabled = true); weights, gradients and optimiser state stay
-/// fp32. Clears autocast's weight-cast cache on exit.
+/// bf16 autocast for CUDA (or `device`: the CPU for moe-bench-model's proxies of a GPU step) while
+/// alive (enabled = true); weights, gradients and optimiser state stay fp32. Clears autocast's
+/// weight-cast cache on exit.
 class AutocastScope {
  public:
-  explicit AutocastScope(bool enabled);
+  explicit AutocastScope(bool enabled, c10::DeviceType device = c10::kCUDA);
   ~AutocastScope();
   AutocastScope(const AutocastScope&) = delete;
   AutocastScope& operator=(const AutocastScope&) = delete;
 
  private:
   bool enabled_;
+  c10::DeviceType device_;
 };
 
 }  // namespace moe::trainer
