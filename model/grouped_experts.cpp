@@ -1,5 +1,6 @@
 #include "model/grouped_experts.h"
 
+#include <ATen/ops/_foreach_copy.h>
 #include <ATen/ops/_grouped_mm.h>
 #include <torch/torch.h>
 
@@ -13,21 +14,23 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// torch::stack(parts).to(dtype) in one pass: each part is cast straight into its slot (what
-// autocast would do to each weight anyway), and the backward casts each slot's gradient back.
+// torch::stack(parts).to(dtype) in one pass: one multi-tensor copy casts every part straight into
+// its slot (one kernel on CUDA for all experts, not one per weight), and the backward casts the
+// stacked gradient back at once, handing each weight a contiguous slice of it.
 struct StackAs : torch::autograd::Function<StackAs> {
   static torch::Tensor forward(AutogradContext* ctx, at::TensorList parts, c10::ScalarType dtype) {
     auto shape = parts.front().sizes().vec();
     shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
     auto out = torch::empty(shape, parts.front().options().dtype(dtype));
-    for (size_t i = 0; i < parts.size(); ++i) out[static_cast<int64_t>(i)].copy_(parts[i]);
+    at::_foreach_copy_(out.unbind(0), parts);
     ctx->saved_data["dtype"] = static_cast<int64_t>(parts.front().scalar_type());
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto dtype = static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt());
-    variable_list out;
-    for (int64_t i = 0; i < grads[0].size(0); ++i) out.push_back(grads[0][i].to(dtype));
+    // Contiguous: each slice then has its weight's layout, and autograd keeps it as the gradient
+    // instead of copying it once more.
+    variable_list out = grads[0].to(dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous).unbind(0);
     out.emplace_back();  // dtype
     return out;
   }
@@ -56,7 +59,8 @@ torch::Tensor grouped_swiglu(const torch::Tensor& rows, const torch::Tensor& cou
             " counts for ", experts.size(), " experts");
   const auto [gate_up, down] = stacked_weights(experts, dtype);
   const auto i = down.size(2);
-  const auto ends = counts.to(rows.device()).cumsum(0).to(torch::kInt32);  // group ends, as _grouped_mm wants
+  const auto on_device = counts.device() == rows.device() ? counts : counts.to(rows.device());
+  const auto ends = on_device.cumsum(0).to(torch::kInt32);  // group ends, as _grouped_mm wants
   // Rows past the last group are never written by the kernel (neither their output nor their input
   // gradient): mask both sides so that they are exactly zero.
   const auto valid = (torch::arange(rows.size(0), ends.options()) < ends[-1]).unsqueeze(1);  // [M, 1]

@@ -102,6 +102,12 @@ inline std::string refusal(const std::function<void()>& f) {
   return "(no error)";
 }
 
+/// ||a - b|| / ||b|| in float64.
+inline double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto a64 = a.detach().to(torch::kCPU, torch::kFloat64), b64 = b.detach().to(torch::kCPU, torch::kFloat64);
+  return ((a64 - b64).norm() / b64.norm().clamp_min(1e-30)).item<double>();
+}
+
 /// A gradient that was never produced (a parameter not used) counts as zeros.
 inline torch::Tensor grad_or_zeros(const torch::Tensor& p) {
   return p.grad().defined() ? p.grad().clone() : torch::zeros_like(p);

@@ -30,11 +30,7 @@ namespace {
 
 const torch::Device kCuda(torch::kCUDA, 0);
 
-// ||a - b|| / ||b|| in float64.
-double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
-  const auto a64 = a.detach().to(torch::kCPU, torch::kFloat64), b64 = b.detach().to(torch::kCPU, torch::kFloat64);
-  return ((a64 - b64).norm() / b64.norm().clamp_min(1e-30)).item<double>();
-}
+using test::relative_error;
 
 // The same weights: a second model built from the same seed.
 model::CausalLM build(const model::ModelConfig& c, uint64_t seed) {

@@ -2,6 +2,7 @@
 // training path (repeat_interleave + boolean masks) and the inference path (argsort + bincount +
 // scatter_add_). Outputs and gradients in float64, including skewed routing. Plus the gate's
 // aux losses against hand-computed values.
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -181,6 +182,41 @@ TEST(MoEFeedForward, GroupedExpertsEqualLoopInFloat32) {
             << tokens;
       }
     }
+  }
+}
+
+// Under bf16 autocast on the CPU (the path moe-bench-model's proxies take, and the GPU's casts):
+// the grouped experts, whose weights are cast into one stacked bf16 tensor and whose gradients come
+// back as slices of one float32 tensor, against the loop, whose weights autocast casts one by one.
+// Every expert gradient is float32 with its weight's layout. Tolerance: bf16 (2e-2 relative).
+TEST(MoEFeedForward, GroupedExpertsEqualLoopUnderBf16Autocast) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  auto cfg = test::moe_layer_config(64, 96, 8, 2, 1);
+  std::vector<std::vector<torch::Tensor>> results;
+  for (const std::string compute : {"loop", "grouped"}) {
+    cfg.expert_compute = compute;
+    torch::manual_seed(5);
+    model::MoEFeedForward layer(cfg);
+    torch::manual_seed(6);
+    const auto x = torch::randn({2, 48, cfg.hidden_size}).requires_grad_(true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    const auto out = layer(x);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+    out.hidden.to(torch::kFloat32).square().sum().backward();
+    std::vector<torch::Tensor> r{out.hidden.detach(), x.grad().clone()};
+    for (const auto& p : layer->experts->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << compute << " " << p.key();
+      EXPECT_EQ(p.value().grad().scalar_type(), torch::kFloat32) << compute << " " << p.key();
+      EXPECT_EQ(p.value().grad().strides(), p.value().strides()) << compute << " " << p.key();
+      r.push_back(p.value().grad().clone());
+    }
+    results.push_back(r);
+  }
+  for (size_t i = 0; i < results[0].size(); ++i) {
+    EXPECT_LT(test::relative_error(results[1][i], results[0][i]), 2e-2)
+        << "tensor " << i << " (0 output, 1 input grad, then expert parameters)";
   }
 }
 
