@@ -25,14 +25,14 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   resid_dropout = register_module("resid_dropout", nn::Dropout(c.dropout));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                                      const torch::Tensor& attn_mask, LayerKVCache* cache) {
   const auto b = x.size(0), t = x.size(1);
   auto q = q_proj(x).view({b, t, num_heads_, head_dim_});
   auto k = k_proj(x).view({b, t, num_kv_heads_, head_dim_});
   auto v = v_proj(x).view({b, t, num_kv_heads_, head_dim_});
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  q = apply_rope(q, cos, signed_sin);
+  k = apply_rope(k, cos, signed_sin);
   if (cache != nullptr) {
     if (cache->length() > 0) {
       k = torch::cat({cache->k, k}, 1);

@@ -20,12 +20,12 @@ class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& config);
 
-  /// x: [B, T, hidden]. cos, sin: [B, T, head_dim] for the T new positions.
+  /// x: [B, T, hidden]. cos, signed_sin: [B, T, head_dim] for the T new positions (RopeTables).
   /// attn_mask: bool [B or 1, 1, T, T_past + T], true = may attend; undefined means plain causal
   ///   attention over the T new tokens (then the cache must be empty or T == 1).
   /// cache: when given, the new keys/values are appended to it and attention covers past + new.
   /// Returns [B, T, hidden].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                         const torch::Tensor& attn_mask = {}, LayerKVCache* cache = nullptr);
 
   torch::nn::Linear q_proj = nullptr, k_proj = nullptr, v_proj = nullptr, o_proj = nullptr;

@@ -17,10 +17,10 @@ BlockImpl::BlockImpl(const ModelConfig& c, int64_t id, ExpertRange local_experts
   }
 }
 
-BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                                const torch::Tensor& attn_mask, LayerKVCache* cache) {
   ScopedRegion attention("attention");
-  const auto h = x + self_attn(input_layernorm(x), cos, sin, attn_mask, cache);
+  const auto h = x + self_attn(input_layernorm(x), cos, signed_sin, attn_mask, cache);
   const auto normed = post_attention_layernorm(h);
   attention.close();
   if (moe_mlp) {

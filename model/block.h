@@ -21,8 +21,8 @@ struct BlockOutput {
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int64_t layer_id, ExpertRange local_experts = {});
-  /// See AttentionImpl::forward for cos, sin, attn_mask and cache.
-  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+  /// See AttentionImpl::forward for cos, signed_sin, attn_mask and cache.
+  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                       const torch::Tensor& attn_mask = {}, LayerKVCache* cache = nullptr);
 
   Attention self_attn = nullptr;

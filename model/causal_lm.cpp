@@ -45,7 +45,7 @@ MiniMindModelImpl::MiniMindModelImpl(const ModelConfig& c, ExpertRange local_exp
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   auto rope = rope_tables(c.head_dim(), c.max_position_embeddings, c.rope_theta, torch::get_default_dtype_as_scalartype());
   freqs_cos = register_buffer("freqs_cos", rope.cos);
-  freqs_sin = register_buffer("freqs_sin", rope.sin);
+  freqs_signed_sin = register_buffer("freqs_signed_sin", rope.signed_sin);
 }
 
 MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_ids,
@@ -75,7 +75,7 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
     positions = torch::arange(past, past + t, input_ids.options().dtype(torch::kInt64)).unsqueeze(0).expand({b, t});
   }
   const auto cos = freqs_cos.index({positions});  // [B, T, head_dim]
-  const auto sin = freqs_sin.index({positions});
+  const auto signed_sin = freqs_signed_sin.index({positions});
   const auto mask = attention_mask_for(padding, past, t, input_ids.device());
 
   if (cache && cache->layers.empty()) cache->layers.resize(layers->size());
@@ -83,7 +83,7 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
   const auto zero = torch::zeros({}, h.options().dtype(compute_dtype(h.scalar_type())));
   Output out{{}, zero, zero, {}};
   for (size_t i = 0; i < layers->size(); ++i) {
-    auto block = layers[i]->as<Block>()->forward(h, cos, sin, mask, cache ? &cache->layers[i] : nullptr);
+    auto block = layers[i]->as<Block>()->forward(h, cos, signed_sin, mask, cache ? &cache->layers[i] : nullptr);
     h = block.hidden;
     out.aux_loss = out.aux_loss + block.aux_loss;
     out.z_loss = out.z_loss + block.z_loss;

@@ -45,7 +45,7 @@ class MiniMindModelImpl : public torch::nn::Module {
   torch::nn::Dropout dropout = nullptr;
   torch::nn::ModuleList layers = nullptr;
   RMSNorm norm = nullptr;
-  torch::Tensor freqs_cos, freqs_sin;  // [max_position_embeddings, head_dim] buffers (not saved)
+  torch::Tensor freqs_cos, freqs_signed_sin;  // [max_position_embeddings, head_dim] buffers (not saved; RopeTables)
 
   const ModelConfig& config() const { return config_; }
 

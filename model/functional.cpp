@@ -32,20 +32,40 @@ RopeTables rope_tables(int64_t head_dim, int64_t max_positions, double theta, c1
   const auto inv_freq = 1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim));
   const auto angles = torch::outer(torch::arange(max_positions, f64), inv_freq);  // [P, D/2]
   const auto both_halves = torch::cat({angles, angles}, -1);                       // [P, D]
-  return {both_halves.cos().to(dtype), both_halves.sin().to(dtype)};
+  const auto sin = angles.sin();
+  return {both_halves.cos().to(dtype), torch::cat({-sin, sin}, -1).to(dtype)};
 }
 
-at::Tensor rotate_half(const at::Tensor& x) {
-  const auto halves = x.chunk(2, -1);
-  return torch::cat({-halves[1], halves[0]}, -1);
+namespace {
+
+// x * c + roll(x, D/2) * s * sign, in compute_dtype (the products promote a bfloat16 x to float32,
+// as MiniMind's do with float32 tables, without a cast pass of their own), returned in x's dtype.
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s, double sign) {
+  return torch::addcmul(x * c, x.roll(x.size(-1) / 2, -1), s, sign).to(x.scalar_type());
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+// The rotation's backward is the rotation by the opposite angle (roll by D/2 is its own inverse, and
+// it turns signed_sin into -signed_sin): the same three passes, where autograd's would be seven.
+struct Rotary : torch::autograd::Function<Rotary> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& c,
+                            const at::Tensor& s) {
+    ctx->save_for_backward({c, s});
+    return rotate(x, c, s, 1.0);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {rotate(grads[0], saved[0], saved[1], -1.0), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
   const auto dtype = compute_dtype(x.scalar_type());
-  const auto xf = x.to(dtype);
   const auto c = cos.to(dtype).unsqueeze(2);  // broadcast over heads
-  const auto s = sin.to(dtype).unsqueeze(2);
-  return (xf * c + rotate_half(xf) * s).to(x.scalar_type());
+  const auto s = signed_sin.to(dtype).unsqueeze(2);
+  return Rotary::apply(x, c, s);
 }
 
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {

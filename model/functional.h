@@ -16,20 +16,20 @@ c10::ScalarType matmul_dtype(const at::Tensor& x);
 /// weight * x / sqrt(mean(x^2, -1) + eps), computed in compute_dtype and returned in x's dtype.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
-/// Rotary tables for positions [0, max_positions): cos and sin, each [max_positions, head_dim], in the
-/// rotate-half layout (frequencies repeated over both halves), computed in float64 and returned in dtype.
+/// Rotary tables for positions [0, max_positions), each [max_positions, head_dim], in the rotate-half
+/// layout (frequencies repeated over both halves), computed in float64 and returned in dtype: cos,
+/// and sin with its first half negated (rotate_half's sign folded in, see apply_rope).
 struct RopeTables {
   at::Tensor cos;
-  at::Tensor sin;
+  at::Tensor signed_sin;
 };
 RopeTables rope_tables(int64_t head_dim, int64_t max_positions, double theta, c10::ScalarType dtype);
 
-/// [x1, x2] -> [-x2, x1] over the last dimension.
-at::Tensor rotate_half(const at::Tensor& x);
-
-/// x * cos + rotate_half(x) * sin. x: [B, T, heads, head_dim]; cos, sin: [B, T, head_dim].
-/// Computed in compute_dtype, returned in x's dtype.
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+/// MiniMind's x * cos + rotate_half(x) * sin, with rotate_half([x1, x2]) = [-x2, x1], computed as
+/// x * cos + roll(x, head_dim / 2) * signed_sin: three passes over x (a product, a roll, a fused
+/// multiply-add) instead of seven. x: [B, T, heads, head_dim]; cos, signed_sin: [B, T, head_dim]
+/// (RopeTables). Computed in compute_dtype, returned in x's dtype.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin);
 
 /// [B, T, kv_heads, D] -> [B, T, kv_heads * n_rep, D], each kv head repeated n_rep times in place.
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);

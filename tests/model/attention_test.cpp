@@ -49,7 +49,7 @@ TEST_P(AttentionVsReference, OutputsMatch) {
   const auto x = torch::randn({b, t, cfg.hidden_size});
   const auto tables = model::rope_tables(cfg.head_dim(), 16, cfg.rope_theta, torch::kFloat64);
   const auto cos = tables.cos.slice(0, 0, t).unsqueeze(0).expand({b, t, -1});
-  const auto sin = tables.sin.slice(0, 0, t).unsqueeze(0).expand({b, t, -1});
+  const auto sin = tables.signed_sin.slice(0, 0, t).unsqueeze(0).expand({b, t, -1});
   const auto expected = reference_attention(*attn, x, heads, kv_heads, cfg.rope_theta);
   EXPECT_TRUE(all_close(attn(x, cos, sin), expected, 1e-12, 1e-10));
 
@@ -69,7 +69,7 @@ TEST(Attention, DropoutOnlyInTraining) {
   model::Attention attn(cfg);
   const auto x = torch::randn({1, 5, cfg.hidden_size});
   const auto tables = model::rope_tables(cfg.head_dim(), 5, cfg.rope_theta, torch::kFloat64);
-  const auto cos = tables.cos.unsqueeze(0), sin = tables.sin.unsqueeze(0);
+  const auto cos = tables.cos.unsqueeze(0), sin = tables.signed_sin.unsqueeze(0);
   attn->eval();
   EXPECT_TRUE(torch::equal(attn(x, cos, sin), attn(x, cos, sin)));
   attn->train();

@@ -48,9 +48,29 @@ TEST(RoPE, EqualsExplicitPairRotations) {
   const auto x = torch::randn({2, t, 3, d});
   const auto tables = model::rope_tables(d, 32, theta, torch::kFloat64);
   const auto cos = tables.cos.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
-  const auto sin = tables.sin.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
+  const auto sin = tables.signed_sin.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
   const auto got = model::apply_rope(x, cos, sin);
   EXPECT_TRUE(all_close(got, reference::rope_by_rotation(x, torch::arange(t), theta), 1e-12, 1e-12));
+}
+
+// Our backward (the rotation by the opposite angle) against autograd through the explicit pair
+// rotations, in float64; and in bfloat16, the dtype the gradient comes back in.
+TEST(RoPE, BackwardEqualsAutogradOfPairRotations) {
+  test::DtypeAndSeed guard;
+  const int64_t d = 16, t = 9;
+  const double theta = 10000.0;
+  const auto tables = model::rope_tables(d, 32, theta, torch::kFloat64);
+  const auto cos = tables.cos.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
+  const auto sin = tables.signed_sin.slice(0, 0, t).unsqueeze(0).expand({2, t, d});
+  const auto x = torch::randn({2, t, 3, d}), g = torch::randn({2, t, 3, d});
+  const auto ours = x.clone().requires_grad_(true), ref = x.clone().requires_grad_(true);
+  (model::apply_rope(ours, cos, sin) * g).sum().backward();
+  (reference::rope_by_rotation(ref, torch::arange(t), theta) * g).sum().backward();
+  EXPECT_TRUE(all_close(ours.grad(), ref.grad(), 1e-12, 1e-12));
+  const auto half = x.to(torch::kBFloat16).requires_grad_(true);
+  (model::apply_rope(half, cos.to(torch::kFloat32), sin.to(torch::kFloat32)).to(torch::kFloat64) * g).sum().backward();
+  EXPECT_EQ(half.grad().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(all_close(half.grad().to(torch::kFloat64), ref.grad(), 1e-2, 2e-2));
 }
 
 TEST(RoPE, PreservesNorms) {
@@ -58,7 +78,7 @@ TEST(RoPE, PreservesNorms) {
   const int64_t d = 32, t = 50;
   const auto x = torch::randn({1, t, 4, d});
   const auto tables = model::rope_tables(d, t, 1e6, torch::kFloat64);
-  const auto y = model::apply_rope(x, tables.cos.unsqueeze(0), tables.sin.unsqueeze(0));
+  const auto y = model::apply_rope(x, tables.cos.unsqueeze(0), tables.signed_sin.unsqueeze(0));
   EXPECT_TRUE(all_close(y.norm(2, -1), x.norm(2, -1), 1e-12, 1e-12));
 }
 
@@ -68,7 +88,7 @@ TEST(RoPE, DotProductDependsOnlyOnRelativePosition) {
   const auto tables = model::rope_tables(d, p, 1e4, torch::kFloat64);
   const auto q = torch::randn({d}), k = torch::randn({d});
   auto at = [&](const torch::Tensor& v, int64_t pos) {
-    return model::apply_rope(v.view({1, 1, 1, d}), tables.cos[pos].view({1, 1, d}), tables.sin[pos].view({1, 1, d}))
+    return model::apply_rope(v.view({1, 1, 1, d}), tables.cos[pos].view({1, 1, d}), tables.signed_sin[pos].view({1, 1, d}))
         .flatten();
   };
   for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{5, 2}, {9, 9}, {3, 20}}) {
