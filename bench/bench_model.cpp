@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -240,7 +241,9 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     prof::enableProfiler(config, activities);
     for (int i = 0; i < 3; ++i) step();
     sync(device);
-    prof::disableProfiler()->save(o.profile_dir + "/trace_" + k.name + ".json");
+    const auto trace = o.profile_dir + "/trace_" + k.name + ".json";
+    prof::disableProfiler()->save(trace);
+    MOE_CHECK(std::filesystem::exists(trace), "--profile: the profiler did not write ", trace);
   }
 #ifdef MOE_TORCH_CUDA
   if (o.breakdown && device.is_cuda() && !graphed) {
@@ -352,6 +355,12 @@ int main(int argc, char** argv) try {
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
   moe::launch::parse_or_exit(argc, argv, desc);
   const auto device = moe::trainer::choose_device(device_opt);
+  if (!o.profile_dir.empty()) {
+    // Before any step runs: the profiler only logs a write it cannot make, and the trace is lost.
+    std::error_code error;
+    std::filesystem::create_directories(o.profile_dir, error);
+    MOE_CHECK(!error, "--profile ", o.profile_dir, ": cannot create the directory: ", error.message());
+  }
   if (layer_tokens > 0) {
     run_layer(device, layer_tokens, o);
     moe::parallel::finalize_mpi();

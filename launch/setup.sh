@@ -12,6 +12,8 @@
 #                     what Python's torch needs on a CPU machine (see PYTHON_TORCH_WHEELS)
 #   MOE_NO_APT=1      skip the Debian packages (machines without apt, e.g. the GPU box's bundle)
 #   MOE_BUILD_TYPE=X  CMake build type (default Release)
+#   MOE_CMAKE_ARGS=.. more CMake arguments at configure time (bench/gpu_machine_env.sh sets them where
+#                     a library comes from the GPU machine's bundle)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -151,7 +153,7 @@ configure_and_build() {
      ! grep -q "MOE_SETUP_STAMP:STRING=$sp_stamp" "$build/CMakeCache.txt" 2>/dev/null; then
     log "configuring build/"
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${MOE_BUILD_TYPE:-Release}" \
-      -DCMAKE_PREFIX_PATH="$prefix" -DMOE_SETUP_STAMP="$sp_stamp" >/dev/null
+      -DCMAKE_PREFIX_PATH="$prefix" -DMOE_SETUP_STAMP="$sp_stamp" ${MOE_CMAKE_ARGS:-} >/dev/null
   fi
   log "building ${targets[*]:-everything} (a first build takes several minutes on 2 cores)"
   cmake --build "$build" -j"$(nproc)" "${targets[@]}"

@@ -64,8 +64,10 @@ void finalize_mpi() {
 }
 
 namespace {
-// This rank's (index, count) among the ranks of its node.
-std::pair<int, int> node_local_rank_and_size() {
+// This rank's (index, count) among the ranks of its node: a collective of MPI_COMM_WORLD, so it is
+// computed once, on the first call (which every rank makes, choosing its device), and cached: a
+// later call on one rank alone (a single-process run inside an MPI job) must not wait for the others.
+std::pair<int, int> compute_node_local_rank_and_size() {
   ensure_mpi_initialized();
   int world_rank = 0, local_rank = 0, local_size = 1;
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
@@ -75,6 +77,11 @@ std::pair<int, int> node_local_rank_and_size() {
   MPI_CHECK(MPI_Comm_size(node, &local_size));
   MPI_CHECK(MPI_Comm_free(&node));
   return {local_rank, local_size};
+}
+
+std::pair<int, int> node_local_rank_and_size() {
+  static const std::pair<int, int> cached = compute_node_local_rank_and_size();
+  return cached;
 }
 }  // namespace
 

@@ -11,7 +11,8 @@ namespace moe::parallel {
 void ensure_mpi_initialized();
 /// Finalises MPI if this process initialised it; call at the end of main.
 void finalize_mpi();
-/// This rank's index among the ranks of its node (for the rank-to-GPU binding).
+/// This rank's index among the ranks of its node (for the rank-to-GPU binding). The first call of
+/// either function is a collective of MPI_COMM_WORLD (every rank makes it); later calls read a cache.
 int node_local_rank();
 /// How many ranks run on this rank's node.
 int node_local_size();

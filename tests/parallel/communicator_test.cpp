@@ -108,6 +108,23 @@ TEST(Communicator, AllGatherBroadcastBarrier) {
   comm->barrier();
 }
 
+// Choosing a GPU asks for the node-local rank; a single-process run inside an MPI job (resharding
+// through a one-process continuation, say) asks on one rank alone. Only the first call, made by
+// every rank, may be a collective: before the cache, rank 0 waited in MPI_Comm_split_type for ranks
+// that sat in the barrier below, until its timeout stopped the job (seen on the H200).
+TEST(Communicator, NodeLocalRankAskedByOneRankAloneAfterTheFirstCall) {
+  auto comm = world();
+  const int local = node_local_rank(), local_size = node_local_size();  // every rank
+  EXPECT_GE(local, 0);
+  EXPECT_LT(local, local_size);
+  EXPECT_LE(local_size, comm->size());
+  if (comm->rank() == 0) {
+    EXPECT_EQ(node_local_rank(), local);
+    EXPECT_EQ(node_local_size(), local_size);
+  }
+  comm->barrier();
+}
+
 TEST(Communicator, SplitFormsGroupsByColorOrderedByKey) {
   auto comm = world();
   const int w = comm->size(), r = comm->rank();
