@@ -170,6 +170,8 @@ struct Frame {
   int64_t written_on_entry = -1;  // bytes of the written arguments of a call that returns nothing
 };
 thread_local std::vector<Frame> t_frames;
+// The autograd nodes this thread is running (the backward's operators are called inside them).
+thread_local std::vector<std::string> t_nodes;
 
 }  // namespace
 
@@ -213,10 +215,26 @@ namespace {
 
 std::atomic<ProxyRecorder::State*> g_state{nullptr};
 
+// "autograd::engine::evaluate_function: MulBackward0" and "MulBackward0" alike: the node's name;
+// a custom function's "torch::autograd::CppNode<ns::Name>": Name.
+std::string node_name(const std::string& record) {
+  const auto colon = record.rfind(": ");
+  auto name = colon == std::string::npos ? record : record.substr(colon + 2);
+  if (name.rfind("torch::autograd::CppNode<", 0) == 0 && name.back() == '>') {
+    name.pop_back();
+    name = name.substr(name.rfind("::") + 2);
+  }
+  return name;
+}
+
 std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
   auto* state = g_state.load();
   if (state == nullptr) return nullptr;
   const std::string name = fn.name();
+  if (fn.scope() == at::RecordScope::BACKWARD_FUNCTION) {  // a context, not an operator
+    t_nodes.push_back(node_name(name));
+    return nullptr;
+  }
   const Frame parent = t_frames.empty() ? Frame{} : t_frames.back();
   if (!t_frames.empty()) t_frames.back().has_child = true;
   const OpTraits t = state->traits_for(fn, name);
@@ -241,7 +259,12 @@ std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
 
 void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
   auto* state = g_state.load();
-  if (state == nullptr || t_frames.empty()) return;
+  if (state == nullptr) return;
+  if (fn.scope() == at::RecordScope::BACKWARD_FUNCTION) {
+    if (!t_nodes.empty()) t_nodes.pop_back();
+    return;
+  }
+  if (t_frames.empty()) return;
   const Frame frame = t_frames.back();
   t_frames.pop_back();
   const std::string name = fn.name();
@@ -260,8 +283,16 @@ void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
     c.elementwise_bytes += bytes;
   });
   std::lock_guard<std::mutex> lock(state->mutex);
-  if (counts_launch) state->counts.launches_by_op[name] += 1;
-  if (bytes > 0) state->counts.elementwise_bytes_by_op[name] += bytes;
+  const std::string origin = (state->regions.empty() ? std::string("step") : state->regions.back()) + ": " +
+                             (t_nodes.empty() ? std::string() : t_nodes.back() + ": ") + name;
+  if (counts_launch) {
+    state->counts.launches_by_op[name] += 1;
+    state->counts.launches_by_origin[origin] += 1;
+  }
+  if (bytes > 0) {
+    state->counts.elementwise_bytes_by_op[name] += bytes;
+    state->counts.elementwise_bytes_by_origin[origin] += bytes;
+  }
 }
 
 // Receives every allocation and free of the threads that carry it (the autograd engine's included).
@@ -296,7 +327,8 @@ ProxyRecorder::ProxyRecorder(torch::Device device) : state_(std::make_unique<Sta
   state_->handle = at::addGlobalCallback(at::RecordFunctionCallback(on_enter, on_exit)
                                              .needsInputs(true)
                                              .needsOutputs(true)
-                                             .scopes({at::RecordScope::FUNCTION}));
+                                             .scopes({at::RecordScope::FUNCTION,
+                                                      at::RecordScope::BACKWARD_FUNCTION}));
 }
 
 ProxyRecorder::~ProxyRecorder() {
@@ -304,6 +336,7 @@ ProxyRecorder::~ProxyRecorder() {
   state_->memory_guard.reset();
   g_state.store(nullptr);
   t_frames.clear();
+  t_nodes.clear();
 }
 
 void ProxyRecorder::begin(const char* name) {
@@ -362,6 +395,10 @@ std::string format_proxies(const StepProxies& p, int top_ops) {
   std::map<std::string, int64_t> mib_by_op;
   for (const auto& [op, bytes] : p.elementwise_bytes_by_op) mib_by_op[op] = bytes >> 20;
   out << "  most elementwise MiB: " << top(mib_by_op, top_ops) << "\n";
+  out << "  most launched, by origin: " << top(p.launches_by_origin, top_ops) << "\n";
+  std::map<std::string, int64_t> mib_by_origin;
+  for (const auto& [origin, bytes] : p.elementwise_bytes_by_origin) mib_by_origin[origin] = bytes >> 20;
+  out << "  most elementwise MiB, by origin: " << top(mib_by_origin, top_ops) << "\n";
   if (!p.syncs_by_op.empty()) out << "  host syncs: " << top(p.syncs_by_op, top_ops) << "\n";
   return out.str();
 }

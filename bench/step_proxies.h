@@ -36,6 +36,10 @@ struct StepProxies {
   std::map<std::string, int64_t> launches_by_op;  // e.g. "aten::copy_" -> 1540
   std::map<std::string, int64_t> elementwise_bytes_by_op;
   std::map<std::string, int64_t> syncs_by_op;     // by region and operator, e.g. "experts: aten::item" -> 16
+  // Launches and elementwise bytes by origin: the region, the autograd node that ran the operator
+  // in the backward, and the operator, e.g. "backward: ToCopyBackward0: aten::copy_" -> 128.
+  std::map<std::string, int64_t> launches_by_origin;
+  std::map<std::string, int64_t> elementwise_bytes_by_origin;
 };
 
 /// Counts while alive, on every thread, for one device (its allocations; operators anywhere).

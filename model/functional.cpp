@@ -82,6 +82,37 @@ at::Tensor activation(const at::Tensor& x, const std::string& name) {
   return {};
 }
 
+namespace {
+
+struct SiluGate : torch::autograd::Function<SiluGate> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden) {
+    ctx->save_for_backward({hidden});
+    const auto i = hidden.size(-1) / 2;
+    return torch::silu(hidden.narrow(-1, 0, i)) * hidden.narrow(-1, i, i);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto hidden = ctx->get_saved_variables()[0];
+    const auto i = hidden.size(-1) / 2;
+    const auto gate = hidden.narrow(-1, 0, i), up = hidden.narrow(-1, i, i);
+    auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+    // The same operations as autograd's (so the same values), written into the halves in place.
+    auto grad_gate = grad_hidden.narrow(-1, 0, i), grad_up = grad_hidden.narrow(-1, i, i);
+    at::silu_backward_out(grad_gate, grads[0] * up, gate);
+    at::mul_out(grad_up, grads[0], torch::silu(gate));
+    return {grad_hidden};
+  }
+};
+
+}  // namespace
+
+at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name) {
+  MOE_CHECK(hidden.size(-1) % 2 == 0, "gated_activation: the last dimension ", hidden.size(-1), " is not [gate | up]");
+  if (name == "silu") return SiluGate::apply(hidden);
+  const auto i = hidden.size(-1) / 2;
+  return activation(hidden.narrow(-1, 0, i), name) * hidden.narrow(-1, i, i);
+}
+
 at::Tensor count_ids(const at::Tensor& ids, int64_t n) {
   const auto flat = ids.reshape({-1});
   return torch::zeros({n}, flat.options().dtype(torch::kInt64)).scatter_add_(0, flat, torch::ones_like(flat));

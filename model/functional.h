@@ -37,6 +37,12 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
 /// The named activation: silu, gelu or relu.
 at::Tensor activation(const at::Tensor& x, const std::string& name);
 
+/// activation(gate) * up for hidden = [gate | up] ([rows, 2I], the layout of the grouped experts'
+/// first product). For silu, its own backward writes both halves of one gradient and saves only
+/// `hidden` (silu(gate) is recomputed): autograd of the two slices would zero-fill a [rows, 2I]
+/// gradient per slice and add them (2.8 GB of fills per step on config a), and keep silu(gate).
+at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name);
+
 /// How often each id in [0, n) occurs in `ids` (int64, on ids' device). Unlike torch::bincount,
 /// which reads the maximum back to the host on CUDA, this never synchronises.
 at::Tensor count_ids(const at::Tensor& ids, int64_t n);

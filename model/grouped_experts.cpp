@@ -58,7 +58,6 @@ torch::Tensor grouped_swiglu(const torch::Tensor& rows, const torch::Tensor& cou
   MOE_CHECK(counts.numel() == static_cast<int64_t>(experts.size()), "grouped_swiglu: ", counts.numel(),
             " counts for ", experts.size(), " experts");
   const auto [gate_up, down] = stacked_weights(experts, dtype);
-  const auto i = down.size(2);
   const auto on_device = counts.device() == rows.device() ? counts : counts.to(rows.device());
   const auto ends = on_device.cumsum(0).to(torch::kInt32);  // group ends, as _grouped_mm wants
   // Rows past the last group are never written by the kernel (neither their output nor their input
@@ -66,7 +65,7 @@ torch::Tensor grouped_swiglu(const torch::Tensor& rows, const torch::Tensor& cou
   const auto valid = (torch::arange(rows.size(0), ends.options()) < ends[-1]).unsqueeze(1);  // [M, 1]
   const auto x = torch::where(valid, rows.to(dtype), 0);
   const auto hidden = at::_grouped_mm(x, gate_up.transpose(1, 2), ends);  // [M, 2I]
-  const auto act = activation(hidden.narrow(1, 0, i), experts.front()->activation_name()) * hidden.narrow(1, i, i);
+  const auto act = gated_activation(hidden, experts.front()->activation_name());  // [M, I]
   const auto out = torch::where(valid, at::_grouped_mm(act, down.transpose(1, 2), ends), 0);  // [M, H]
   return torch::dropout(out, experts.front()->dropout->options.p(), training);
 }

@@ -125,6 +125,38 @@ TEST(StepProxies, AttributesToTheInnermostRegionForwardAndBackward) {
   EXPECT_TRUE(w.grad().defined());
 }
 
+TEST(StepProxies, KeysBackwardLaunchesByTheAutogradNodeThatRanThem) {
+  const auto w = torch::ones({64}, torch::requires_grad());
+  const auto x = floats(64).to(torch::kBFloat16);
+  ProxyRecorder recorder(torch::kCPU);
+  set_region_recorder(&recorder);
+  torch::Tensor loss;
+  {
+    ScopedRegion forward("forward");
+    loss = (w.to(torch::kBFloat16) * x).sum();  // the cast of a weight under autocast, in small
+  }
+  {
+    ScopedRegion backward("backward");
+    loss.backward();
+  }
+  set_region_recorder(nullptr);
+  const auto p = recorder.result();
+  auto launched_from = [&](const std::string& prefix) {
+    int64_t n = 0;
+    for (const auto& [origin, count] : p.launches_by_origin) n += origin.rfind(prefix, 0) == 0 ? count : 0;
+    return n;
+  };
+  // The gradient's cast back to float32 runs inside the cast's autograd node; forward operators
+  // carry their region alone.
+  EXPECT_GE(launched_from("backward: ToCopyBackward0: "), 1) << format_proxies(p);
+  EXPECT_GE(launched_from("backward: MulBackward0: "), 1) << format_proxies(p);
+  EXPECT_EQ(launched_from("forward: "), p.by_region.at("forward").launches) << format_proxies(p);
+  EXPECT_EQ(launched_from(""), p.total.launches);
+  int64_t bytes = 0;
+  for (const auto& [origin, b] : p.elementwise_bytes_by_origin) bytes += b;
+  EXPECT_EQ(bytes, p.total.elementwise_bytes);
+}
+
 TEST(StepProxies, OneRecorderAtATime) {
   ProxyRecorder first(torch::kCPU);
   EXPECT_THROW(ProxyRecorder second(torch::kCPU), std::exception);
