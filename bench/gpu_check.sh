@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
            (PYTHONUNBUFFERED=1 STAGE_TIMEOUT=420 bounded python3 "$2" > "$log_dir/peer_during_build.log" 2>&1) &
            background=$!; shift ;;
     test) stage test; wait_background
-          bounded ctest --test-dir "$root/build" -R "^($(IFS='|'; echo "${gpu_tests[*]}"))" --output-on-failure \
+          STAGE_TIMEOUT=240 bounded ctest --test-dir "$root/build" -j4 -R "^($(IFS='|'; echo "${gpu_tests[*]}"))" --output-on-failure \
             > "$log_dir/ctest_gpu.log" 2>&1
           grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$log_dir/ctest_gpu.log" | tail -25
           bounded "$bin/cuda_model_test" 2>&1 | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure" | head -30 ;;
