@@ -37,6 +37,7 @@ background=""
 wait_background() { [ -z "$background" ] || { wait "$background"; background=""; grep -E '^[abc] ' "$log_dir/peer_during_build.log"; }; }
 machine_env_sourced=0
 machine_env() { [ "$machine_env_sourced" = 1 ] || { source "$root/bench/gpu_machine_env.sh"; machine_env_sourced=1; }; }
+ctest_summary() { grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$1" | tail -25; }
 gpu_tests=(cuda_model_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
     test) stage test; wait_background
           STAGE_TIMEOUT=240 bounded ctest --test-dir "$root/build" -j4 -R "^($(IFS='|'; echo "${gpu_tests[*]}"))" --output-on-failure \
             > "$log_dir/ctest_gpu.log" 2>&1
-          grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$log_dir/ctest_gpu.log" | tail -25
+          ctest_summary "$log_dir/ctest_gpu.log"
           bounded "$bin/cuda_model_test" 2>&1 | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure" | head -30 ;;
     bench) stage bench; wait_background
            bounded "$bin/moe-bench-model" --device cuda --breakdown 2>&1 | tee "$log_dir/bench.log" | grep -v '^{' ;;
@@ -101,7 +102,7 @@ while [ $# -gt 0 ]; do
               bounded cmake --build "$root/build" -j"$(nproc)" -- -k 0 > "$log_dir/build_all.log" 2>&1 ||
                 tail -20 "$log_dir/build_all.log"
               bounded ctest --test-dir "$root/build" -j8 --output-on-failure > "$log_dir/ctest.log" 2>&1
-              grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$log_dir/ctest.log" | tail -25 ;;
+              ctest_summary "$log_dir/ctest.log" ;;
     *) echo "unknown stage '$1'" >&2; exit 2 ;;
   esac
   shift

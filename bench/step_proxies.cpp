@@ -188,6 +188,8 @@ struct ProxyRecorder::State {
   explicit State(torch::Device d) : device(d) {}
 
   ProxyCounts& region_counts() { return counts.by_region[regions.empty() ? std::string() : regions.back()]; }
+  // The innermost region for the "region: operator" keys; "step" outside every region.
+  std::string region_label() const { return regions.empty() ? std::string("step") : regions.back(); }
 
   template <typename Add>
   void add(Add&& f) {
@@ -251,8 +253,7 @@ std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
   if (syncs) {
     state->add([](ProxyCounts& c) { c.host_syncs += 1; });
     std::lock_guard<std::mutex> lock(state->mutex);
-    const auto& region = state->regions.empty() ? std::string("step") : state->regions.back();
-    state->counts.syncs_by_op[region + ": " + (to_host ? name + " (to host)" : name)] += 1;
+    state->counts.syncs_by_op[state->region_label() + ": " + (to_host ? name + " (to host)" : name)] += 1;
   }
   return nullptr;
 }
@@ -283,8 +284,8 @@ void on_exit(const at::RecordFunction& fn, at::ObserverContext*) {
     c.elementwise_bytes += bytes;
   });
   std::lock_guard<std::mutex> lock(state->mutex);
-  const std::string origin = (state->regions.empty() ? std::string("step") : state->regions.back()) + ": " +
-                             (t_nodes.empty() ? std::string() : t_nodes.back() + ": ") + name;
+  const std::string origin =
+      state->region_label() + ": " + (t_nodes.empty() ? std::string() : t_nodes.back() + ": ") + name;
   if (counts_launch) {
     state->counts.launches_by_op[name] += 1;
     state->counts.launches_by_origin[origin] += 1;
@@ -364,6 +365,12 @@ std::string mib(int64_t bytes) {
   return buf;
 }
 
+std::map<std::string, int64_t> in_mib(const std::map<std::string, int64_t>& bytes_by_key) {
+  std::map<std::string, int64_t> mib;
+  for (const auto& [key, bytes] : bytes_by_key) mib[key] = bytes >> 20;
+  return mib;
+}
+
 std::string top(const std::map<std::string, int64_t>& by_op, int n) {
   std::vector<std::pair<int64_t, std::string>> sorted;
   for (const auto& [op, count] : by_op) sorted.emplace_back(-count, op);
@@ -392,13 +399,9 @@ std::string format_proxies(const StepProxies& p, int top_ops) {
   row("step", p.total);
   out << "  peak above the start: " << mib(p.peak_bytes) << "\n";
   out << "  most launched: " << top(p.launches_by_op, top_ops) << "\n";
-  std::map<std::string, int64_t> mib_by_op;
-  for (const auto& [op, bytes] : p.elementwise_bytes_by_op) mib_by_op[op] = bytes >> 20;
-  out << "  most elementwise MiB: " << top(mib_by_op, top_ops) << "\n";
+  out << "  most elementwise MiB: " << top(in_mib(p.elementwise_bytes_by_op), top_ops) << "\n";
   out << "  most launched, by origin: " << top(p.launches_by_origin, top_ops) << "\n";
-  std::map<std::string, int64_t> mib_by_origin;
-  for (const auto& [origin, bytes] : p.elementwise_bytes_by_origin) mib_by_origin[origin] = bytes >> 20;
-  out << "  most elementwise MiB, by origin: " << top(mib_by_origin, top_ops) << "\n";
+  out << "  most elementwise MiB, by origin: " << top(in_mib(p.elementwise_bytes_by_origin), top_ops) << "\n";
   if (!p.syncs_by_op.empty()) out << "  host syncs: " << top(p.syncs_by_op, top_ops) << "\n";
   return out.str();
 }
