@@ -37,6 +37,7 @@
 #include "bench/step_proxies.h"
 #include "launch/cli.h"
 #include "model/causal_lm.h"
+#include "model/feed_forward.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
@@ -121,14 +122,15 @@ class CudaRegionTimer : public moe::RegionRecorder {
 struct Options {
   int64_t steps = 20, warmup = 10, batch = 0, seq = 0;
   bool breakdown = false, unfused_adamw = false, cuda_graph = false, proxies = false;
-  std::string expert_compute = "auto", profile_dir;
+  std::string expert_compute = "auto", recompute = "none", profile_dir;
 };
 
 using moe::bench::median;
 
 // One step after a warm-up step (AdamW's state exists then), counted by region.
 template <typename Step>
-void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_t t, Step& step, bool& read_loss) {
+void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_t t, Step& step, bool& read_loss,
+                   const std::string& recompute) {
   step();
   sync(device);
   read_loss = false;
@@ -141,13 +143,13 @@ void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_
     moe::set_region_recorder(nullptr);
     p = recorder.result();
   }
-  std::printf("proxies of one training step, config %s (%ldx%ld, %s, experts %s):\n%s", k.name.c_str(), long(b),
-              long(t), device.is_cuda() ? "cuda" : "cpu as a GPU: bf16 autocast", k.config.expert_compute.c_str(),
-              moe::bench::format_proxies(p).c_str());
-  std::printf("{\"bench\":\"step_proxies\",\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"batch\":%ld,"
-              "\"seq\":%ld,%s}\n",
-              k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", k.config.expert_compute.c_str(), long(b), long(t),
-              moe::bench::proxies_json_fields(p).c_str());
+  std::printf("proxies of one training step, config %s (%ldx%ld, %s, experts %s, recompute %s):\n%s", k.name.c_str(),
+              long(b), long(t), device.is_cuda() ? "cuda" : "cpu as a GPU: bf16 autocast", k.config.expert_compute.c_str(),
+              recompute.c_str(), moe::bench::format_proxies(p).c_str());
+  std::printf("{\"bench\":\"step_proxies\",\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\","
+              "\"batch\":%ld,\"seq\":%ld,%s}\n",
+              k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", k.config.expert_compute.c_str(), recompute.c_str(),
+              long(b), long(t), moe::bench::proxies_json_fields(p).c_str());
   std::fflush(stdout);
 }
 
@@ -156,6 +158,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const int64_t b = o.batch > 0 ? o.batch : k.batch, t = o.seq > 0 ? o.seq : k.seq;
   torch::manual_seed(0);
   moe::model::CausalLM lm(c);
+  moe::model::set_activation_recompute(*lm, o.recompute == "act");
   lm->to(device);
   lm->train();
   auto groups = moe::parallel::make_groups(moe::parallel::make_single_communicator(), 1, c.n_routed_experts);
@@ -199,7 +202,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     opt.close();
     if (read_loss) loss = out.loss.item<double>();
   };
-  if (o.proxies) return count_proxies(k, device, b, t, step, read_loss);
+  if (o.proxies) return count_proxies(k, device, b, t, step, read_loss, o.recompute);
   for (int64_t i = 0; i < o.warmup; ++i) step();
   sync(device);
   moe::trainer::reset_peak_memory(device);
@@ -217,15 +220,15 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
   const auto mem = moe::trainer::peak_memory(device);
-  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "");
-  std::printf("%-5s %-5s %-14s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
+  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "act" ? "+act" : "");
+  std::printf("%-5s %-5s %-18s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
               moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median_ms, *hi, tok_s,
               mfu >= 0 ? 100 * mfu : 0.0, mem.allocated_gib, mem.reserved_gib, loss);
-  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
+  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
               "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_allocated_gib\":%.3f,\"peak_reserved_gib\":%.3f,\"loss_last\":%.4f}\n",
-              k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(),
+              k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(), o.recompute.c_str(),
               o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
               long(moe::trainer::active_parameters(c)), median_ms, *lo, *hi, tok_s, mfu, mem.allocated_gib,
               mem.reserved_gib, loss);
@@ -289,6 +292,7 @@ void run_layer(const torch::Device& device, int64_t tokens, const Options& o) {
   c.expert_compute = o.expert_compute;
   torch::manual_seed(0);
   moe::model::MoEFeedForward layer(c);
+  moe::model::set_activation_recompute(*layer, o.recompute == "act");
   layer->to(device, torch::kBFloat16);
   layer->train();
   const auto x = torch::randn({1, tokens, c.hidden_size}, torch::TensorOptions(torch::kBFloat16).device(device))
@@ -345,6 +349,8 @@ int main(int argc, char** argv) try {
       ("batch", po::value(&o.batch)->default_value(0), "sequences per step (0: the config's)")
       ("seq-len", po::value(&o.seq)->default_value(0), "tokens per sequence (0: the config's)")
       ("expert-compute", po::value(&o.expert_compute)->default_value(o.expert_compute), "auto, grouped or loop")
+      ("recompute", po::value(&o.recompute)->default_value(o.recompute),
+       "none or act: the backward recomputes each feed-forward's act(gate) * up (train.recompute)")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
@@ -354,6 +360,7 @@ int main(int argc, char** argv) try {
       ("layer", po::value(&layer_tokens)->default_value(0),
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
   moe::launch::parse_or_exit(argc, argv, desc);
+  MOE_CHECK(o.recompute == "none" || o.recompute == "act", "--recompute '", o.recompute, "' is not one of none, act");
   const auto device = moe::trainer::choose_device(device_opt);
   if (!o.profile_dir.empty()) {
     // Before any step runs: the profiler only logs a write it cannot make, and the trace is lost.
@@ -374,7 +381,7 @@ int main(int argc, char** argv) try {
     if (!device.is_cuda() && o.expert_compute == "auto") o.expert_compute = "grouped";
   }
   if (configs.empty()) configs = device.is_cuda() ? "a,b,c" : "tiny";
-  if (!o.proxies) std::printf("%-5s %-5s %-14s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
+  if (!o.proxies) std::printf("%-5s %-5s %-18s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
               "params", "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "allocGB", "resvGB", "loss");
   for (const auto& name : split(configs)) {
     auto k = make_case(name);

@@ -14,8 +14,9 @@ out="${OUT:?OUT: the folder whose files come back}"
 source .devbundle/gpu-env.sh
 export STAGE_TIMEOUT="${STAGE_TIMEOUT:-150}" MOE_FORTUNES_DIR="$root/.devbundle/fortunes"
 peer=.devbundle/peers/torch_grouped_moe.py
-# ~2 min build (16 cores) with the baseline compiling beside it, ~1 min graph, ~1 min baseline
+# ~2 min build (16 cores) with the baseline compiling beside it, ~1 min graph (and again with
+# --recompute act), ~1 min baseline
 # (caches warm), ~1 min eager with breakdown, then the rest as time allows.
-timeout 560 bench/gpu_check.sh "$out/l" report peer-during-build "$peer" build graph peer "$peer" bench \
+timeout 560 bench/gpu_check.sh "$out/l" report peer-during-build "$peer" build graph graph-act peer "$peer" bench \
   test train .devbundle/data profile proxies layer ckpt alltests 2>&1 | tee "$out/console.log"
 (cd "$out" && tar czf logs.tgz l && rm -rf l)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [proxies]
+#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-act] [proxies]
 #                      [profile] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR] [alltests]
 # On the lent GPU machine, what it lacks comes from the device bundle (bench/gpu_machine_env.sh says
 # what was found and what was taken from the bundle):
@@ -15,6 +15,7 @@
 #   test    the tests that run on the GPU (CUDA model, fused AdamW, NCCL, expert parallel, sharded)
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
+#   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)
 #   proxies the step's proxies (launches, syncs, bytes) on the GPU, beside the CPU's prediction
 #   profile kineto traces of configs a and c, summarised by bench/trace_summary.py (kernels by time)
 #   layer   one Mixtral-shaped MoE layer, grouped and loop experts
@@ -60,6 +61,9 @@ while [ $# -gt 0 ]; do
            bounded "$bin/moe-bench-model" --device cuda --breakdown 2>&1 | tee "$log_dir/bench.log" | grep -v '^{' ;;
     graph) stage graph; wait_background
            bounded "$bin/moe-bench-model" --device cuda --cuda-graph 2>&1 | tee "$log_dir/bench_graph.log" | grep -v '^{' ;;
+    graph-act) stage graph-act; wait_background
+           bounded "$bin/moe-bench-model" --device cuda --cuda-graph --recompute act 2>&1 |
+             tee "$log_dir/bench_graph_act.log" | grep -v '^{' ;;
     proxies) stage proxies; wait_background
              bounded "$bin/moe-bench-model" --device cuda --proxies --configs tiny,a,b,c 2>&1 |
                tee "$log_dir/proxies.log" | grep -v '^{' ;;

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "model/functional.h"
+#include "model/recomputed_activation.h"
 
 namespace moe::model {
 
@@ -17,7 +18,16 @@ FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) : act_(c.hidden_act) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return dropout(down_proj(activation(gate_proj(x), act_) * up_proj(x)));
+  if (!recompute_activation_) return dropout(down_proj(activation(gate_proj(x), act_) * up_proj(x)));
+  const auto gate = gate_proj(x), up = up_proj(x);
+  // The cast autocast would make for down_proj; its backward hands the parameter its own dtype.
+  return dropout(recomputed_gated_linear(gate, up, down_proj->weight.to(gate.scalar_type()), act_));
+}
+
+void set_activation_recompute(torch::nn::Module& root, bool on) {
+  for (const auto& module : root.modules()) {
+    if (auto feed_forward = std::dynamic_pointer_cast<FeedForwardImpl>(module)) feed_forward->set_recompute_activation(on);
+  }
 }
 
 }  // namespace moe::model

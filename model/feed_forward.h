@@ -17,13 +17,21 @@ class FeedForwardImpl : public torch::nn::Module {
   /// x: [..., hidden] -> [..., hidden].
   torch::Tensor forward(const torch::Tensor& x);
   const std::string& activation_name() const { return act_; }
+  /// Whether the backward recomputes act(gate) * up instead of keeping it (train.recompute act;
+  /// model/recomputed_activation.h). The grouped experts read it from their first expert.
+  bool recomputes_activation() const { return recompute_activation_; }
+  void set_recompute_activation(bool on) { recompute_activation_ = on; }
 
   torch::nn::Linear gate_proj = nullptr, up_proj = nullptr, down_proj = nullptr;
   torch::nn::Dropout dropout = nullptr;
 
  private:
   std::string act_;
+  bool recompute_activation_ = false;
 };
 TORCH_MODULE(FeedForward);
+
+/// Sets recompute_activation on every FeedForward in `root` (routed and shared experts, dense layers).
+void set_activation_recompute(torch::nn::Module& root, bool on);
 
 }  // namespace moe::model

@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/recomputed_activation.h"
 
 namespace moe::model {
 
@@ -65,8 +66,11 @@ torch::Tensor grouped_swiglu(const torch::Tensor& rows, const torch::Tensor& cou
   const auto valid = (torch::arange(rows.size(0), ends.options()) < ends[-1]).unsqueeze(1);  // [M, 1]
   const auto x = torch::where(valid, rows.to(dtype), 0);
   const auto hidden = at::_grouped_mm(x, gate_up.transpose(1, 2), ends);  // [M, 2I]
-  const auto act = gated_activation(hidden, experts.front()->activation_name());  // [M, I]
-  const auto out = torch::where(valid, at::_grouped_mm(act, down.transpose(1, 2), ends), 0);  // [M, H]
+  const auto& act = experts.front()->activation_name();
+  const auto product = experts.front()->recomputes_activation()
+                           ? recomputed_grouped_gated_linear(hidden, down, ends, act)
+                           : at::_grouped_mm(gated_activation(hidden, act), down.transpose(1, 2), ends);
+  const auto out = torch::where(valid, product, 0);  // [M, H]
   return torch::dropout(out, experts.front()->dropout->options.p(), training);
 }
 

@@ -120,7 +120,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("train.max_bad_steps", bound(c.train.max_bad_steps), "consecutive non-finite steps before aborting")
       ("train.peak_tflops", bound(c.train.peak_tflops), "per-GPU peak for MFU; 0 = known devices")
       ("train.cuda_graph", bound(c.train.cuda_graph),
-       "forward+backward replayed as one CUDA graph (GPU, one rank, grad_accum 1)");
+       "forward+backward replayed as one CUDA graph (GPU, one rank, grad_accum 1)")
+      ("train.recompute", bound(c.train.recompute),
+       "none | act (the backward recomputes each feed-forward's act(gate) * up instead of keeping it: "
+       "less activation memory, same values)");
   po::options_description checkpoint("checkpoint");
   checkpoint.add_options()
       ("checkpoint.every", bound(c.checkpoint.every), "steps between checkpoints; 0 = at the end only")

@@ -54,6 +54,7 @@ struct TrainOptions {
   int64_t max_bad_steps = 5;    // consecutive non-finite steps before aborting
   double peak_tflops = 0;       // per GPU, for MFU; 0 = from the device name when known
   bool cuda_graph = false;      // forward+backward as one replayed CUDA graph (one rank, no accumulation)
+  std::string recompute = "none";  // none | act: the backward recomputes act(gate) * up of every feed-forward
 };
 
 struct CheckpointOptions {

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/global_aux_loss.h"
+#include "model/feed_forward.h"
 #include "parallel/collective_text.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/checkpoint/resume.h"
@@ -68,6 +69,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
 
   lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
+  model::set_activation_recompute(*lm_, t.recompute == "act");
   lm_->to(device_);
   lm_->train();
   sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_, int64_t(config_.parallel.bucket_mb * (1 << 20)),

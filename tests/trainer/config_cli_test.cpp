@@ -61,7 +61,7 @@ TEST(ConfigCli, DumpConfigReadsBackToTheSameValues) {
   test::TempDir dir;
   const auto cli = parse(with_data({"--model.use_moe", "true", "--model.rms_norm_eps", "1e-6", "--optim.lr",
                                     "0.00123", "--model.seq_aux", "false", "--train.out_dir", "runs/x y",
-                                    "--model.capacity_factor", "1.25", "--dump-config"}));
+                                    "--model.capacity_factor", "1.25", "--train.recompute", "act", "--dump-config"}));
   EXPECT_TRUE(cli.dump_config);
   const auto text = dump_config(cli.config);
   EXPECT_NE(text.find("[model]\nhidden_size = 512\n"), std::string::npos) << text;
@@ -73,6 +73,7 @@ TEST(ConfigCli, DumpConfigReadsBackToTheSameValues) {
   EXPECT_EQ(back.model.rms_norm_eps, 1e-6);
   EXPECT_EQ(back.train.out_dir, "runs/x y");
   EXPECT_EQ(back.model.capacity_factor, 1.25);
+  EXPECT_EQ(back.train.recompute, "act");
   EXPECT_FALSE(back.model.seq_aux);
 }
 
@@ -111,6 +112,7 @@ TEST(ConfigCli, EveryDocumentedErrorNamesTheKeyAndValue) {
   EXPECT_EQ(error_of(with_data({"--optim.shard_state", "true", "--train.cuda_graph", "true"})),
             "--train.cuda_graph runs one rank, which has no replicas to shard the optimizer over: leave "
             "--optim.shard_state false");
+  EXPECT_EQ(error_of(with_data({"--train.recompute", "block"})), "--train.recompute 'block' is not one of none, act");
   // Every floating-point option is finite and in its range.
   EXPECT_EQ(error_of(with_data({"--optim.lr", "inf"})), "--optim.lr must be a finite positive number, got inf");
   EXPECT_EQ(error_of(with_data({"--optim.lr", "nan"})), "--optim.lr must be a finite positive number, got nan");

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/check.h"
+#include "model/feed_forward.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/mpi_communicator.h"
@@ -153,6 +154,34 @@ TEST(Trainer, TinyModelOverfitsATinyCorpus) {
   const auto s = trainer.run();
   EXPECT_GT(s.first_loss, 3.5);  // about ln(64) = 4.16 at the start
   EXPECT_LT(s.last_loss, 0.5) << "memorising 240 tokens should be easy";
+}
+
+// --train.recompute act reaches every feed-forward of the model the trainer builds (expert
+// parallel on N ranks too) and changes no bit of the training: the same losses and weights.
+TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
+  auto comm = mpi_world();
+  test::TempDir tmp("moe_trainer_test");
+  write_dataset(tmp.path() + "/data", 40, 64);
+  std::vector<std::pair<TrainSummary, std::vector<torch::Tensor>>> runs;
+  for (const std::string recompute : {"none", "act"}) {
+    auto cfg = tiny_config(tmp.path());
+    cfg.train.steps = 5;
+    cfg.train.recompute = recompute;
+    cfg.train.out_dir = tmp.path() + "/run_" + recompute;
+    Trainer trainer(cfg, groups_of(comm, 4));
+    const auto summary = trainer.run();
+    std::vector<torch::Tensor> weights;
+    for (const auto& p : trainer.model()->parameters()) weights.push_back(p.detach().clone());
+    bool all_recompute = true;
+    for (const auto& m : trainer.model()->modules()) {
+      if (auto ff = std::dynamic_pointer_cast<model::FeedForwardImpl>(m)) all_recompute &= ff->recomputes_activation() == (recompute == "act");
+    }
+    EXPECT_TRUE(all_recompute) << recompute;
+    runs.emplace_back(summary, weights);
+  }
+  EXPECT_EQ(runs[1].first.first_loss, runs[0].first.first_loss);
+  EXPECT_EQ(runs[1].first.last_loss, runs[0].first.last_loss);
+  for (size_t i = 0; i < runs[0].second.size(); ++i) EXPECT_TRUE(torch::equal(runs[1].second[i], runs[0].second[i])) << i;
 }
 
 TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {

@@ -1,0 +1,206 @@
+// The recomputed activation (model/recomputed_activation.h, train.recompute act): the same values
+// and gradients as the plain composition bit for bit (the same operators run, in the backward
+// instead of the forward), against a float64 per-expert reference, through a whole model under
+// bf16 autocast, and with less memory kept from the forward for the backward.
+#include <ATen/autocast_mode.h>
+#include <ATen/ops/_grouped_mm.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "bench/step_proxies.h"
+#include "model/causal_lm.h"
+#include "model/feed_forward.h"
+#include "model/functional.h"
+#include "model/recomputed_activation.h"
+#include "tests/support.h"
+
+namespace moe::model {
+namespace {
+
+using test::all_close;
+
+// Before any tensor: every free during a recording is then counted.
+const bool kTracking = (bench::track_cpu_allocations(), true);
+
+const std::vector<std::string> kActivations{"silu", "gelu", "relu"};
+
+struct Leaves {
+  std::vector<torch::Tensor> tensors;
+  std::vector<torch::Tensor> fresh() const {
+    std::vector<torch::Tensor> out;
+    for (const auto& t : tensors) out.push_back(t.detach().clone().requires_grad_(true));
+    return out;
+  }
+};
+
+// out, then each leaf's gradient, for f(leaves) under the upstream gradient `grad`.
+std::vector<torch::Tensor> value_and_grads(const std::function<torch::Tensor(const std::vector<torch::Tensor>&)>& f,
+                                           const Leaves& leaves, const torch::Tensor& grad) {
+  auto inputs = leaves.fresh();
+  const auto out = f(inputs);
+  out.backward(grad);
+  std::vector<torch::Tensor> result{out.detach()};
+  for (const auto& t : inputs) result.push_back(t.grad());
+  return result;
+}
+
+TEST(RecomputedActivation, GatedLinearEqualsTheCompositionBitForBit) {
+  for (const auto dtype : {torch::kFloat32, torch::kFloat64, torch::kBFloat16}) {
+    for (const auto& act : kActivations) {
+      torch::manual_seed(1);
+      const auto opts = torch::TensorOptions().dtype(dtype);
+      const Leaves leaves{{torch::randn({2, 5, 12}, opts), torch::randn({2, 5, 12}, opts), torch::randn({7, 12}, opts)}};
+      const auto grad = torch::randn({2, 5, 7}, opts);
+      const auto plain = value_and_grads(
+          [&](const auto& t) { return torch::linear(activation(t[0], act) * t[1], t[2]); }, leaves, grad);
+      const auto recomputed =
+          value_and_grads([&](const auto& t) { return recomputed_gated_linear(t[0], t[1], t[2], act); }, leaves, grad);
+      for (size_t i = 0; i < plain.size(); ++i) {
+        EXPECT_TRUE(torch::equal(recomputed[i], plain[i]))
+            << "tensor " << i << " (0 value, then gate, up, weight gradients), " << act << ", " << dtype;
+      }
+    }
+  }
+}
+
+// hidden [10, 2 x 8], 3 experts of [16, 8], groups of 3, 0 and 5 rows, 2 rows past the last group
+// (_grouped_mm takes rows of a multiple of 16 bytes).
+struct GroupedCase {
+  Leaves leaves;
+  torch::Tensor ends = torch::tensor({3, 3, 8}, torch::kInt32);
+  int64_t rows = 8;
+  explicit GroupedCase(c10::ScalarType dtype)
+      : leaves{{torch::randn({10, 16}, torch::dtype(dtype)), torch::randn({3, 16, 8}, torch::dtype(dtype))}} {}
+};
+
+TEST(RecomputedActivation, GroupedGatedLinearEqualsTheCompositionBitForBit) {
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    for (const auto& act : kActivations) {
+      torch::manual_seed(2);
+      const GroupedCase c(dtype);
+      const auto grad = torch::randn({10, 16}, torch::dtype(dtype));
+      const auto valid = (torch::arange(10) < c.rows).unsqueeze(1);
+      // As grouped_swiglu masks: rows past the last group are not written by _grouped_mm.
+      const auto plain = value_and_grads(
+          [&](const auto& t) {
+            return torch::where(valid, at::_grouped_mm(gated_activation(t[0], act), t[1].transpose(1, 2), c.ends), 0);
+          },
+          c.leaves, grad);
+      const auto recomputed = value_and_grads(
+          [&](const auto& t) { return torch::where(valid, recomputed_grouped_gated_linear(t[0], t[1], c.ends, act), 0); },
+          c.leaves, grad);
+      EXPECT_TRUE(torch::equal(recomputed[0], plain[0])) << "value, " << act << ", " << dtype;
+      EXPECT_TRUE(torch::equal(recomputed[1].narrow(0, 0, c.rows), plain[1].narrow(0, 0, c.rows)))
+          << "hidden's gradient, " << act << ", " << dtype;
+      EXPECT_TRUE(torch::equal(recomputed[2], plain[2])) << "down's gradient, " << act << ", " << dtype;
+    }
+  }
+}
+
+// Independent of _grouped_mm's autograd: each expert's rows through float64 autograd.
+TEST(RecomputedActivation, GroupedGatedLinearMatchesAFloat64PerExpertReference) {
+  torch::manual_seed(3);
+  const GroupedCase c(torch::kFloat32);
+  const auto grad = torch::randn({10, 16});
+  const auto ours = value_and_grads(
+      [&](const auto& t) { return recomputed_grouped_gated_linear(t[0], t[1], c.ends, "silu"); }, c.leaves, grad);
+  const auto hidden = c.leaves.tensors[0].to(torch::kFloat64).requires_grad_(true);
+  const auto down = c.leaves.tensors[1].to(torch::kFloat64).requires_grad_(true);
+  std::vector<torch::Tensor> parts;
+  for (int64_t e = 0, begin = 0; e < 3; ++e) {
+    const auto end = c.ends[e].item<int64_t>();
+    const auto h = hidden.narrow(0, begin, end - begin);
+    parts.push_back(torch::matmul(torch::silu(h.narrow(1, 0, 8)) * h.narrow(1, 8, 8), down[e].t()));
+    begin = end;
+  }
+  const auto reference = torch::cat(parts);
+  reference.backward(grad.narrow(0, 0, c.rows).to(torch::kFloat64));
+  // float32 sums of 8 (forward), 16 (hidden's gradient) and up to 5 (down's) products: a few roundings.
+  EXPECT_TRUE(all_close(ours[0].narrow(0, 0, c.rows), reference, 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(ours[1].narrow(0, 0, c.rows), hidden.grad().narrow(0, 0, c.rows), 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(ours[2], down.grad(), 1e-5, 1e-5));
+}
+
+TEST(RecomputedActivation, NamesWhatItCannotTake) {
+  const auto x = torch::randn({4, 6});
+  try {
+    recomputed_gated_linear(x, x, torch::randn({3, 5}), "silu");
+    FAIL() << "a weight of the wrong width was taken";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("[3, 5]"), std::string::npos) << e.what();
+  }
+  try {
+    recomputed_gated_linear(x.requires_grad_(true), x, torch::randn({3, 6}), "tanh").sum().backward();
+    FAIL() << "an unknown activation was taken";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("'tanh'"), std::string::npos) << e.what();
+  }
+}
+
+// Loss and every parameter gradient of a small MoE model (routed experts grouped or in a loop, a
+// shared expert) with and without recomputation, under bf16 autocast as on a GPU: bit for bit.
+TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  for (const std::string compute : {"grouped", "loop"}) {
+    auto cfg = test::small_moe_config(64);
+    cfg.expert_compute = compute;
+    std::vector<std::vector<torch::Tensor>> runs;
+    for (const bool recompute : {false, true}) {
+      torch::manual_seed(7);
+      CausalLM lm(cfg);
+      set_activation_recompute(*lm, recompute);
+      const auto ids = torch::randint(0, 64, {2, 16});
+      at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+      at::autocast::set_autocast_enabled(at::kCPU, true);
+      const auto out = lm(ids, ids);
+      at::autocast::set_autocast_enabled(at::kCPU, false);
+      at::autocast::clear_cache();
+      out.loss.backward();
+      std::vector<torch::Tensor> r{out.loss.detach()};
+      for (const auto& p : lm->named_parameters()) r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
+      runs.push_back(r);
+    }
+    const auto names = CausalLM(cfg)->named_parameters().keys();
+    ASSERT_EQ(runs[0].size(), runs[1].size());
+    EXPECT_TRUE(torch::equal(runs[1][0], runs[0][0])) << compute << ": loss";
+    for (size_t i = 1; i < runs[0].size(); ++i) {
+      ASSERT_EQ(runs[1][i].defined(), runs[0][i].defined()) << compute << ": " << names[i - 1];
+      if (runs[0][i].defined()) EXPECT_TRUE(torch::equal(runs[1][i], runs[0][i])) << compute << ": " << names[i - 1];
+    }
+  }
+}
+
+// What the forward keeps for the backward: L feed-forward layers in a row, tokens T, width I,
+// float32. Without recomputation each layer keeps gate, act(gate), up and their product; with it,
+// gate and up. The peak (at the end of the forward) is then lower by 2 x T x I x 4 bytes for every
+// layer but the last (whose transients the forward's peak includes either way).
+TEST(RecomputedActivation, KeepsTwoFewerActivationsPerLayer) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  constexpr int64_t layers = 6, tokens = 64, width = 128;
+  ModelConfig cfg;
+  cfg.hidden_size = 32;
+  cfg.intermediate_size = width;
+  std::vector<int64_t> peaks;
+  for (const bool recompute : {false, true}) {
+    torch::manual_seed(4);
+    std::vector<FeedForward> stack;
+    for (int64_t l = 0; l < layers; ++l) {
+      stack.emplace_back(cfg);
+      stack.back()->set_recompute_activation(recompute);
+    }
+    auto x = torch::randn({tokens, cfg.hidden_size}).requires_grad_(true);
+    torch::Tensor y;
+    {
+      bench::ProxyRecorder recorder(torch::kCPU);
+      y = x;
+      for (auto& ff : stack) y = ff(y);
+      peaks.push_back(recorder.result().peak_bytes);
+    }
+    y.sum().backward();  // the graph holds what it saved until here
+  }
+  const int64_t per_layer = 2 * tokens * width * 4;
+  EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer) << "peaks without and with: " << peaks[0] << ", " << peaks[1];
+}
+
+}  // namespace
+}  // namespace moe::model
