@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-act] [proxies]
+#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-act] [graph-act-es] [proxies]
 #                      [profile] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR] [alltests]
 # On the lent GPU machine, what it lacks comes from the device bundle (bench/gpu_machine_env.sh says
 # what was found and what was taken from the bundle):
@@ -16,6 +16,8 @@
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
 #   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)
+#   graph-act-es  and with the caching allocator's expandable segments (PYTORCH_CUDA_ALLOC_CONF):
+#           reserved memory closer to allocated (less fragmentation), the figure the goal compares
 #   proxies the step's proxies (launches, syncs, bytes) on the GPU, beside the CPU's prediction
 #   profile kineto traces of configs a and c, summarised by bench/trace_summary.py (kernels by time)
 #   layer   one Mixtral-shaped MoE layer, grouped and loop experts
@@ -64,6 +66,9 @@ while [ $# -gt 0 ]; do
     graph-act) stage graph-act; wait_background
            bounded "$bin/moe-bench-model" --device cuda --cuda-graph --recompute act 2>&1 |
              tee "$log_dir/bench_graph_act.log" | grep -v '^{' ;;
+    graph-act-es) stage graph-act-es; wait_background
+           PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bounded "$bin/moe-bench-model" --device cuda --cuda-graph \
+             --recompute act 2>&1 | tee "$log_dir/bench_graph_act_es.log" | grep -v '^{' ;;
     proxies) stage proxies; wait_background
              bounded "$bin/moe-bench-model" --device cuda --proxies --configs tiny,a,b,c 2>&1 |
                tee "$log_dir/proxies.log" | grep -v '^{' ;;

@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/fused_projection.h"
 
 namespace moe::model {
 
@@ -28,15 +29,18 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                                      const torch::Tensor& attn_mask, LayerKVCache* cache) {
   const auto b = x.size(0), t = x.size(1);
-  auto q = q_proj(x).view({b, t, num_heads_, head_dim_});
-  auto k = k_proj(x).view({b, t, num_kv_heads_, head_dim_});
-  auto v = v_proj(x).view({b, t, num_kv_heads_, head_dim_});
+  auto [q, k, v] = project_qkv(x);
+  q = q.view({b, t, num_heads_, head_dim_});
+  k = k.view({b, t, num_kv_heads_, head_dim_});
+  v = v.view({b, t, num_kv_heads_, head_dim_});
   q = apply_rope(q, cos, signed_sin);
   k = apply_rope(k, cos, signed_sin);
   if (cache != nullptr) {
     if (cache->length() > 0) {
       k = torch::cat({cache->k, k}, 1);
       v = torch::cat({cache->v, v}, 1);
+    } else {
+      v = v.contiguous();  // a view of the fused product would keep all of q, k and v in the cache
     }
     cache->k = k;
     cache->v = v;
@@ -46,6 +50,15 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   // [B, heads, T, D] for the kernel; k and v keep their kv_heads (attend repeats them if it must).
   const auto out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask);
   return resid_dropout(o_proj(out.transpose(1, 2).reshape({b, t, num_heads_ * head_dim_})));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> AttentionImpl::project_qkv(const torch::Tensor& x) {
+  if (!projection_casts(x, q_proj->weight.scalar_type())) return {q_proj(x), k_proj(x), v_proj(x)};
+  // One product where autocast casts the weights anyway; the split's backward concatenates the
+  // three gradients in one pass.
+  const auto qkv = fused_projection(x, {q_proj->weight, k_proj->weight, v_proj->weight})
+                       .split_with_sizes({q_proj->weight.size(0), k_proj->weight.size(0), v_proj->weight.size(0)}, -1);
+  return {qkv[0], qkv[1], qkv[2]};
 }
 
 torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

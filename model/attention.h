@@ -5,6 +5,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <tuple>
+
 #include "model/model_config.h"
 
 namespace moe::model {
@@ -32,6 +34,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Dropout resid_dropout = nullptr;
 
  private:
+  /// q, k, v projections of x: [..., heads x head_dim], [..., kv_heads x head_dim] twice.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> project_qkv(const torch::Tensor& x);
   /// q: [B, heads, T, D]; k, v: [B, kv_heads, T_past + T, D].
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& attn_mask);

@@ -10,6 +10,7 @@
 
 #include "common/check.h"
 #include "common/step_regions.h"
+#include "model/cross_entropy.h"
 #include "model/functional.h"
 
 namespace moe::model {
@@ -160,9 +161,7 @@ CausalLMOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch
   result.expert_load = std::move(out.expert_load);
   if (targets.defined()) {
     const auto v = result.logits.size(-1);
-    result.ce_loss = torch::nn::functional::cross_entropy(
-        result.logits.reshape({-1, v}).to(compute_dtype(result.logits.scalar_type())), targets.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+    result.ce_loss = blockwise_cross_entropy(result.logits.reshape({-1, v}), targets.reshape({-1}), kIgnoreIndex);
     result.loss = result.ce_loss + result.aux_loss + result.z_loss;
   }
   return result;

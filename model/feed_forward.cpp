@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "model/functional.h"
+#include "model/fused_projection.h"
 #include "model/recomputed_activation.h"
 
 namespace moe::model {
@@ -18,10 +19,14 @@ FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) : act_(c.hidden_act) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  if (!recompute_activation_) return dropout(down_proj(activation(gate_proj(x), act_) * up_proj(x)));
-  const auto gate = gate_proj(x), up = up_proj(x);
+  const bool casts = projection_casts(x, gate_proj->weight.scalar_type());
+  if (!casts && !recompute_activation_) return dropout(down_proj(activation(gate_proj(x), act_) * up_proj(x)));
+  // [gate | up]: one product where the weights are cast anyway (autocast), else the two side by side.
+  const auto hidden = casts ? fused_projection(x, {gate_proj->weight, up_proj->weight})
+                            : torch::cat({gate_proj(x), up_proj(x)}, -1);
+  if (!recompute_activation_) return dropout(down_proj(gated_activation(hidden, act_)));
   // The cast autocast would make for down_proj; its backward hands the parameter its own dtype.
-  return dropout(recomputed_gated_linear(gate, up, down_proj->weight.to(gate.scalar_type()), act_));
+  return dropout(recomputed_gated_linear(hidden, down_proj->weight.to(hidden.scalar_type()), act_));
 }
 
 void set_activation_recompute(torch::nn::Module& root, bool on) {

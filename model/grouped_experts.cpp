@@ -1,46 +1,21 @@
 #include "model/grouped_experts.h"
 
-#include <ATen/ops/_foreach_copy.h>
 #include <ATen/ops/_grouped_mm.h>
 #include <torch/torch.h>
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/fused_projection.h"
 #include "model/recomputed_activation.h"
 
 namespace moe::model {
 
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-// torch::stack(parts).to(dtype) in one pass: one multi-tensor copy casts every part straight into
-// its slot (one kernel on CUDA for all experts, not one per weight), and the backward casts the
-// stacked gradient back at once, handing each weight a contiguous slice of it.
-struct StackAs : torch::autograd::Function<StackAs> {
-  static torch::Tensor forward(AutogradContext* ctx, at::TensorList parts, c10::ScalarType dtype) {
-    auto shape = parts.front().sizes().vec();
-    shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
-    auto out = torch::empty(shape, parts.front().options().dtype(dtype));
-    at::_foreach_copy_(out.unbind(0), parts);
-    ctx->saved_data["dtype"] = static_cast<int64_t>(parts.front().scalar_type());
-    return out;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto dtype = static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt());
-    // Contiguous: each slice then has its weight's layout, and autograd keeps it as the gradient
-    // instead of copying it once more.
-    variable_list out = grads[0].to(dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous).unbind(0);
-    out.emplace_back();  // dtype
-    return out;
-  }
-};
-
 // [experts, 2I, H]: each expert's gate rows then its up rows, and [experts, H, I], in dtype.
 std::pair<torch::Tensor, torch::Tensor> stacked_weights(const std::vector<FeedForward>& experts,
                                                         c10::ScalarType dtype) {
-  variable_list gate_up, down;
+  std::vector<torch::Tensor> gate_up, down;
   for (const auto& e : experts) {
     gate_up.push_back(e->gate_proj->weight);
     gate_up.push_back(e->up_proj->weight);
@@ -48,7 +23,7 @@ std::pair<torch::Tensor, torch::Tensor> stacked_weights(const std::vector<FeedFo
   }
   const auto n = static_cast<int64_t>(experts.size());
   const auto i = gate_up.front().size(0), h = gate_up.front().size(1);
-  return {StackAs::apply(at::TensorList(gate_up), dtype).view({n, 2 * i, h}), StackAs::apply(at::TensorList(down), dtype)};
+  return {concat_as(gate_up, dtype).view({n, 2 * i, h}), concat_as(down, dtype).view({n, h, i})};
 }
 
 }  // namespace

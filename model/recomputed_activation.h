@@ -1,5 +1,5 @@
 // The feed-forward's down projection of act(gate) * up without keeping act(gate) * up for the
-// backward (train.recompute act): the product saves gate and up instead (which the activation's
+// backward (train.recompute act): the product saves [gate | up] instead (which the activation's
 // own backward needs anyway) and its backward recomputes act(gate) * up in one elementwise pass.
 // torch.compile's partitioner makes the same trade by default. Per layer it frees [rows, I] of the
 // routed experts and 2 x [tokens, I] of a shared expert or dense layer (act(gate) and the product).
@@ -11,10 +11,10 @@
 
 namespace moe::model {
 
-/// linear(act(gate) * up, weight): gate, up [..., I]; weight [out, I] in gate's dtype (cast it
-/// beforehand: the cast's own backward then returns the gradient in the parameter's dtype).
-at::Tensor recomputed_gated_linear(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& weight,
-                                   const std::string& act);
+/// linear(act(gate) * up, weight) for hidden = [gate | up] ([..., 2I]); weight [out, I] in hidden's
+/// dtype (cast it beforehand: the cast's own backward then returns the gradient in the parameter's
+/// dtype).
+at::Tensor recomputed_gated_linear(const at::Tensor& hidden, const at::Tensor& weight, const std::string& act);
 
 /// _grouped_mm(act(gate) * up, down^T, ends) for hidden = [gate | up] ([M, 2I], the grouped
 /// experts' first product), down [E, H, I], ends: [E] int32 group ends (as _grouped_mm takes).

@@ -49,15 +49,18 @@ TEST(RecomputedActivation, GatedLinearEqualsTheCompositionBitForBit) {
     for (const auto& act : kActivations) {
       torch::manual_seed(1);
       const auto opts = torch::TensorOptions().dtype(dtype);
-      const Leaves leaves{{torch::randn({2, 5, 12}, opts), torch::randn({2, 5, 12}, opts), torch::randn({7, 12}, opts)}};
+      const Leaves leaves{{torch::randn({2, 5, 24}, opts), torch::randn({7, 12}, opts)}};
       const auto grad = torch::randn({2, 5, 7}, opts);
       const auto plain = value_and_grads(
-          [&](const auto& t) { return torch::linear(activation(t[0], act) * t[1], t[2]); }, leaves, grad);
+          [&](const auto& t) {
+            return torch::linear(activation(t[0].narrow(-1, 0, 12), act) * t[0].narrow(-1, 12, 12), t[1]);
+          },
+          leaves, grad);
       const auto recomputed =
-          value_and_grads([&](const auto& t) { return recomputed_gated_linear(t[0], t[1], t[2], act); }, leaves, grad);
+          value_and_grads([&](const auto& t) { return recomputed_gated_linear(t[0], t[1], act); }, leaves, grad);
       for (size_t i = 0; i < plain.size(); ++i) {
         EXPECT_TRUE(torch::equal(recomputed[i], plain[i]))
-            << "tensor " << i << " (0 value, then gate, up, weight gradients), " << act << ", " << dtype;
+            << "tensor " << i << " (0 value, then [gate | up] and weight gradients), " << act << ", " << dtype;
       }
     }
   }
@@ -122,15 +125,15 @@ TEST(RecomputedActivation, GroupedGatedLinearMatchesAFloat64PerExpertReference) 
 }
 
 TEST(RecomputedActivation, NamesWhatItCannotTake) {
-  const auto x = torch::randn({4, 6});
+  const auto hidden = torch::randn({4, 12});
   try {
-    recomputed_gated_linear(x, x, torch::randn({3, 5}), "silu");
+    recomputed_gated_linear(hidden, torch::randn({3, 5}), "silu");
     FAIL() << "a weight of the wrong width was taken";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("[3, 5]"), std::string::npos) << e.what();
   }
   try {
-    recomputed_gated_linear(x.requires_grad_(true), x, torch::randn({3, 6}), "tanh").sum().backward();
+    recomputed_gated_linear(hidden.requires_grad_(true), torch::randn({3, 6}), "tanh").sum().backward();
     FAIL() << "an unknown activation was taken";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("'tanh'"), std::string::npos) << e.what();
@@ -172,7 +175,7 @@ TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
 
 // What the forward keeps for the backward: L feed-forward layers in a row, tokens T, width I,
 // float32. Without recomputation each layer keeps gate, act(gate), up and their product; with it,
-// gate and up. The peak (at the end of the forward) is then lower by 2 x T x I x 4 bytes for every
+// [gate | up]. The peak (at the end of the forward) is then lower by 2 x T x I x 4 bytes for every
 // layer but the last (whose transients the forward's peak includes either way).
 TEST(RecomputedActivation, KeepsTwoFewerActivationsPerLayer) {
   test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());

@@ -157,7 +157,7 @@ TEST(Trainer, TinyModelOverfitsATinyCorpus) {
 }
 
 // --train.recompute act reaches every feed-forward of the model the trainer builds (expert
-// parallel on N ranks too) and changes no bit of the training: the same losses and weights.
+// parallel on N ranks too) and trains the same losses and weights.
 TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
   auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
@@ -179,9 +179,13 @@ TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
     EXPECT_TRUE(all_recompute) << recompute;
     runs.emplace_back(summary, weights);
   }
-  EXPECT_EQ(runs[1].first.first_loss, runs[0].first.first_loss);
-  EXPECT_EQ(runs[1].first.last_loss, runs[0].first.last_loss);
-  for (size_t i = 0; i < runs[0].second.size(); ++i) EXPECT_TRUE(torch::equal(runs[1].second[i], runs[0].second[i])) << i;
+  // fp32 on the CPU: [gate | up] is one tensor with recomputation, so an input's gradients may sum
+  // in another order (float32 rounding, ~1e-7 relative). Adam divides by sqrt(v), which magnifies
+  // that where v is small: the weights agree to 1e-5 after five steps of up to 1.5e-3 each (a
+  // wrong gradient moves them by about a step).
+  EXPECT_NEAR(runs[1].first.first_loss, runs[0].first.first_loss, 1e-6 * runs[0].first.first_loss);
+  EXPECT_NEAR(runs[1].first.last_loss, runs[0].first.last_loss, 1e-6 * runs[0].first.last_loss);
+  for (size_t i = 0; i < runs[0].second.size(); ++i) EXPECT_TRUE(all_close(runs[1].second[i], runs[0].second[i], 1e-5, 1e-4)) << i;
 }
 
 TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {

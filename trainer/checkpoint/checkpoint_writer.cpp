@@ -14,6 +14,7 @@
 #include "common/check.h"
 #include "common/durable_file.h"
 #include "common/log.h"
+#include "common/remove_tree.h"
 #include "common/safetensors.h"
 #include "common/safetensors_torch.h"
 #include "parallel/collective_text.h"
@@ -237,8 +238,11 @@ SavedCheckpoint save_checkpoint(const CheckpointInputs& in) {
     // Every rank is past its writes (the error was agreed on): free the space at once, so that the
     // next try (after a full disk, say) has it, instead of when the next run starts.
     if (topo.rank == 0) {
-      std::error_code ignored;
-      fs::remove_all(tmp_dir, ignored);
+      try {
+        remove_tree(tmp_dir.string());  // not fs::remove_all: libtorch.so's copy of it crashes (common/remove_tree.h)
+      } catch (const std::exception&) {
+        // The save's own error is the one to report; the next run's start removes what is left.
+      }
     }
     throw;
   }
