@@ -84,23 +84,30 @@ at::Tensor activation(const at::Tensor& x, const std::string& name) {
 
 namespace {
 
-struct SiluGate : torch::autograd::Function<SiluGate> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden) {
+// grad_input of activation(x) into `out`, with the operator autograd's node for it calls.
+void activation_backward_out(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x, const std::string& name) {
+  if (name == "silu") {
+    at::silu_backward_out(out, grad, x);
+  } else if (name == "gelu") {
+    at::gelu_backward_out(out, grad, x);
+  } else {
+    MOE_CHECK(name == "relu", "hidden_act '", name, "' is not one of silu, gelu, relu");
+    at::threshold_backward_out(out, grad, x, 0);  // relu(x) > 0 exactly where x > 0
+  }
+}
+
+struct GatedActivation : torch::autograd::Function<GatedActivation> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const std::string& name) {
     ctx->save_for_backward({hidden});
+    ctx->saved_data["name"] = name;
     const auto i = hidden.size(-1) / 2;
-    return torch::silu(hidden.narrow(-1, 0, i)) * hidden.narrow(-1, i, i);
+    return activation(hidden.narrow(-1, 0, i), name) * hidden.narrow(-1, i, i);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto hidden = ctx->get_saved_variables()[0];
-    const auto i = hidden.size(-1) / 2;
-    const auto gate = hidden.narrow(-1, 0, i), up = hidden.narrow(-1, i, i);
-    auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-    // The same operations as autograd's (so the same values), written into the halves in place.
-    auto grad_gate = grad_hidden.narrow(-1, 0, i), grad_up = grad_hidden.narrow(-1, i, i);
-    at::silu_backward_out(grad_gate, grads[0] * up, gate);
-    at::mul_out(grad_up, grads[0], torch::silu(gate));
-    return {grad_hidden};
+    return {gated_activation_backward(grads[0], hidden, ctx->saved_data["name"].toStringRef()).grad_hidden,
+            at::Tensor()};
   }
 };
 
@@ -108,9 +115,17 @@ struct SiluGate : torch::autograd::Function<SiluGate> {
 
 at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name) {
   MOE_CHECK(hidden.size(-1) % 2 == 0, "gated_activation: the last dimension ", hidden.size(-1), " is not [gate | up]");
-  if (name == "silu") return SiluGate::apply(hidden);
+  return GatedActivation::apply(hidden, name);
+}
+
+GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name) {
   const auto i = hidden.size(-1) / 2;
-  return activation(hidden.narrow(-1, 0, i), name) * hidden.narrow(-1, i, i);
+  const auto gate = hidden.narrow(-1, 0, i), up = hidden.narrow(-1, i, i);
+  GatedActivationGrad out{at::empty_like(hidden, at::MemoryFormat::Contiguous), activation(gate, name)};
+  auto grad_gate = out.grad_hidden.narrow(-1, 0, i), grad_up = out.grad_hidden.narrow(-1, i, i);
+  activation_backward_out(grad_gate, grad * up, gate, name);
+  at::mul_out(grad_up, grad, out.activated);
+  return out;
 }
 
 at::Tensor count_ids(const at::Tensor& ids, int64_t n) {

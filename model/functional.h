@@ -38,10 +38,19 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
 at::Tensor activation(const at::Tensor& x, const std::string& name);
 
 /// activation(gate) * up for hidden = [gate | up] ([rows, 2I], the layout of the grouped experts'
-/// first product). For silu, its own backward writes both halves of one gradient and saves only
-/// `hidden` (silu(gate) is recomputed): autograd of the two slices would zero-fill a [rows, 2I]
-/// gradient per slice and add them (2.8 GB of fills per step on config a), and keep silu(gate).
+/// first product), with its own backward (gated_activation_backward), which saves only `hidden`
+/// (activation(gate) is recomputed): autograd of the two slices would zero-fill a [rows, 2I]
+/// gradient per slice and add them (2.8 GB of fills per step on config a), and keep activation(gate).
 at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name);
+
+/// The gradient of activation(gate) * up with respect to hidden = [gate | up], both halves written
+/// into one tensor by the operators autograd's nodes call (so the same values), and activation(gate),
+/// which a caller recomputing the product needs again.
+struct GatedActivationGrad {
+  at::Tensor grad_hidden;
+  at::Tensor activated;
+};
+GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name);
 
 /// How often each id in [0, n) occurs in `ids` (int64, on ids' device). Unlike torch::bincount,
 /// which reads the maximum back to the host on CUDA, this never synchronises.

@@ -15,37 +15,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// grad_input of activation(x) into `out`, with the operator autograd's node for it calls.
-void activation_backward_out(at::Tensor& out, const at::Tensor& grad, const at::Tensor& x, const std::string& name) {
-  if (name == "silu") {
-    at::silu_backward_out(out, grad, x);
-  } else if (name == "gelu") {
-    at::gelu_backward_out(out, grad, x);
-  } else {
-    MOE_CHECK(name == "relu", "hidden_act '", name, "' is not one of silu, gelu, relu");
-    at::threshold_backward_out(out, grad, x, 0);  // relu(x) > 0 exactly where x > 0
-  }
-}
-
-at::Tensor gated_product(const at::Tensor& hidden, const std::string& act) {
-  const auto i = hidden.size(-1) / 2;
-  return activation(hidden.narrow(-1, 0, i), act) * hidden.narrow(-1, i, i);
-}
-
-// The gradient of act(gate) * up with respect to hidden = [gate | up], both halves written in place
-// (no zero-filled slice gradients), and the recomputed act(gate) * up.
-std::pair<at::Tensor, at::Tensor> gated_backward(const at::Tensor& grad_product, const at::Tensor& hidden,
-                                                 const std::string& act) {
-  const auto i = hidden.size(-1) / 2;
-  const auto gate = hidden.narrow(-1, 0, i), up = hidden.narrow(-1, i, i);
-  auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-  auto grad_gate = grad_hidden.narrow(-1, 0, i), grad_up = grad_hidden.narrow(-1, i, i);
-  const auto activated = activation(gate, act);
-  activation_backward_out(grad_gate, grad_product * up, gate, act);
-  at::mul_out(grad_up, grad_product, activated);
-  return {grad_hidden, activated * up};
-}
-
 // product = act(gate) * up, then linear(product, weight) or, given group ends, the grouped product
 // with weight [E, H, I]; saves hidden and weight, not the product.
 struct GatedLinear : torch::autograd::Function<GatedLinear> {
@@ -54,7 +23,7 @@ struct GatedLinear : torch::autograd::Function<GatedLinear> {
     ctx->save_for_backward({hidden, weight});
     ctx->saved_data["act"] = act;
     if (ends) ctx->saved_data["ends"] = *ends;
-    const auto product = gated_product(hidden, act);
+    const auto product = gated_activation(hidden, act);  // autograd is off inside forward: no graph
     return ends ? at::_grouped_mm(product, weight.transpose(1, 2), *ends) : at::linear(product, weight);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -68,10 +37,11 @@ struct GatedLinear : torch::autograd::Function<GatedLinear> {
     auto product_sizes = hidden.sizes().vec();
     product_sizes.back() /= 2;
     const auto grad_product = ends.defined() ? at::_grouped_mm(grad, weight, ends) : grad.mm(weight).view(product_sizes);
-    const auto [grad_hidden, product] = gated_backward(grad_product, hidden, act);
+    const auto gated = gated_activation_backward(grad_product, hidden, act);
+    const auto product = gated.activated * hidden.narrow(-1, hidden.size(-1) / 2, hidden.size(-1) / 2);
     const auto grad_weight = ends.defined() ? at::_grouped_mm(grad.t(), product, ends)
                                             : grad.t().mm(product.reshape({-1, product.size(-1)}));
-    return {grad_hidden, grad_weight, at::Tensor(), at::Tensor()};
+    return {gated.grad_hidden, grad_weight, at::Tensor(), at::Tensor()};
   }
 };
 

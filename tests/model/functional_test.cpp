@@ -121,22 +121,25 @@ TEST(SwiGLU, FeedForwardMatchesFormula) {
   EXPECT_TRUE(all_close(ff(x), reference::swiglu_expert(x, w), 1e-12, 1e-12));
 }
 
-// The grouped experts' silu(gate) * up on [gate | up] with its own backward: the values and the
-// gradient equal autograd's of the two slices exactly (the same operations), in float32 and bfloat16.
+// The experts' act(gate) * up on [gate | up] with its own backward: the values and the gradient
+// equal autograd's of the two slices exactly (the same operations), for every activation, in
+// float32 and bfloat16.
 TEST(SwiGLU, GatedActivationEqualsAutogradOfTheHalvesExactly) {
   torch::manual_seed(5);
-  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    const auto values = torch::randn({37, 2 * 24}).to(dtype) * 3;
-    const auto upstream = torch::randn({37, 24}).to(dtype);
-    const auto ours = values.clone().requires_grad_(true), theirs = values.clone().requires_grad_(true);
-    const auto out = model::gated_activation(ours, "silu");
-    const auto want = torch::silu(theirs.narrow(1, 0, 24)) * theirs.narrow(1, 24, 24);
-    ASSERT_EQ(out.scalar_type(), dtype);
-    EXPECT_TRUE(torch::equal(out, want)) << dtype;
-    out.backward(upstream);
-    want.backward(upstream);
-    EXPECT_TRUE(torch::equal(ours.grad(), theirs.grad())) << dtype;
-    EXPECT_TRUE(ours.grad().is_contiguous());
+  for (const std::string act : {"silu", "gelu", "relu"}) {
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      const auto values = torch::randn({37, 2 * 24}).to(dtype) * 3;
+      const auto upstream = torch::randn({37, 24}).to(dtype);
+      const auto ours = values.clone().requires_grad_(true), theirs = values.clone().requires_grad_(true);
+      const auto out = model::gated_activation(ours, act);
+      const auto want = model::activation(theirs.narrow(1, 0, 24), act) * theirs.narrow(1, 24, 24);
+      ASSERT_EQ(out.scalar_type(), dtype);
+      EXPECT_TRUE(torch::equal(out, want)) << act << " " << dtype;
+      out.backward(upstream);
+      want.backward(upstream);
+      EXPECT_TRUE(torch::equal(ours.grad(), theirs.grad())) << act << " " << dtype;
+      EXPECT_TRUE(ours.grad().is_contiguous());
+    }
   }
   EXPECT_THROW(model::gated_activation(torch::zeros({2, 7}), "silu"), std::exception);
 }
