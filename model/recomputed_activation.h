@@ -1,8 +1,9 @@
 // The feed-forward's down projection of act(gate) * up without keeping act(gate) * up for the
 // backward (train.recompute act): the product saves [gate | up] instead (which the activation's
 // own backward needs anyway) and its backward recomputes act(gate) * up in one elementwise pass.
-// torch.compile's partitioner makes the same trade by default. Per layer it frees [rows, I] of the
-// routed experts and 2 x [tokens, I] of a shared expert or dense layer (act(gate) and the product).
+// torch.compile's partitioner makes the same trade by default. Per layer it frees the product:
+// [rows, I] of the routed experts and [tokens, I] of a shared expert or dense layer (there also
+// act(gate) in fp32 without autocast, where gate and up are separate products).
 // Values and gradients equal the plain composition's bit for bit: the same operators run.
 #pragma once
 #include <ATen/core/Tensor.h>
