@@ -38,6 +38,7 @@
 #include "launch/cli.h"
 #include "model/causal_lm.h"
 #include "model/feed_forward.h"
+#include "model/fused_swiglu.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
@@ -120,8 +121,8 @@ class CudaRegionTimer : public moe::RegionRecorder {
 #endif
 
 struct Options {
-  int64_t steps = 20, warmup = 10, batch = 0, seq = 0;
-  bool breakdown = false, unfused_adamw = false, cuda_graph = false, proxies = false;
+  int64_t steps = 20, warmup = 10, batch = 0, seq = 0, top_ops = 8;
+  bool breakdown = false, unfused_adamw = false, unfused_swiglu = false, cuda_graph = false, proxies = false;
   std::string expert_compute = "auto", recompute = "none", profile_dir;
 };
 
@@ -130,7 +131,7 @@ using moe::bench::median;
 // One step after a warm-up step (AdamW's state exists then), counted by region.
 template <typename Step>
 void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_t t, Step& step, bool& read_loss,
-                   const std::string& recompute) {
+                   const std::string& recompute, int64_t top_ops) {
   step();
   sync(device);
   read_loss = false;
@@ -145,7 +146,7 @@ void count_proxies(const Case& k, const torch::Device& device, int64_t b, int64_
   }
   std::printf("proxies of one training step, config %s (%ldx%ld, %s, experts %s, recompute %s):\n%s", k.name.c_str(),
               long(b), long(t), device.is_cuda() ? "cuda" : "cpu as a GPU: bf16 autocast", k.config.expert_compute.c_str(),
-              recompute.c_str(), moe::bench::format_proxies(p).c_str());
+              recompute.c_str(), moe::bench::format_proxies(p, static_cast<int>(top_ops)).c_str());
   std::printf("{\"bench\":\"step_proxies\",\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\","
               "\"batch\":%ld,\"seq\":%ld,%s}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", k.config.expert_compute.c_str(), recompute.c_str(),
@@ -202,7 +203,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
     opt.close();
     if (read_loss) loss = out.loss.item<double>();
   };
-  if (o.proxies) return count_proxies(k, device, b, t, step, read_loss, o.recompute);
+  if (o.proxies) return count_proxies(k, device, b, t, step, read_loss, o.recompute, o.top_ops);
   for (int64_t i = 0; i < o.warmup; ++i) step();
   sync(device);
   moe::trainer::reset_peak_memory(device);
@@ -220,16 +221,18 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
   const auto mem = moe::trainer::peak_memory(device);
-  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "act" ? "+act" : "");
+  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "act" ? "+act" : "") +
+                           (o.unfused_swiglu ? "+ops-swiglu" : "");
   std::printf("%-5s %-5s %-18s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
               moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median_ms, *hi, tok_s,
               mfu >= 0 ? 100 * mfu : 0.0, mem.allocated_gib, mem.reserved_gib, loss);
-  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"batch\":%ld,"
+  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"swiglu\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
               "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_allocated_gib\":%.3f,\"peak_reserved_gib\":%.3f,\"loss_last\":%.4f}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(), o.recompute.c_str(),
-              o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused", long(b), long(t), long(moe::trainer::total_parameters(c)),
+              o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused",
+              device.is_cuda() && moe::model::fused_swiglu_enabled() ? "fused" : "operators", long(b), long(t), long(moe::trainer::total_parameters(c)),
               long(moe::trainer::active_parameters(c)), median_ms, *lo, *hi, tok_s, mfu, mem.allocated_gib,
               mem.reserved_gib, loss);
   std::fflush(stdout);
@@ -352,16 +355,21 @@ int main(int argc, char** argv) try {
       ("recompute", po::value(&o.recompute)->default_value(o.recompute),
        "none or act: the backward recomputes each feed-forward's act(gate) * up (train.recompute)")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
+      ("unfused-swiglu", po::bool_switch(&o.unfused_swiglu),
+       "ATen's operators for silu(gate) * up and its backward instead of the fused CUDA kernels (model/fused_swiglu.h)")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
       ("proxies", po::bool_switch(&o.proxies),
        "instead of timing: count one step's launches, host syncs and bytes by region (default configs a,b,c,tiny)")
+      ("top-ops", po::value(&o.top_ops)->default_value(o.top_ops), "--proxies: how many operators each 'most ...' line names")
       ("profile", po::value(&o.profile_dir), "also write a kineto trace of 3 steps per config into this directory")
       ("layer", po::value(&layer_tokens)->default_value(0),
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
   moe::launch::parse_or_exit(argc, argv, desc);
+  MOE_CHECK(o.top_ops > 0, "--top-ops ", o.top_ops, " must be positive");
   MOE_CHECK(o.recompute == "none" || o.recompute == "act", "--recompute '", o.recompute, "' is not one of none, act");
   const auto device = moe::trainer::choose_device(device_opt);
+  moe::model::set_fused_swiglu_enabled(!o.unfused_swiglu);
   if (!o.profile_dir.empty()) {
     // Before any step runs: the profiler only logs a write it cannot make, and the trace is lost.
     std::error_code error;

@@ -8,6 +8,9 @@
 #                         omits cuDNN, cuSPARSELt, cuFile and NVSHMEM on purpose: there we link
 #                         only libtorch_cpu + libc10, which run without any GPU library but cudart.
 find_package(Torch REQUIRED)
+# Torch's config appends to CMAKE_CUDA_FLAGS a -gencode for every architecture its wheel was built
+# for, some of which nvcc 13 no longer knows; our kernels name their own (CUDA_ARCHITECTURES).
+unset(CMAKE_CUDA_FLAGS)
 find_package(CUDAToolkit QUIET)
 find_library(MOE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
 find_path(MOE_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "common/check.h"
+#include "model/fused_swiglu.h"
 
 namespace moe::model {
 
@@ -100,13 +101,14 @@ struct GatedActivation : torch::autograd::Function<GatedActivation> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const std::string& name) {
     ctx->save_for_backward({hidden});
     ctx->saved_data["name"] = name;
+    if (fused_swiglu_serves(hidden, name)) return fused_swiglu(hidden);
     const auto i = hidden.size(-1) / 2;
     return activation(hidden.narrow(-1, 0, i), name) * hidden.narrow(-1, i, i);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto hidden = ctx->get_saved_variables()[0];
-    return {gated_activation_backward(grads[0], hidden, ctx->saved_data["name"].toStringRef()).grad_hidden,
+    return {gated_activation_backward(grads[0], hidden, ctx->saved_data["name"].toStringRef(), false).grad_hidden,
             at::Tensor()};
   }
 };
@@ -118,13 +120,21 @@ at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name) {
   return GatedActivation::apply(hidden, name);
 }
 
-GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name) {
+GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name,
+                                              bool with_product) {
+  GatedActivationGrad out;
+  if (fused_swiglu_serves(hidden, name) && grad.scalar_type() == hidden.scalar_type()) {
+    out.grad_hidden = fused_swiglu_backward(grad, hidden, with_product ? &out.product : nullptr);
+    return out;
+  }
   const auto i = hidden.size(-1) / 2;
   const auto gate = hidden.narrow(-1, 0, i), up = hidden.narrow(-1, i, i);
-  GatedActivationGrad out{at::empty_like(hidden, at::MemoryFormat::Contiguous), activation(gate, name)};
+  const auto activated = activation(gate, name);
+  out.grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
   auto grad_gate = out.grad_hidden.narrow(-1, 0, i), grad_up = out.grad_hidden.narrow(-1, i, i);
   activation_backward_out(grad_gate, grad * up, gate, name);
-  at::mul_out(grad_up, grad, out.activated);
+  at::mul_out(grad_up, grad, activated);
+  if (with_product) out.product = activated * up;
   return out;
 }
 

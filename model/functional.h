@@ -44,13 +44,15 @@ at::Tensor activation(const at::Tensor& x, const std::string& name);
 at::Tensor gated_activation(const at::Tensor& hidden, const std::string& name);
 
 /// The gradient of activation(gate) * up with respect to hidden = [gate | up], both halves written
-/// into one tensor by the operators autograd's nodes call (so the same values), and activation(gate),
-/// which a caller recomputing the product needs again.
+/// into one tensor by the operators autograd's nodes call (so the same values), and, with_product,
+/// the product again, which a caller recomputing it needs. silu on CUDA: one fused kernel
+/// (model/fused_swiglu.h), likewise gated_activation's forward.
 struct GatedActivationGrad {
   at::Tensor grad_hidden;
-  at::Tensor activated;
+  at::Tensor product;  // defined only with_product
 };
-GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name);
+GatedActivationGrad gated_activation_backward(const at::Tensor& grad, const at::Tensor& hidden, const std::string& name,
+                                              bool with_product);
 
 /// How often each id in [0, n) occurs in `ids` (int64, on ids' device). Unlike torch::bincount,
 /// which reads the maximum back to the host on CUDA, this never synchronises.

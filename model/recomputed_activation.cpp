@@ -37,8 +37,8 @@ struct GatedLinear : torch::autograd::Function<GatedLinear> {
     auto product_sizes = hidden.sizes().vec();
     product_sizes.back() /= 2;
     const auto grad_product = ends.defined() ? at::_grouped_mm(grad, weight, ends) : grad.mm(weight).view(product_sizes);
-    const auto gated = gated_activation_backward(grad_product, hidden, act);
-    const auto product = gated.activated * hidden.narrow(-1, hidden.size(-1) / 2, hidden.size(-1) / 2);
+    const auto gated = gated_activation_backward(grad_product, hidden, act, /*with_product=*/true);
+    const auto& product = gated.product;
     const auto grad_weight = ends.defined() ? at::_grouped_mm(grad.t(), product, ends)
                                             : grad.t().mm(product.reshape({-1, product.size(-1)}));
     return {gated.grad_hidden, grad_weight, at::Tensor(), at::Tensor()};

@@ -3,6 +3,7 @@
 # include only the folders listed for it (the CMake libraries enforce the same at link time).
 #   common <- model <- parallel <- trainer's configuration <- trainer/data, trainer/optim
 #   <- trainer/checkpoint <- trainer (the loop) <- interop <- launch, bench
+# model/kernels (CUDA kernels, compiled without LibTorch) include only each other.
 # Usage: layout_check.sh SOURCE_DIR
 set -euo pipefail
 src="$1"
@@ -10,6 +11,7 @@ src="$1"
 declare -A allowed=(
   [common]='^common/'
   [model]='^(common|model)/'
+  [model/kernels]='^model/kernels/'
   [parallel]='^(common|model|parallel)/'
   [trainer/data]='^(common|trainer/data)/'
   [trainer/optim]='^(common|model|parallel|trainer/optim)/|^trainer/train_config\.h$'

@@ -1,0 +1,217 @@
+#include "model/fused_swiglu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <tuple>
+
+#include "common/check.h"
+#include "model/kernels/swiglu_math.h"
+
+#ifdef MOE_TORCH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "model/kernels/swiglu_kernels.h"
+#endif
+
+namespace moe::model {
+
+namespace {
+
+std::atomic<bool> enabled{true};
+
+bool reduced_precision(c10::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+int64_t rows_of(const at::Tensor& t, int64_t row_length) { return row_length == 0 ? 0 : t.numel() / row_length; }
+
+at::Tensor half_width_like(const at::Tensor& hidden) {
+  auto sizes = hidden.sizes().vec();
+  sizes.back() /= 2;
+  return at::empty(sizes, hidden.options());
+}
+
+void check_hidden(const at::Tensor& hidden, const char* op) {
+  MOE_CHECK(hidden.dim() >= 1 && hidden.size(-1) % 2 == 0, op, ": hidden ", hidden.sizes(),
+            " is not [..., gate | up] (an even last dimension)");
+  MOE_CHECK(hidden.scalar_type() == at::kFloat || reduced_precision(hidden.scalar_type()), op, ": ",
+            hidden.scalar_type(), " is not one of Float, BFloat16, Half");
+}
+
+void check_grad(const at::Tensor& grad, const at::Tensor& hidden) {
+  MOE_CHECK(grad.numel() * 2 == hidden.numel() && grad.size(-1) * 2 == hidden.size(-1) &&
+                grad.scalar_type() == hidden.scalar_type() && grad.device() == hidden.device(),
+            "fused_swiglu_backward: gradient ", grad.sizes(), " ", grad.scalar_type(), " on ", grad.device(),
+            " does not match hidden ", hidden.sizes(), " ", hidden.scalar_type(), " on ", hidden.device());
+}
+
+// ---- CPU: the kernels' element math, row by row (the reference the GPU is checked against, and
+// what the proxies count on the CPU in place of the GPU's kernel). ----
+
+template <typename T>
+struct HostRound {
+  float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
+};
+
+template <typename T>
+void swiglu_rows_cpu(const T* hidden, T* out, int64_t rows, int64_t inter) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* gate = hidden + r * 2 * inter;
+      for (int64_t c = 0; c < inter; ++c) {
+        out[r * inter + c] = static_cast<T>(kernels::swiglu_product(float(gate[c]), float(gate[inter + c]), HostRound<T>{}));
+      }
+    }
+  });
+}
+
+template <typename T>
+void swiglu_backward_rows_cpu(const T* grad, const T* hidden, T* grad_hidden, T* product, int64_t rows, int64_t inter) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t c = 0; c < inter; ++c) {
+        const int64_t h = r * 2 * inter + c, o = r * inter + c;
+        const auto d = kernels::swiglu_backward(float(grad[o]), float(hidden[h]), float(hidden[h + inter]), HostRound<T>{});
+        grad_hidden[h] = static_cast<T>(d.grad_gate);
+        grad_hidden[h + inter] = static_cast<T>(d.grad_up);
+        if (product != nullptr) product[o] = static_cast<T>(d.product);
+      }
+    }
+  });
+}
+
+template <typename F>
+void for_element_type(c10::ScalarType t, F f) {
+  if (t == at::kBFloat16) return f(c10::BFloat16());
+  if (t == at::kHalf) return f(c10::Half());
+  return f(float());
+}
+
+at::Tensor swiglu_cpu(const at::Tensor& hidden_any) {
+  check_hidden(hidden_any, "moe::fused_swiglu");
+  const auto hidden = hidden_any.contiguous();
+  auto out = half_width_like(hidden);
+  const auto inter = out.size(-1);
+  for_element_type(hidden.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_rows_cpu(hidden.const_data_ptr<T>(), out.mutable_data_ptr<T>(), rows_of(out, inter), inter);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_any, const at::Tensor& hidden_any,
+                                                       bool with_product) {
+  check_hidden(hidden_any, "moe::fused_swiglu_backward");
+  check_grad(grad_any, hidden_any);
+  const auto hidden = hidden_any.contiguous(), grad = grad_any.contiguous();
+  auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+  auto product = with_product ? at::empty_like(grad, at::MemoryFormat::Contiguous) : at::Tensor();
+  const auto inter = grad.size(-1);
+  for_element_type(hidden.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_backward_rows_cpu(grad.const_data_ptr<T>(), hidden.const_data_ptr<T>(), grad_hidden.mutable_data_ptr<T>(),
+                             with_product ? product.mutable_data_ptr<T>() : nullptr, rows_of(grad, inter), inter);
+  });
+  return {grad_hidden, product};
+}
+
+// ---- CUDA: model/kernels/swiglu_kernels.cu on the current stream (captured by CUDA graphs). ----
+#ifdef MOE_TORCH_CUDA
+kernels::ElementType element_type(c10::ScalarType t) {
+  if (t == at::kBFloat16) return kernels::ElementType::kBFloat16;
+  if (t == at::kHalf) return kernels::ElementType::kFloat16;
+  return kernels::ElementType::kFloat32;
+}
+
+void check_launch(cudaError_t error, const char* kernel) {
+  MOE_CHECK(error == cudaSuccess, "CUDA: launching ", kernel, " failed: ", cudaGetErrorString(error));
+}
+
+at::Tensor swiglu_cuda(const at::Tensor& hidden_any) {
+  check_hidden(hidden_any, "moe::fused_swiglu");
+  const auto hidden = hidden_any.contiguous();
+  auto out = half_width_like(hidden);
+  const auto inter = out.size(-1);
+  const c10::cuda::CUDAGuard device(hidden.device());
+  check_launch(kernels::launch_swiglu_forward(element_type(hidden.scalar_type()), hidden.const_data_ptr(),
+                                              out.mutable_data_ptr(), rows_of(out, inter), inter,
+                                              c10::cuda::getCurrentCUDAStream()),
+               "swiglu_forward_kernel");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad_any, const at::Tensor& hidden_any,
+                                                        bool with_product) {
+  check_hidden(hidden_any, "moe::fused_swiglu_backward");
+  check_grad(grad_any, hidden_any);
+  const auto hidden = hidden_any.contiguous(), grad = grad_any.contiguous();
+  auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
+  auto product = with_product ? at::empty_like(grad, at::MemoryFormat::Contiguous) : at::Tensor();
+  const auto inter = grad.size(-1);
+  const c10::cuda::CUDAGuard device(hidden.device());
+  check_launch(kernels::launch_swiglu_backward(element_type(hidden.scalar_type()), grad.const_data_ptr(),
+                                               hidden.const_data_ptr(), grad_hidden.mutable_data_ptr(),
+                                               with_product ? product.mutable_data_ptr() : nullptr,
+                                               rows_of(grad, inter), inter, c10::cuda::getCurrentCUDAStream()),
+               "swiglu_backward_kernel");
+  return {grad_hidden, product};
+}
+#endif
+
+}  // namespace
+
+// Operators of the dispatcher, so that the profiler and the proxies (bench/step_proxies.h) see one
+// pointwise call each, as they see ATen's.
+TORCH_LIBRARY(moe, m) {
+  m.def("fused_swiglu(Tensor hidden) -> Tensor", {at::Tag::pointwise});
+  m.def("fused_swiglu_backward(Tensor grad, Tensor hidden, bool with_product) -> (Tensor, Tensor)",
+        {at::Tag::pointwise});
+}
+
+TORCH_LIBRARY_IMPL(moe, CPU, m) {
+  m.impl("fused_swiglu", TORCH_FN(swiglu_cpu));
+  m.impl("fused_swiglu_backward", TORCH_FN(swiglu_backward_cpu));
+}
+
+#ifdef MOE_TORCH_CUDA
+TORCH_LIBRARY_IMPL(moe, CUDA, m) {
+  m.impl("fused_swiglu", TORCH_FN(swiglu_cuda));
+  m.impl("fused_swiglu_backward", TORCH_FN(swiglu_backward_cuda));
+}
+#endif
+
+void set_fused_swiglu_enabled(bool on) { enabled = on; }
+bool fused_swiglu_enabled() { return enabled; }
+
+bool fused_swiglu_serves(const at::Tensor& hidden, const std::string& name) {
+  if (!enabled || name != "silu" || hidden.dim() < 1 || hidden.size(-1) % 2 != 0) return false;
+  const auto t = hidden.scalar_type();
+#ifdef MOE_TORCH_CUDA
+  if (hidden.is_cuda()) return t == at::kFloat || reduced_precision(t);
+#endif
+  // On the CPU only in bf16/fp16 (autocast, as on a GPU): in float32 ATen's vectorised operators
+  // are faster than the element loop.
+  return hidden.is_cpu() && reduced_precision(t);
+}
+
+at::Tensor fused_swiglu(const at::Tensor& hidden) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::fused_swiglu", "")
+                             .typed<at::Tensor(const at::Tensor&)>();
+  return op.call(hidden);
+}
+
+at::Tensor fused_swiglu_backward(const at::Tensor& grad, const at::Tensor& hidden, at::Tensor* product) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::fused_swiglu_backward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, bool)>();
+  auto [grad_hidden, recomputed] = op.call(grad, hidden, product != nullptr);
+  if (product != nullptr) *product = std::move(recomputed);
+  return grad_hidden;
+}
+
+}  // namespace moe::model
