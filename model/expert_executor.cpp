@@ -31,12 +31,13 @@ LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCo
   }
 }
 
-torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
+torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) {
   MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(),
             " experts got ", counts.numel(), " counts");
   const auto dtype = matmul_dtype(grouped);
   if (runs_grouped(compute_, grouped.is_cuda(), dtype)) {
-    return grouped_swiglu(grouped, counts, experts_, dtype, !experts_.empty() && experts_.front()->is_training());
+    return grouped_swiglu(grouped, counts, experts_, dtype, !experts_.empty() && experts_.front()->is_training(),
+                          all_rows_counted);
   }
   const auto host = counts.to(torch::kCPU);  // the loop's only host synchronisation
   const std::vector<int64_t> sizes(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());

@@ -16,9 +16,12 @@ namespace moe::model {
 
 /// rows: [M, hidden], the first counts[0] rows for experts[0], the next counts[1] for experts[1],
 /// ...; counts: [experts] int64 (any device). Rows past sum(counts) get zero output and zero
-/// gradient. dtype: the dtype of the matrix products (bfloat16 under autocast). Returns
-/// [M, hidden] in dtype. Differentiable in rows and every expert weight.
+/// gradient: masked on both sides (the kernel writes neither), unless all_rows_counted promises
+/// sum(counts) == M (no copy dropped), which spares two passes over [M, hidden] each way.
+/// dtype: the dtype of the matrix products (bfloat16 under autocast). Returns [M, hidden] in
+/// dtype. Differentiable in rows and every expert weight.
 torch::Tensor grouped_swiglu(const torch::Tensor& rows, const torch::Tensor& counts,
-                             const std::vector<FeedForward>& experts, c10::ScalarType dtype, bool training);
+                             const std::vector<FeedForward>& experts, c10::ScalarType dtype, bool training,
+                             bool all_rows_counted = false);
 
 }  // namespace moe::model

@@ -74,7 +74,8 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
                                      grouping.position_of_copy);  // [N*k, H]
   dispatch.close();
   ScopedRegion run_experts("experts");
-  const auto expert_out = executor_->run(grouped, grouping.kept);  // [N*k, H], dropped copies zero
+  // Without a capacity every copy is kept: the executor need not mask rows past the groups.
+  const auto expert_out = executor_->run(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);  // [N*k, H]
   run_experts.close();
   ScopedRegion combine("combine");
   // Back to (token, slot) order, then each token's k outputs weighted and summed over the slots

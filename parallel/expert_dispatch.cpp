@@ -59,7 +59,8 @@ ExpertParallelExecutor::ExpertParallelExecutor(std::shared_ptr<Communicator> ep,
             local_experts->size(), " experts, expected ", topology_.experts_per_rank);
 }
 
-torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts) {
+torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                          bool /*all_rows_counted: the rows sent are counted anyway*/) {
   const int ep = topology_.ep_size;
   const int64_t per_rank = topology_.experts_per_rank;
   MOE_CHECK(counts.numel() == topology_.n_routed_experts, "counts has ", counts.numel(), " entries for ",
@@ -103,7 +104,8 @@ torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const to
   const auto row_key = torch::repeat_interleave(key_of_segment, theirs, /*dim=*/0, received_rows);
   const auto order = std::get<1>(row_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const auto per_expert = theirs.view({ep, per_rank}).sum(0);  // [per_rank] rows for each local expert
-  const auto expert_out = local_.run(received.index_select(0, order), per_expert);
+  // Only counted rows arrive: received_rows is the sum of the counts.
+  const auto expert_out = local_.run(received.index_select(0, order), per_expert, /*all_rows_counted=*/true);
   const auto restored = expert_out.index_select(0, model::inverse_permutation(order));
 
   // 4. Combine: back to the ranks the copies came from, in the layer's grouped order; dropped

@@ -28,7 +28,7 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
   /// local_experts: this rank's experts (keys = global ids of topology.local_experts()).
   ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts,
                          model::ExpertCompute compute = model::ExpertCompute::kAuto);
-  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override;
+  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override;
 
   /// Rows received from other ranks in the last run (for statistics and tests).
   int64_t last_received_rows() const { return last_received_rows_; }

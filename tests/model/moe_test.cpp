@@ -9,6 +9,7 @@
 #include <string>
 
 #include "model/feed_forward.h"
+#include "model/grouped_experts.h"
 #include "model/moe_feed_forward.h"
 #include "model/moe_gate.h"
 #include "tests/reference/minimind_reference.h"
@@ -138,9 +139,11 @@ TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
     model::LocalExpertExecutor local;
     torch::Tensor seen;
     explicit Recording(torch::nn::ModuleDict e) : local(std::move(e)) {}
-    torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts) override {
+    bool all_counted = false;
+    torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override {
       seen = counts;
-      return local.run(grouped, counts);
+      all_counted = all_rows_counted;
+      return local.run(grouped, counts, all_rows_counted);
     }
   };
   test::DtypeAndSeed guard;
@@ -154,6 +157,36 @@ TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
   EXPECT_TRUE(torch::equal(before.hidden, after.hidden));
   EXPECT_TRUE(torch::equal(recording->seen, after.load.routed));
   EXPECT_EQ(after.load.dropped.sum().item<int64_t>(), 0);
+  EXPECT_TRUE(recording->all_counted);  // no capacity: every copy kept, the layer says so
+}
+
+// all_rows_counted only drops the masks of rows past the groups: where every row is counted the
+// output and every gradient are the same bit for bit; where some are not, the masked path zeroes
+// them (float32 on the CPU: _grouped_mm's per-group fallback).
+TEST(MoEFeedForward, GroupedExpertsSkipTheMasksOnlyWhereEveryRowIsCounted) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  model::MoEFeedForward layer(moe_config(4, 2, 0));
+  std::vector<model::FeedForward> experts;
+  for (const auto& m : layer->experts->values()) experts.emplace_back(std::dynamic_pointer_cast<model::FeedForwardImpl>(m));
+  const auto rows = torch::randn({10, 16});
+  const auto upstream = torch::randn({10, 16});
+  auto run = [&](const torch::Tensor& counts, bool all_counted) {
+    layer->zero_grad();
+    const auto leaf = rows.clone().requires_grad_(true);
+    const auto out = model::grouped_swiglu(leaf, counts, experts, torch::kFloat32, /*training=*/false, all_counted);
+    out.backward(upstream);
+    std::vector<torch::Tensor> result{out.detach(), leaf.grad()};
+    for (const auto& p : layer->parameters()) result.push_back(grad_or_zeros(p).clone());
+    return result;
+  };
+  const auto all = torch::tensor({3, 0, 4, 3}, torch::kInt64);
+  const auto masked = run(all, false), unmasked = run(all, true);
+  for (size_t i = 0; i < masked.size(); ++i) EXPECT_TRUE(torch::equal(masked[i], unmasked[i])) << "tensor " << i;
+  EXPECT_GT(masked[0].abs().sum().item<double>(), 0.0);
+  const auto some = run(torch::tensor({3, 0, 2, 2}, torch::kInt64), false);  // rows 7..9 dropped
+  EXPECT_TRUE(torch::equal(some[0].narrow(0, 7, 3), torch::zeros({3, 16})));
+  EXPECT_TRUE(torch::equal(some[1].narrow(0, 7, 3), torch::zeros({3, 16})));
+  EXPECT_TRUE(torch::equal(some[0].narrow(0, 0, 5), masked[0].narrow(0, 0, 5)));  // same experts there
 }
 
 // The grouped-GEMM experts (one _grouped_mm for all experts; ATen's per-group fallback on the CPU,
