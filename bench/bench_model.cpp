@@ -34,11 +34,12 @@
 #include "common/check.h"
 #include "common/step_regions.h"
 #include "bench/bench_stats.h"
+#include "bench/kernel_bench.h"
 #include "bench/step_proxies.h"
 #include "launch/cli.h"
 #include "model/causal_lm.h"
 #include "model/feed_forward.h"
-#include "model/fused_swiglu.h"
+#include "model/fused_kernels.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/topology.h"
@@ -122,7 +123,8 @@ class CudaRegionTimer : public moe::RegionRecorder {
 
 struct Options {
   int64_t steps = 20, warmup = 10, batch = 0, seq = 0, top_ops = 8;
-  bool breakdown = false, unfused_adamw = false, unfused_swiglu = false, cuda_graph = false, proxies = false;
+  bool breakdown = false, unfused_adamw = false, unfused_kernels = false, cuda_graph = false, proxies = false,
+       kernels = false;
   std::string expert_compute = "auto", recompute = "none", profile_dir;
 };
 
@@ -222,17 +224,17 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
   const auto mem = moe::trainer::peak_memory(device);
   const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "act" ? "+act" : "") +
-                           (o.unfused_swiglu ? "+ops-swiglu" : "");
+                           (o.unfused_kernels ? "+unfused" : "");
   std::printf("%-5s %-5s %-18s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
               moe::trainer::total_parameters(c) / 1e6, moe::trainer::active_parameters(c) / 1e6, median_ms, *hi, tok_s,
               mfu >= 0 ? 100 * mfu : 0.0, mem.allocated_gib, mem.reserved_gib, loss);
-  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"swiglu\":\"%s\",\"batch\":%ld,"
+  std::printf("{\"config\":\"%s\",\"device\":\"%s\",\"expert_compute\":\"%s\",\"recompute\":\"%s\",\"cuda_graph\":%s,\"adamw\":\"%s\",\"kernels\":\"%s\",\"batch\":%ld,"
               "\"seq\":%ld,\"params_total\":%ld,\"params_active\":%ld,\"step_ms\":%.3f,\"step_ms_min\":%.3f,"
               "\"step_ms_max\":%.3f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"peak_allocated_gib\":%.3f,\"peak_reserved_gib\":%.3f,\"loss_last\":%.4f}\n",
               k.name.c_str(), device.is_cuda() ? "cuda" : "cpu", o.expert_compute.c_str(), o.recompute.c_str(),
               o.cuda_graph ? "true" : "false", o.unfused_adamw ? "torch::optim" : "fused",
-              device.is_cuda() && moe::model::fused_swiglu_enabled() ? "fused" : "operators", long(b), long(t), long(moe::trainer::total_parameters(c)),
+              device.is_cuda() && moe::model::fused_kernels_enabled() ? "fused" : "aten", long(b), long(t), long(moe::trainer::total_parameters(c)),
               long(moe::trainer::active_parameters(c)), median_ms, *lo, *hi, tok_s, mfu, mem.allocated_gib,
               mem.reserved_gib, loss);
   std::fflush(stdout);
@@ -355,12 +357,15 @@ int main(int argc, char** argv) try {
       ("recompute", po::value(&o.recompute)->default_value(o.recompute),
        "none or act: the backward recomputes each feed-forward's act(gate) * up (train.recompute)")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
-      ("unfused-swiglu", po::bool_switch(&o.unfused_swiglu),
-       "ATen's operators for silu(gate) * up and its backward instead of the fused CUDA kernels (model/fused_swiglu.h)")
+      ("unfused-kernels", po::bool_switch(&o.unfused_kernels),
+       "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine; model/fused_kernels.h)")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
       ("proxies", po::bool_switch(&o.proxies),
        "instead of timing: count one step's launches, host syncs and bytes by region (default configs a,b,c,tiny)")
+      ("kernels", po::bool_switch(&o.kernels),
+       "instead of a step: our fused kernels against the ATen operators they replace, on each config's shapes "
+       "(time per call, bandwidth)")
       ("top-ops", po::value(&o.top_ops)->default_value(o.top_ops), "--proxies: how many operators each 'most ...' line names")
       ("profile", po::value(&o.profile_dir), "also write a kineto trace of 3 steps per config into this directory")
       ("layer", po::value(&layer_tokens)->default_value(0),
@@ -369,7 +374,7 @@ int main(int argc, char** argv) try {
   MOE_CHECK(o.top_ops > 0, "--top-ops ", o.top_ops, " must be positive");
   MOE_CHECK(o.recompute == "none" || o.recompute == "act", "--recompute '", o.recompute, "' is not one of none, act");
   const auto device = moe::trainer::choose_device(device_opt);
-  moe::model::set_fused_swiglu_enabled(!o.unfused_swiglu);
+  moe::model::set_fused_kernels_enabled(!o.unfused_kernels);
   if (!o.profile_dir.empty()) {
     // Before any step runs: the profiler only logs a write it cannot make, and the trace is lost.
     std::error_code error;
@@ -387,8 +392,20 @@ int main(int argc, char** argv) try {
     if (configs.empty()) configs = "a,b,c,tiny";
     // On the CPU, the path a GPU takes (runs_grouped would choose the loop for a CPU tensor).
     if (!device.is_cuda() && o.expert_compute == "auto") o.expert_compute = "grouped";
+    moe::model::set_fused_kernels_on_cpu(true);  // and our fused operators, as on a GPU
   }
   if (configs.empty()) configs = device.is_cuda() ? "a,b,c" : "tiny";
+  if (o.kernels) {
+    moe::model::set_fused_kernels_on_cpu(true);  // on the CPU: their loops, to exercise them
+    std::printf("%-5s %-18s %-22s %10s %10s %8s %10s\n", "cfg", "kernel", "shape", "fused(us)", "aten(us)", "speedup",
+                "fused GB/s");
+    for (const auto& name : split(configs)) {
+      const auto k = make_case(name);
+      moe::bench::run_kernel_bench(name, k.config, k.batch, k.seq, device, static_cast<int>(o.steps));
+    }
+    moe::parallel::finalize_mpi();
+    return 0;
+  }
   if (!o.proxies) std::printf("%-5s %-5s %-18s %12s %8s %8s %9s %9s %11s %6s %7s %7s %8s\n", "cfg", "dev", "experts", "batch",
               "params", "active", "step(ms)", "max(ms)", "tokens/s", "MFU%", "allocGB", "resvGB", "loss");
   for (const auto& name : split(configs)) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-ops-swiglu] [graph-act] [graph-act-es] [proxies]
+#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-unfused] [kernels] [graph-act] [graph-act-es] [proxies]
 #                      [profile] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR] [alltests]
 # On the lent GPU machine, what it lacks comes from the device bundle (bench/gpu_machine_env.sh says
 # what was found and what was taken from the bundle):
@@ -15,8 +15,10 @@
 #   test    the tests that run on the GPU (CUDA model, fused AdamW, NCCL, expert parallel, sharded)
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
-#   graph-ops-swiglu  the graph again with --unfused-swiglu: ATen's operators for silu(gate) * up
-#           instead of the fused kernels (model/fused_swiglu.h), what those kernels gain
+#   graph-unfused  the graph again with --unfused-kernels: ATen's operators instead of our fused
+#           kernels (SwiGLU, RoPE, combine; model/fused_kernels.h), what those kernels gain
+#   kernels our fused kernels against the operators they replace, per call on a/b/c's shapes
+#           (moe-bench-model --kernels: time, bandwidth)
 #   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)
 #   graph-act-es  and with the caching allocator's expandable segments (PYTORCH_CUDA_ALLOC_CONF):
 #           reserved memory closer to allocated (less fragmentation), the figure the goal compares
@@ -43,7 +45,7 @@ wait_background() { [ -z "$background" ] || { wait "$background"; background="";
 machine_env_sourced=0
 machine_env() { [ "$machine_env_sourced" = 1 ] || { source "$root/bench/gpu_machine_env.sh"; machine_env_sourced=1; }; }
 ctest_summary() { grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$1" | tail -25; }
-gpu_tests=(cuda_model_test fused_swiglu_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
+gpu_tests=(cuda_model_test fused_swiglu_test fused_rotary_test fused_combine_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
 while [ $# -gt 0 ]; do
   case "$1" in
     report) stage report; machine_env ;;
@@ -61,15 +63,19 @@ while [ $# -gt 0 ]; do
             > "$log_dir/ctest_gpu.log" 2>&1
           ctest_summary "$log_dir/ctest_gpu.log"
           bounded "$bin/cuda_model_test" 2>&1 | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure" | head -30
-          bounded "$bin/fused_swiglu_test" 2>&1 | tee "$log_dir/fused_swiglu_test.log" |
-            grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure|cuda" | head -30 ;;
+          for t in fused_swiglu_test fused_rotary_test fused_combine_test; do
+            bounded "$bin/$t" 2>&1 | tee "$log_dir/$t.log" | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure|cuda" | head -30
+          done ;;
     bench) stage bench; wait_background
            bounded "$bin/moe-bench-model" --device cuda --breakdown 2>&1 | tee "$log_dir/bench.log" | grep -v '^{' ;;
     graph) stage graph; wait_background
            bounded "$bin/moe-bench-model" --device cuda --cuda-graph 2>&1 | tee "$log_dir/bench_graph.log" | grep -v '^{' ;;
-    graph-ops-swiglu) stage graph-ops-swiglu; wait_background
-           bounded "$bin/moe-bench-model" --device cuda --cuda-graph --unfused-swiglu 2>&1 |
-             tee "$log_dir/bench_graph_ops_swiglu.log" | grep -v '^{' ;;
+    graph-unfused) stage graph-unfused; wait_background
+           bounded "$bin/moe-bench-model" --device cuda --cuda-graph --unfused-kernels 2>&1 |
+             tee "$log_dir/bench_graph_unfused.log" | grep -v '^{' ;;
+    kernels) stage kernels; wait_background
+             bounded "$bin/moe-bench-model" --device cuda --kernels --steps 50 2>&1 | tee "$log_dir/kernels.log" |
+               grep -v '^{' ;;
     graph-act) stage graph-act; wait_background
            bounded "$bin/moe-bench-model" --device cuda --cuda-graph --recompute act 2>&1 |
              tee "$log_dir/bench_graph_act.log" | grep -v '^{' ;;

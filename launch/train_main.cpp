@@ -54,6 +54,7 @@ int train(const trainer::TrainConfig& config) {
   } catch (const std::exception& e) {
     log("error", e.what());
     world->abort(e.what());  // the other ranks may be inside a collective: stop them all
+    return 1;                // not reached: abort ends the process
   }
 }
 

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "common/check.h"
+#include "model/fused_rotary.h"
 #include "model/fused_swiglu.h"
 
 namespace moe::model {
@@ -39,10 +40,13 @@ RopeTables rope_tables(int64_t head_dim, int64_t max_positions, double theta, c1
 
 namespace {
 
-// x * c + roll(x, D/2) * s * sign, in compute_dtype (the products promote a bfloat16 x to float32,
-// as MiniMind's do with float32 tables, without a cast pass of their own), returned in x's dtype.
+// x * c + roll(x, D/2) * s * sign over the heads (c, s: [B, T, D]), in compute_dtype (the products
+// promote a bfloat16 x to float32, as MiniMind's do with float32 tables, without a cast pass of
+// their own), returned in x's dtype: one fused pass where it serves (model/fused_rotary.h).
 at::Tensor rotate(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s, double sign) {
-  return torch::addcmul(x * c, x.roll(x.size(-1) / 2, -1), s, sign).to(x.scalar_type());
+  if (fused_rotary_serves(x, c)) return fused_rotary(x, c, s, sign);
+  const auto c4 = c.unsqueeze(2), s4 = s.unsqueeze(2);  // broadcast over heads
+  return torch::addcmul(x * c4, x.roll(x.size(-1) / 2, -1), s4, sign).to(x.scalar_type());
 }
 
 // The rotation's backward is the rotation by the opposite angle (roll by D/2 is its own inverse, and
@@ -64,9 +68,7 @@ struct Rotary : torch::autograd::Function<Rotary> {
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
   const auto dtype = compute_dtype(x.scalar_type());
-  const auto c = cos.to(dtype).unsqueeze(2);  // broadcast over heads
-  const auto s = signed_sin.to(dtype).unsqueeze(2);
-  return Rotary::apply(x, c, s);
+  return Rotary::apply(x, cos.to(dtype), signed_sin.to(dtype));
 }
 
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {

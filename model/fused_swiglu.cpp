@@ -6,10 +6,10 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <tuple>
 
 #include "common/check.h"
+#include "model/fused_kernels.h"
 #include "model/kernels/swiglu_math.h"
 
 #ifdef MOE_TORCH_CUDA
@@ -23,10 +23,6 @@ namespace moe::model {
 
 namespace {
 
-std::atomic<bool> enabled{true};
-
-bool reduced_precision(c10::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
-
 int64_t rows_of(const at::Tensor& t, int64_t row_length) { return row_length == 0 ? 0 : t.numel() / row_length; }
 
 at::Tensor half_width_like(const at::Tensor& hidden) {
@@ -38,7 +34,7 @@ at::Tensor half_width_like(const at::Tensor& hidden) {
 void check_hidden(const at::Tensor& hidden, const char* op) {
   MOE_CHECK(hidden.dim() >= 1 && hidden.size(-1) % 2 == 0, op, ": hidden ", hidden.sizes(),
             " is not [..., gate | up] (an even last dimension)");
-  MOE_CHECK(hidden.scalar_type() == at::kFloat || reduced_precision(hidden.scalar_type()), op, ": ",
+  MOE_CHECK(fused_kernel_dtype(hidden.scalar_type()), op, ": ",
             hidden.scalar_type(), " is not one of Float, BFloat16, Half");
 }
 
@@ -121,16 +117,6 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_an
 
 // ---- CUDA: model/kernels/swiglu_kernels.cu on the current stream (captured by CUDA graphs). ----
 #ifdef MOE_TORCH_CUDA
-kernels::ElementType element_type(c10::ScalarType t) {
-  if (t == at::kBFloat16) return kernels::ElementType::kBFloat16;
-  if (t == at::kHalf) return kernels::ElementType::kFloat16;
-  return kernels::ElementType::kFloat32;
-}
-
-void check_launch(cudaError_t error, const char* kernel) {
-  MOE_CHECK(error == cudaSuccess, "CUDA: launching ", kernel, " failed: ", cudaGetErrorString(error));
-}
-
 at::Tensor swiglu_cuda(const at::Tensor& hidden_any) {
   check_hidden(hidden_any, "moe::fused_swiglu");
   const auto hidden = hidden_any.contiguous();
@@ -166,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad_a
 
 // Operators of the dispatcher, so that the profiler and the proxies (bench/step_proxies.h) see one
 // pointwise call each, as they see ATen's.
-TORCH_LIBRARY(moe, m) {
+TORCH_LIBRARY_FRAGMENT(moe, m) {
   m.def("fused_swiglu(Tensor hidden) -> Tensor", {at::Tag::pointwise});
   m.def("fused_swiglu_backward(Tensor grad, Tensor hidden, bool with_product) -> (Tensor, Tensor)",
         {at::Tag::pointwise});
@@ -184,18 +170,13 @@ TORCH_LIBRARY_IMPL(moe, CUDA, m) {
 }
 #endif
 
-void set_fused_swiglu_enabled(bool on) { enabled = on; }
-bool fused_swiglu_enabled() { return enabled; }
-
 bool fused_swiglu_serves(const at::Tensor& hidden, const std::string& name) {
-  if (!enabled || name != "silu" || hidden.dim() < 1 || hidden.size(-1) % 2 != 0) return false;
+  if (!fused_kernels_enabled() || name != "silu" || hidden.dim() < 1 || hidden.size(-1) % 2 != 0) return false;
   const auto t = hidden.scalar_type();
 #ifdef MOE_TORCH_CUDA
-  if (hidden.is_cuda()) return t == at::kFloat || reduced_precision(t);
+  if (hidden.is_cuda()) return fused_kernel_dtype(t);
 #endif
-  // On the CPU only in bf16/fp16 (autocast, as on a GPU): in float32 ATen's vectorised operators
-  // are faster than the element loop.
-  return hidden.is_cpu() && reduced_precision(t);
+  return hidden.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
 }
 
 at::Tensor fused_swiglu(const at::Tensor& hidden) {

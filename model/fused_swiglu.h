@@ -11,15 +11,11 @@
 
 namespace moe::model {
 
-/// Whether gated_activation runs the fused operators for `hidden` with activation `name`: silu with
-/// an even last dimension, while enabled, on a CUDA tensor of float32, bfloat16 or float16 (in a
-/// build with CUDA LibTorch), or on a CPU tensor of bfloat16 or float16 (autocast on the CPU, as the
-/// proxies run it; in float32 ATen's vectorised operators are faster there).
+/// Whether gated_activation runs the fused operators for `hidden` with activation `name`: silu
+/// with an even last dimension, while enabled (model/fused_kernels.h), on a CUDA tensor of float32,
+/// bfloat16 or float16 (in a build with CUDA LibTorch), or on a CPU tensor of bfloat16 or float16
+/// where the CPU stands in for a GPU (fused_kernels_on_cpu).
 bool fused_swiglu_serves(const at::Tensor& hidden, const std::string& name);
-
-/// On by default; off runs ATen's operators everywhere (to compare: moe-bench-model --unfused-swiglu).
-void set_fused_swiglu_enabled(bool on);
-bool fused_swiglu_enabled();
 
 /// silu(gate) * up: [..., 2I] -> [..., I], float32/bfloat16/float16 on the CPU or a GPU (the
 /// dispatcher's operator moe::fused_swiglu; no autograd of its own).

@@ -7,6 +7,7 @@
 
 #include "model/copy_permutation.h"
 #include "model/feed_forward.h"
+#include "model/fused_combine.h"
 #include "common/check.h"
 #include "common/step_regions.h"
 #include "model/functional.h"
@@ -35,6 +36,21 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
     kept = routed.clamp_max(capacity);
   }
   return {order, torch::div(order, k, "floor"), inverse_permutation(order), routed, kept};
+}
+
+torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping, const torch::Tensor& weights,
+                             c10::ScalarType out_dtype) {
+  if (fused_combine_serves(expert_out, weights, out_dtype)) {
+    return fused_combine(expert_out, grouping.position_of_copy, weights, out_dtype);  // one kernel each way
+  }
+  // Back to (token, slot) order, then each token's k outputs weighted and summed over the slots
+  // (in the matmul dtype; the sum accumulates in float32). Not as a batched product [N, 1, k] x
+  // [N, k, H]: cuBLAS runs its backward's outer products (inner dimension 1) in a 32x32 tile
+  // kernel at ~1% of the bandwidth, 0.6 ms per layer on config a (H200 profile). Here: a product
+  // and a sum forward, two products and a sum backward, each a memory-bound pass.
+  const auto n = weights.size(0), k = weights.size(1), h = expert_out.size(1);
+  const auto by_slot = ungroup_copies(expert_out, grouping.copy_order, grouping.position_of_copy).view({n, k, h});
+  return (by_slot * weights.to(by_slot.scalar_type()).unsqueeze(-1)).sum(1).to(out_dtype);  // [N, H]
 }
 
 MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)
@@ -78,16 +94,7 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto expert_out = executor_->run(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);  // [N*k, H]
   run_experts.close();
   ScopedRegion combine("combine");
-  // Back to (token, slot) order, then each token's k outputs weighted and summed over the slots
-  // (in the matmul dtype; the sum accumulates in float32). Not as a batched product [N, 1, k] x
-  // [N, k, H]: cuBLAS runs its backward's outer products (inner dimension 1) in a 32x32 tile
-  // kernel at ~1% of the bandwidth, 0.6 ms per layer on config a (H200 profile). Here: a product
-  // and a sum forward, two products and a sum backward, each a memory-bound pass.
-  const auto k = route.topk_idx.size(1);
-  const auto by_slot = ungroup_copies(expert_out, grouping.copy_order, grouping.position_of_copy)
-                           .view({tokens.size(0), k, h});
-  auto y = (by_slot * route.topk_weight.to(by_slot.scalar_type()).unsqueeze(-1)).sum(1);  // [N, H]
-  y = y.to(x.scalar_type()).view(x.sizes());
+  auto y = combine_copies(expert_out, grouping, route.topk_weight, x.scalar_type()).view(x.sizes());
   combine.close();
   ScopedRegion shared_region("shared_experts");
   for (const auto& shared : *shared_experts) y = y + shared->as<FeedForward>()->forward(x);

@@ -35,6 +35,13 @@ int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, i
 /// rest are dropped: they contribute nothing to their token's output.
 ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_experts, int64_t capacity = 0);
 
+/// The experts' outputs [N*k, H] (grouped order, dropped copies zero) back to tokens:
+/// y[n] = sum_j weights[n, j] * expert_out[position_of_copy[n*k + j]], in expert_out's dtype, returned
+/// [N, H] in out_dtype. The fused operator where it serves (model/fused_combine.h), else the gather
+/// back to slot order, the product, the sum over the slots and the cast.
+torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping, const torch::Tensor& weights,
+                             c10::ScalarType out_dtype);
+
 /// Load of one MoE layer, for statistics (device tensors; read them when logging).
 struct ExpertLoad {
   torch::Tensor routed;   // [E] int64: copies routed to each expert

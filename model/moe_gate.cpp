@@ -78,10 +78,13 @@ torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor
                                 double alpha) {
   const auto b = scores.size(0), t = scores.size(1), e = scores.size(2);
   if (b == 0 || t == 0) return torch::zeros({}, scores.options());
-  auto share = torch::zeros({b, e}, scores.options());
-  share.scatter_add_(1, topk_idx, torch::ones(topk_idx.sizes(), scores.options()));
-  share.div_(static_cast<double>(t * top_k) / static_cast<double>(e));
-  return (share * scores.mean(1)).sum(1).mean() * alpha;
+  // mean_b sum_e (count_be * E / (T k)) * mean_t(scores)_be * alpha, as one dot product of the exact
+  // counts with the mean scores and one scale: six small kernels where the formula as written
+  // takes ten (the routing runs per layer and step, launch-bound on small models).
+  const auto ones = torch::ones({1, 1}, scores.options()).expand(topk_idx.sizes());
+  const auto counts = torch::zeros({b, e}, scores.options()).scatter_add_(1, topk_idx, ones);
+  const double scale = alpha * static_cast<double>(e) / (static_cast<double>(t * top_k) * static_cast<double>(b));
+  return counts.view({-1}).dot(scores.mean(1).reshape({-1})) * scale;
 }
 
 torch::Tensor batch_aux_loss(const torch::Tensor& scores, const torch::Tensor& topk_idx, double alpha,

@@ -23,7 +23,7 @@ declare -A allowed=(
 )
 bad=0
 for folder in "${!allowed[@]}"; do
-  for file in "$src/$folder"/*.h "$src/$folder"/*.cpp "$src/$folder"/*.cu; do
+  for file in "$src/$folder"/*.h "$src/$folder"/*.cpp "$src/$folder"/*.cu "$src/$folder"/*.cuh; do
     [ -f "$file" ] || continue
     while IFS= read -r header; do
       if ! [[ "$header" =~ ${allowed[$folder]} ]]; then

@@ -123,7 +123,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
        "forward+backward replayed as one CUDA graph (GPU, one rank, grad_accum 1)")
       ("train.recompute", bound(c.train.recompute),
        "none | act (the backward recomputes each feed-forward's act(gate) * up instead of keeping it: "
-       "less activation memory, same values)");
+       "less activation memory, same values)")
+      ("train.fused_kernels", bound(c.train.fused_kernels),
+       "our fused kernels for SwiGLU, RoPE and the MoE combine (model/fused_kernels.h); false runs ATen's operators instead "
+       "(same values; to compare or to diagnose)");
   po::options_description checkpoint("checkpoint");
   checkpoint.add_options()
       ("checkpoint.every", bound(c.checkpoint.every), "steps between checkpoints; 0 = at the end only")

@@ -16,6 +16,7 @@
 #include "parallel/expert_dispatch.h"
 #include "parallel/global_aux_loss.h"
 #include "model/feed_forward.h"
+#include "model/fused_kernels.h"
 #include "parallel/collective_text.h"
 #include "trainer/checkpoint/checkpoint.h"
 #include "trainer/checkpoint/resume.h"
@@ -70,6 +71,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
   lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
   model::set_activation_recompute(*lm_, t.recompute == "act");
+  model::set_fused_kernels_enabled(t.fused_kernels);  // process-wide: one model per process
   lm_->to(device_);
   lm_->train();
   sync_ = std::make_unique<parallel::GradientSync>(lm_, groups_, int64_t(config_.parallel.bucket_mb * (1 << 20)),

@@ -6,31 +6,13 @@
 
 #include <algorithm>
 
+#include "model/kernels/element_convert.cuh"
 #include "model/kernels/swiglu_kernels.h"
 #include "model/kernels/swiglu_math.h"
 
 namespace moe::model::kernels {
 
 namespace {
-
-__host__ __device__ inline float to_float(float x) { return x; }
-__host__ __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__host__ __device__ inline float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__host__ __device__ inline T from_float(float x);
-template <>
-__host__ __device__ inline float from_float<float>(float x) { return x; }
-template <>
-__host__ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <>
-__host__ __device__ inline __half from_float<__half>(float x) { return __float2half_rn(x); }
-
-// Stores in T and reads back: the rounding ATen's intermediate tensors have.
-template <typename T>
-struct RoundTo {
-  __host__ __device__ float operator()(float x) const { return to_float(from_float<T>(x)); }
-};
 
 template <typename T, int kVector>
 struct alignas(sizeof(T) * kVector) Pack {

@@ -6,9 +6,9 @@
 
 #include <cstdint>
 
-namespace moe::model::kernels {
+#include "model/kernels/element_type.h"
 
-enum class ElementType { kFloat32, kBFloat16, kFloat16 };
+namespace moe::model::kernels {
 
 /// out[r, c] = silu(gate[r, c]) * up[r, c]. Returns the launch's error (cudaSuccess when queued).
 cudaError_t launch_swiglu_forward(ElementType type, const void* hidden, void* out, int64_t rows, int64_t inter,

@@ -8,11 +8,7 @@
 
 #include <math.h>
 
-#if defined(__CUDACC__)
-#define MOE_HOST_DEVICE __host__ __device__
-#else
-#define MOE_HOST_DEVICE
-#endif
+#include "model/kernels/host_device.h"
 
 namespace moe::model::kernels {
 

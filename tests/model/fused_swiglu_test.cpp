@@ -21,53 +21,17 @@
 #include <functional>
 
 #include "model/functional.h"
+#include "model/fused_kernels.h"
 #include "model/fused_swiglu.h"
 #include "model/kernels/swiglu_math.h"
+#include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
 
 using namespace moe;
 using moe::test::all_close;
+using namespace moe::test::fused;
 
 namespace {
-
-#define SKIP_WITHOUT_CUDA()                                                                           \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible: the CUDA path is tested " \
-                                                    "on the GPU machine (README, GPU status)"
-
-// Sign-magnitude bits mapped to a line on which neighbouring values are neighbouring integers.
-torch::Tensor ordered_bits(const torch::Tensor& t) {
-  if (t.scalar_type() == torch::kFloat32) {
-    const auto bits = t.contiguous().view(torch::kInt32).to(torch::kInt64);
-    return torch::where(bits < 0, -(bits.bitwise_and(0x7fffffff)), bits);
-  }
-  const auto bits = t.contiguous().view(torch::kInt16).to(torch::kInt64);
-  return torch::where(bits < 0, -(bits.bitwise_and(0x7fff)), bits);
-}
-
-struct UlpReport {
-  int64_t max_ulps = 0;
-  double exact_share = 1.0;
-};
-
-UlpReport compare_ulps(const torch::Tensor& actual, const torch::Tensor& expected) {
-  EXPECT_EQ(actual.sizes(), expected.sizes());
-  EXPECT_EQ(actual.scalar_type(), expected.scalar_type());
-  if (actual.numel() == 0) return {};
-  const auto distance = (ordered_bits(actual.cpu()) - ordered_bits(expected.cpu())).abs();
-  return {distance.max().item<int64_t>(), distance.eq(0).to(torch::kFloat64).mean().item<double>()};
-}
-
-::testing::AssertionResult within_one_ulp_mostly_exact(const torch::Tensor& actual, const torch::Tensor& expected) {
-  if (actual.scalar_type() == torch::kFloat32 && actual.numel() > 0) {
-    // Float32 shows the exponential's last-bit differences between implementations, magnified
-    // where silu' crosses zero (1 + x (1 - s) cancels): within float32 rounding of the scale.
-    return all_close(actual, expected, 1e-6 * expected.abs().max().item<double>(), 1e-5);
-  }
-  const auto r = compare_ulps(actual, expected);
-  if (r.max_ulps <= 1 && r.exact_share >= 0.99) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "max " << r.max_ulps << " ulps apart, " << 100 * r.exact_share
-                                       << "% bit for bit (want <= 1 ulp, >= 99%)";
-}
 
 // Gates over the range where silu bends and saturates, ups of both signs.
 torch::Tensor sample_hidden(int64_t rows, int64_t inter, torch::ScalarType dtype, const torch::Device& device) {
@@ -124,23 +88,6 @@ torch::Tensor operators_product(const torch::Tensor& hidden) {
   return model::activation(hidden.narrow(-1, 0, inter), "silu") * hidden.narrow(-1, inter, inter);
 }
 
-// The CPU, and the GPU where one is visible.
-std::vector<torch::Device> test_devices() {
-  std::vector<torch::Device> devices{torch::kCPU};
-  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA, 0);
-  return devices;
-}
-
-// Runs f with the fused kernels off, restoring the setting after.
-template <typename F>
-auto unfused(F f) {
-  model::set_fused_swiglu_enabled(false);
-  struct Restore {
-    ~Restore() { model::set_fused_swiglu_enabled(true); }
-  } restore;
-  return f();
-}
-
 }  // namespace
 
 TEST(SwigluMath, EqualsAutogradInFloat64) {
@@ -182,12 +129,15 @@ TEST(FusedSwiglu, ServesSiluInReducedPrecisionOnTheCpuAndOnGpusWhileEnabled) {
   EXPECT_FALSE(model::fused_swiglu_serves(cpu.to(torch::kFloat32), "silu"));  // ATen's vectorised ops
   EXPECT_FALSE(model::fused_swiglu_serves(cpu, "gelu"));
   EXPECT_FALSE(model::fused_swiglu_serves(torch::zeros({4, 7}, torch::kBFloat16), "silu"));
+  model::set_fused_kernels_on_cpu(false);  // the default outside the benchmark's stand-in modes
+  EXPECT_FALSE(model::fused_swiglu_serves(cpu, "silu"));
+  model::set_fused_kernels_on_cpu(true);
   unfused([&] {
-    EXPECT_FALSE(model::fused_swiglu_enabled());
+    EXPECT_FALSE(model::fused_kernels_enabled());
     EXPECT_FALSE(model::fused_swiglu_serves(cpu, "silu"));
     return 0;
   });
-  EXPECT_TRUE(model::fused_swiglu_enabled());
+  EXPECT_TRUE(model::fused_kernels_enabled());
   test::expect_refusal([] { model::fused_swiglu(torch::zeros({2, 4}, torch::kFloat64)); },
                        {"moe::fused_swiglu", "Double", "is not one of"});
   test::expect_refusal([] { model::fused_swiglu(torch::zeros({2, 5}, torch::kBFloat16)); },
@@ -255,7 +205,8 @@ TEST(FusedSwiglu, GatedActivationThroughAutogradOnEachDevice) {
     const auto upstream = torch::randn({300, 256}, torch::kFloat64).to(torch::kBFloat16).to(device);
     const auto fused = values.clone().requires_grad_(true), plain = values.clone().requires_grad_(true);
     ASSERT_TRUE(model::fused_swiglu_serves(fused, "silu"));
-    const auto out = model::gated_activation(fused, "silu");
+    torch::Tensor out;
+    EXPECT_EQ(calls_of("moe::fused_swiglu", [&] { out = model::gated_activation(fused, "silu"); }), 1) << device;
     const auto want = unfused([&] { return model::gated_activation(plain, "silu"); });
     EXPECT_TRUE(within_one_ulp_mostly_exact(out, want)) << device;
     out.backward(upstream);

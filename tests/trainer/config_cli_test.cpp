@@ -61,7 +61,8 @@ TEST(ConfigCli, DumpConfigReadsBackToTheSameValues) {
   test::TempDir dir;
   const auto cli = parse(with_data({"--model.use_moe", "true", "--model.rms_norm_eps", "1e-6", "--optim.lr",
                                     "0.00123", "--model.seq_aux", "false", "--train.out_dir", "runs/x y",
-                                    "--model.capacity_factor", "1.25", "--train.recompute", "act", "--dump-config"}));
+                                    "--model.capacity_factor", "1.25", "--train.recompute", "act", "--train.fused_kernels",
+                                    "false", "--dump-config"}));
   EXPECT_TRUE(cli.dump_config);
   const auto text = dump_config(cli.config);
   EXPECT_NE(text.find("[model]\nhidden_size = 512\n"), std::string::npos) << text;
@@ -74,6 +75,8 @@ TEST(ConfigCli, DumpConfigReadsBackToTheSameValues) {
   EXPECT_EQ(back.train.out_dir, "runs/x y");
   EXPECT_EQ(back.model.capacity_factor, 1.25);
   EXPECT_EQ(back.train.recompute, "act");
+  EXPECT_FALSE(back.train.fused_kernels);
+  EXPECT_TRUE(TrainConfig{}.train.fused_kernels);  // on unless turned off
   EXPECT_FALSE(back.model.seq_aux);
 }
 

@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "model/feed_forward.h"
+#include "model/fused_kernels.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/mpi_communicator.h"
@@ -186,6 +187,20 @@ TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
   EXPECT_NEAR(runs[1].first.first_loss, runs[0].first.first_loss, 1e-6 * runs[0].first.first_loss);
   EXPECT_NEAR(runs[1].first.last_loss, runs[0].first.last_loss, 1e-6 * runs[0].first.last_loss);
   for (size_t i = 0; i < runs[0].second.size(); ++i) EXPECT_TRUE(all_close(runs[1].second[i], runs[0].second[i], 1e-5, 1e-4)) << i;
+}
+
+// train.fused_kernels reaches the process-wide switch the model reads (model/fused_kernels.h).
+TEST(Trainer, FusedKernelsFollowTheConfig) {
+  auto comm = mpi_world();
+  test::TempDir tmp("moe_trainer_test");
+  write_dataset(tmp.path() + "/data", 40, 64);
+  for (const bool fused : {false, true}) {
+    auto cfg = tiny_config(tmp.path());
+    cfg.train.fused_kernels = fused;
+    cfg.train.out_dir = tmp.path() + "/run_fused_" + std::to_string(fused);
+    Trainer trainer(cfg, groups_of(comm, 4));
+    EXPECT_EQ(model::fused_kernels_enabled(), fused);
+  }
 }
 
 TEST(Trainer, NonFiniteGradientsAreSkippedThenStopTheRun) {

@@ -1,0 +1,121 @@
+#include "bench/kernel_bench.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+
+#include "bench/bench_stats.h"
+#include "model/functional.h"
+#include "model/fused_kernels.h"
+#include "model/fused_rotary.h"
+#include "model/moe_feed_forward.h"
+
+namespace moe::bench {
+
+namespace {
+
+void sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Median microseconds of one call of f, each timed between synchronisations, after warm-up calls.
+double time_us(const torch::Device& device, int steps, const std::function<void()>& f) {
+  for (int i = 0; i < 3; ++i) f();
+  sync(device);
+  std::vector<double> us;
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    sync(device);
+    us.push_back(1e6 * seconds_since(t0));
+  }
+  return median(us);
+}
+
+// f with our kernels on, then off (ATen's operators): both medians.
+std::pair<double, double> fused_and_aten(const torch::Device& device, int steps, const std::function<void()>& f) {
+  model::set_fused_kernels_enabled(true);
+  const double fused = time_us(device, steps, f);
+  model::set_fused_kernels_enabled(false);
+  const double aten = time_us(device, steps, f);
+  model::set_fused_kernels_enabled(true);
+  return {fused, aten};
+}
+
+void report(const std::string& config, const char* kernel, const std::string& shape, double bytes,
+            std::pair<double, double> us) {
+  const auto [fused, aten] = us;
+  std::printf("%-5s %-18s %-22s %10.1f %10.1f %8.2f %10.1f\n", config.c_str(), kernel, shape.c_str(), fused, aten,
+              aten / fused, bytes / (fused * 1e3));
+  std::printf("{\"bench\":\"kernel\",\"config\":\"%s\",\"kernel\":\"%s\",\"shape\":\"%s\",\"fused_us\":%.2f,"
+              "\"aten_us\":%.2f,\"min_bytes\":%.0f,\"fused_gb_s\":%.1f}\n",
+              config.c_str(), kernel, shape.c_str(), fused, aten, bytes, bytes / (fused * 1e3));
+}
+
+std::string dims(std::initializer_list<int64_t> sizes) {
+  std::string s;
+  for (const auto v : sizes) s += (s.empty() ? "" : "x") + std::to_string(v);
+  return s;
+}
+
+}  // namespace
+
+void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int64_t batch, int64_t seq,
+                      const torch::Device& device, int steps) {
+  torch::NoGradGuard no_grad;
+  const auto bf16 = torch::TensorOptions(torch::kBFloat16).device(device);
+  const int64_t tokens = batch * seq, rows = tokens * c.num_experts_per_tok, inter = c.resolved_intermediate_size();
+  const double element = 2;  // bytes of bf16
+
+  // The routed experts' SwiGLU: [rows, 2I] -> [rows, I], and its backward.
+  const auto hidden = torch::randn({rows, 2 * inter}, bf16);
+  const auto grad = torch::randn({rows, inter}, bf16);
+  const double w = double(rows * inter) * element;
+  report(name, "swiglu forward", dims({rows, inter}), 3 * w,
+         fused_and_aten(device, steps, [&] { model::gated_activation(hidden, "silu"); }));
+  report(name, "swiglu backward", dims({rows, inter}), 5 * w, fused_and_aten(device, steps, [&] {
+           model::gated_activation_backward(grad, hidden, "silu", /*with_product=*/false);
+         }));
+
+  // RoPE on q and k as the attention has them: views into the fused q/k/v product.
+  const int64_t heads = c.num_attention_heads, kv = c.num_key_value_heads, d = c.head_dim();
+  const auto qkv = torch::randn({batch, seq, (heads + 2 * kv) * d}, bf16);
+  const auto q = qkv.narrow(2, 0, heads * d).view({batch, seq, heads, d});
+  const auto key = qkv.narrow(2, heads * d, kv * d).view({batch, seq, kv, d});
+  const auto tables = model::rope_tables(d, seq, c.rope_theta, torch::kFloat32);
+  const auto cos = tables.cos.unsqueeze(0).expand({batch, seq, d}).contiguous().to(device);
+  const auto sin = tables.signed_sin.unsqueeze(0).expand({batch, seq, d}).contiguous().to(device);
+  const double rope_bytes = double(tokens * (heads + kv) * d) * 2 * element + 2.0 * double(cos.nbytes());
+  report(name, "rope q+k", dims({batch, seq, heads + kv, d}), rope_bytes, fused_and_aten(device, steps, [&] {
+           model::apply_rope(q, cos, sin);
+           model::apply_rope(key, cos, sin);
+         }));
+
+  // The combine: the experts' rows [N*k, H] weighted back into [N, H] float32, and its backward.
+  const int64_t h = c.hidden_size, slots = c.num_experts_per_tok;
+  const auto expert_out = torch::randn({rows, h}, bf16);
+  model::ExpertGrouping grouping;
+  grouping.copy_order = torch::randperm(rows, torch::TensorOptions(torch::kInt64).device(device));
+  grouping.position_of_copy = torch::argsort(grouping.copy_order);
+  const auto weights = torch::rand({tokens, slots}, torch::TensorOptions(torch::kFloat32).device(device));
+  const double combine_bytes = double(rows * h) * element + double(tokens * h) * 4;
+  report(name, "combine forward", dims({tokens, slots, h}), combine_bytes, fused_and_aten(device, steps, [&] {
+           model::combine_copies(expert_out, grouping, weights, torch::kFloat32);
+         }));
+  {
+    torch::AutoGradMode grad_mode(true);
+    const auto leaf = expert_out.detach().requires_grad_(true);
+    const auto w = weights.detach().requires_grad_(true);
+    const auto upstream = torch::randn({tokens, h}, torch::TensorOptions(torch::kFloat32).device(device));
+    // Forward and backward (the backward moves the forward's bytes and the gradients' again).
+    report(name, "combine fwd+bwd", dims({tokens, slots, h}), 2 * combine_bytes + double(rows * h) * element,
+           fused_and_aten(device, steps, [&] {
+             model::combine_copies(leaf, grouping, w, torch::kFloat32).backward(upstream);
+           }));
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace moe::bench

@@ -1,0 +1,244 @@
+#include "model/fused_combine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "common/check.h"
+#include "model/fused_kernels.h"
+#include "model/kernels/combine_math.h"
+
+#ifdef MOE_TORCH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "model/kernels/combine_kernels.h"
+#endif
+
+namespace moe::model {
+
+namespace {
+
+void check_combine(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
+                   c10::ScalarType out_dtype) {
+  MOE_CHECK(expert_out.dim() == 2 && fused_kernel_dtype(expert_out.scalar_type()), "moe::combine: expert_out ",
+            expert_out.sizes(), " ", expert_out.scalar_type(), " is not [N*k, H] of Float, BFloat16 or Half");
+  MOE_CHECK(weights.dim() == 2 && weights.scalar_type() == at::kFloat && weights.numel() == expert_out.size(0) &&
+                weights.device() == expert_out.device(),
+            "moe::combine: weights ", weights.sizes(), " ", weights.scalar_type(), " are not float32 [N, k] for ",
+            expert_out.size(0), " copies on ", expert_out.device());
+  MOE_CHECK(position.scalar_type() == at::kLong && position.numel() == expert_out.size(0) &&
+                position.device() == expert_out.device(),
+            "moe::combine: position_of_copy ", position.sizes(), " ", position.scalar_type(), " does not index the ",
+            expert_out.size(0), " copies");
+  MOE_CHECK(out_dtype == expert_out.scalar_type() || out_dtype == at::kFloat, "moe::combine: output ", out_dtype,
+            " is neither the experts' ", expert_out.scalar_type(), " nor Float");
+}
+
+// ---- CPU: the element math token by token (the reference; what the proxies count). ----
+
+template <typename T>
+struct HostRound {
+  float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
+};
+
+template <typename T, typename O>
+void combine_rows_cpu(const T* expert_out, const int64_t* position, const float* weights, O* out, int64_t tokens,
+                      int64_t slots, int64_t hidden) {
+  at::parallel_for(0, tokens, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t h = 0; h < hidden; ++h) {
+        float sum = 0.f;
+        for (int64_t j = 0; j < slots; ++j) {
+          const int64_t copy = n * slots + j;
+          sum += kernels::combine_term(float(expert_out[position[copy] * hidden + h]), weights[copy], HostRound<T>{});
+        }
+        out[n * hidden + h] = static_cast<O>(HostRound<T>{}(sum));
+      }
+    }
+  });
+}
+
+template <typename T, typename O>
+void combine_backward_rows_cpu(const O* grad, const T* expert_out, const int64_t* position, const float* weights,
+                               T* grad_expert_out, float* grad_weights, int64_t tokens, int64_t slots, int64_t hidden) {
+  const HostRound<T> round;
+  at::parallel_for(0, tokens * slots, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden)), [&](int64_t begin, int64_t end) {
+    for (int64_t copy = begin; copy < end; ++copy) {
+      const int64_t n = copy / slots, row = position[copy];
+      float dot = 0.f;
+      for (int64_t h = 0; h < hidden; ++h) {
+        const float g = round(float(grad[n * hidden + h]));
+        grad_expert_out[row * hidden + h] = static_cast<T>(kernels::combine_term(g, weights[copy], round));
+        dot += round(g * float(expert_out[row * hidden + h]));
+      }
+      grad_weights[copy] = round(dot);
+    }
+  });
+}
+
+// Calls f(T{}, O{}) for the experts' and the output's element types.
+template <typename F>
+void for_types(c10::ScalarType type, c10::ScalarType out_type, F f) {
+  const bool same = type == out_type;
+  if (type == at::kBFloat16) return same ? f(c10::BFloat16(), c10::BFloat16()) : f(c10::BFloat16(), float());
+  if (type == at::kHalf) return same ? f(c10::Half(), c10::Half()) : f(c10::Half(), float());
+  return f(float(), float());
+}
+
+at::Tensor combine_cpu(const at::Tensor& expert_out_any, const at::Tensor& position_any, const at::Tensor& weights_any,
+                       c10::ScalarType out_dtype) {
+  check_combine(expert_out_any, position_any, weights_any, out_dtype);
+  const auto expert_out = expert_out_any.contiguous(), position = position_any.contiguous(),
+             weights = weights_any.contiguous();
+  const int64_t tokens = weights.size(0), slots = weights.size(1), hidden = expert_out.size(1);
+  auto out = at::empty({tokens, hidden}, expert_out.options().dtype(out_dtype));
+  for_types(expert_out.scalar_type(), out_dtype, [&](auto t, auto o) {
+    using T = decltype(t);
+    using O = decltype(o);
+    combine_rows_cpu<T, O>(expert_out.const_data_ptr<T>(), position.const_data_ptr<int64_t>(),
+                           weights.const_data_ptr<float>(), out.mutable_data_ptr<O>(), tokens, slots, hidden);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> combine_backward_cpu(const at::Tensor& grad_any, const at::Tensor& expert_out_any,
+                                                        const at::Tensor& position_any, const at::Tensor& weights_any) {
+  check_combine(expert_out_any, position_any, weights_any, grad_any.scalar_type());
+  const auto grad = grad_any.contiguous(), expert_out = expert_out_any.contiguous(),
+             position = position_any.contiguous(), weights = weights_any.contiguous();
+  const int64_t tokens = weights.size(0), slots = weights.size(1), hidden = expert_out.size(1);
+  MOE_CHECK(grad.dim() == 2 && grad.size(0) == tokens && grad.size(1) == hidden, "moe::combine_backward: gradient ",
+            grad.sizes(), " is not [", tokens, ", ", hidden, "]");
+  auto grad_expert_out = at::empty_like(expert_out, at::MemoryFormat::Contiguous);
+  auto grad_weights = at::empty_like(weights, at::MemoryFormat::Contiguous);
+  for_types(expert_out.scalar_type(), grad.scalar_type(), [&](auto t, auto o) {
+    using T = decltype(t);
+    using O = decltype(o);
+    combine_backward_rows_cpu<T, O>(grad.const_data_ptr<O>(), expert_out.const_data_ptr<T>(),
+                                    position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
+                                    grad_expert_out.mutable_data_ptr<T>(), grad_weights.mutable_data_ptr<float>(),
+                                    tokens, slots, hidden);
+  });
+  return {grad_expert_out, grad_weights};
+}
+
+// ---- CUDA: model/kernels/combine_kernels.cu on the current stream. ----
+#ifdef MOE_TORCH_CUDA
+at::Tensor combine_cuda(const at::Tensor& expert_out_any, const at::Tensor& position_any, const at::Tensor& weights_any,
+                        c10::ScalarType out_dtype) {
+  check_combine(expert_out_any, position_any, weights_any, out_dtype);
+  const auto expert_out = expert_out_any.contiguous(), position = position_any.contiguous(),
+             weights = weights_any.contiguous();
+  const kernels::CombineShape shape{weights.size(0), weights.size(1), expert_out.size(1)};
+  auto out = at::empty({shape.tokens, shape.hidden}, expert_out.options().dtype(out_dtype));
+  const c10::cuda::CUDAGuard device(expert_out.device());
+  check_launch(kernels::launch_combine(element_type(expert_out.scalar_type()), element_type(out_dtype),
+                                       expert_out.const_data_ptr(), position.const_data_ptr<int64_t>(),
+                                       weights.const_data_ptr<float>(), out.mutable_data_ptr(), shape,
+                                       c10::cuda::getCurrentCUDAStream()),
+               "combine_kernel");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad_any, const at::Tensor& expert_out_any,
+                                                         const at::Tensor& position_any, const at::Tensor& weights_any) {
+  check_combine(expert_out_any, position_any, weights_any, grad_any.scalar_type());
+  const auto grad = grad_any.contiguous(), expert_out = expert_out_any.contiguous(),
+             position = position_any.contiguous(), weights = weights_any.contiguous();
+  const kernels::CombineShape shape{weights.size(0), weights.size(1), expert_out.size(1)};
+  MOE_CHECK(grad.dim() == 2 && grad.size(0) == shape.tokens && grad.size(1) == shape.hidden,
+            "moe::combine_backward: gradient ", grad.sizes(), " is not [", shape.tokens, ", ", shape.hidden, "]");
+  auto grad_expert_out = at::empty_like(expert_out, at::MemoryFormat::Contiguous);
+  auto grad_weights = at::empty_like(weights, at::MemoryFormat::Contiguous);
+  const c10::cuda::CUDAGuard device(expert_out.device());
+  check_launch(kernels::launch_combine_backward(element_type(expert_out.scalar_type()), element_type(grad.scalar_type()),
+                                                grad.const_data_ptr(), expert_out.const_data_ptr(),
+                                                position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
+                                                grad_expert_out.mutable_data_ptr(),
+                                                grad_weights.mutable_data_ptr<float>(), shape,
+                                                c10::cuda::getCurrentCUDAStream()),
+               "combine_backward_kernel");
+  return {grad_expert_out, grad_weights};
+}
+#endif
+
+at::Tensor call_combine(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
+                        c10::ScalarType out_dtype) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::combine", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::ScalarType)>();
+  return op.call(expert_out, position, weights, out_dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_combine_backward(const at::Tensor& grad, const at::Tensor& expert_out,
+                                                         const at::Tensor& position, const at::Tensor& weights) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("moe::combine_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&)>();
+  return op.call(grad, expert_out, position, weights);
+}
+
+struct Combine : torch::autograd::Function<Combine> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& expert_out,
+                            const at::Tensor& position, const at::Tensor& weights, c10::ScalarType out_dtype) {
+    ctx->save_for_backward({expert_out, position, weights});
+    return call_combine(expert_out, position, weights, out_dtype);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_expert_out, grad_weights] = call_combine_backward(grads[0], saved[0], saved[1], saved[2]);
+    return {grad_expert_out, at::Tensor(), grad_weights, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(moe, m) {
+  m.def("combine(Tensor expert_out, Tensor position_of_copy, Tensor weights, ScalarType out_dtype) -> Tensor",
+        {at::Tag::pointwise});
+  m.def("combine_backward(Tensor grad, Tensor expert_out, Tensor position_of_copy, Tensor weights) -> (Tensor, Tensor)",
+        {at::Tag::pointwise});
+}
+
+TORCH_LIBRARY_IMPL(moe, CPU, m) {
+  m.impl("combine", TORCH_FN(combine_cpu));
+  m.impl("combine_backward", TORCH_FN(combine_backward_cpu));
+}
+
+#ifdef MOE_TORCH_CUDA
+TORCH_LIBRARY_IMPL(moe, CUDA, m) {
+  m.impl("combine", TORCH_FN(combine_cuda));
+  m.impl("combine_backward", TORCH_FN(combine_backward_cuda));
+}
+#endif
+
+bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype) {
+  const auto t = expert_out.scalar_type();
+  if (!fused_kernels_enabled() || expert_out.dim() != 2 || weights.dim() != 2 || !fused_kernel_dtype(weights.scalar_type()) ||
+      weights.numel() != expert_out.size(0) || weights.device() != expert_out.device() ||
+      (out_dtype != t && out_dtype != at::kFloat)) {
+    return false;
+  }
+#ifdef MOE_TORCH_CUDA
+  if (expert_out.is_cuda()) return fused_kernel_dtype(t);
+#endif
+  return expert_out.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
+}
+
+at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& position_of_copy, const at::Tensor& weights,
+                         c10::ScalarType out_dtype) {
+  // The kernels read float32 weights; bf16 ones (the CPU's autocast keeps the router's softmax in
+  // bf16, CUDA's in float32) convert exactly, and their gradient converts back.
+  return Combine::apply(expert_out, position_of_copy, weights.to(at::kFloat), out_dtype);
+}
+
+}  // namespace moe::model

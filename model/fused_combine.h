@@ -1,0 +1,25 @@
+// The MoE layer's combine as one operator each way: y[n] = sum over its k copies of
+// weights[n, j] * expert_out[position_of_copy[n * k + j]], in the experts' dtype, returned in
+// out_dtype (the residual stream's). The operators it replaces (model/moe_feed_forward.cpp): the
+// gather back to (token, slot) order, the product with the weights, the sum over the slots and the
+// cast, each writing its result, and as many again backward. Same values (the kernels round where
+// the operators store; the weights' gradient sums over the hidden size in another order). CUDA
+// kernels in model/kernels/combine_kernels.cu, a CPU loop over the same element math.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace moe::model {
+
+/// Whether the MoE layer combines through the fused operator: expert_out [N*k, H] of float32,
+/// bfloat16 or float16 (CUDA, or the CPU standing in for a GPU in bf16/fp16), weights [N, k] of
+/// one of those (read as float32), out_dtype expert_out's or float32, while the fused kernels are enabled
+/// (model/fused_kernels.h).
+bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype);
+
+/// [N, H] in out_dtype, differentiable in expert_out and weights (the dispatcher's moe::combine and
+/// moe::combine_backward under one autograd function). position_of_copy: [N*k] int64, a
+/// permutation of the rows of expert_out.
+at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& position_of_copy, const at::Tensor& weights,
+                         c10::ScalarType out_dtype);
+
+}  // namespace moe::model

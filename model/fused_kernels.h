@@ -1,0 +1,38 @@
+// What our fused kernels share (model/fused_swiglu.h, fused_rotary.h, fused_combine.h): the switch
+// that turns them all off, the dtypes they take, and, in CUDA builds, the launch check. Each is a
+// dispatcher operator (namespace moe::), pointwise-tagged, so that the profiler and the proxies see
+// one call as they see ATen's, with a CUDA kernel (model/kernels/) and a CPU loop over the same
+// element math.
+#pragma once
+#include <c10/core/ScalarType.h>
+
+#ifdef MOE_TORCH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "model/kernels/element_type.h"
+#endif
+
+namespace moe::model {
+
+/// On by default; off, the model runs ATen's operators everywhere instead (to compare:
+/// moe-bench-model --unfused-kernels).
+void set_fused_kernels_enabled(bool on);
+bool fused_kernels_enabled();
+
+/// Whether the fused operators also serve CPU tensors (bfloat16 and float16 only): off by default,
+/// since on the CPU their loops are slower than ATen's vectorised operators (SwiGLU: 3x); on where
+/// the CPU stands in for a GPU (moe-bench-model --proxies and --kernels, the tests).
+void set_fused_kernels_on_cpu(bool on);
+bool fused_kernels_on_cpu();
+
+/// bfloat16 or float16; with float32, the dtypes the kernels take.
+bool reduced_precision(c10::ScalarType t);
+bool fused_kernel_dtype(c10::ScalarType t);
+
+#ifdef MOE_TORCH_CUDA
+kernels::ElementType element_type(c10::ScalarType t);
+/// Throws naming the kernel and CUDA's reason where a launch failed.
+void check_launch(cudaError_t error, const char* kernel);
+#endif
+
+}  // namespace moe::model

@@ -1,0 +1,125 @@
+#include "model/fused_rotary.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include "common/check.h"
+#include "model/fused_kernels.h"
+#include "model/kernels/rotary_math.h"
+
+#ifdef MOE_TORCH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "model/kernels/rotary_kernels.h"
+#endif
+
+namespace moe::model {
+
+namespace {
+
+void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
+  MOE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "moe::rotary: x ", x.sizes(), " is not [B, T, heads, D] with D even");
+  MOE_CHECK(fused_kernel_dtype(x.scalar_type()), "moe::rotary: ", x.scalar_type(), " is not one of Float, BFloat16, Half");
+  for (const auto* table : {&cos, &signed_sin}) {
+    MOE_CHECK(table->scalar_type() == at::kFloat && table->dim() == 3 && table->size(0) == x.size(0) &&
+                  table->size(1) == x.size(1) && table->size(2) == x.size(3) && table->device() == x.device(),
+              "moe::rotary: table ", table->sizes(), " ", table->scalar_type(), " on ", table->device(),
+              " is not float32 [B, T, D] for x ", x.sizes(), " on ", x.device());
+  }
+}
+
+// x with its last dimension contiguous (what the kernels index), and an empty contiguous output.
+std::pair<at::Tensor, at::Tensor> operands(const at::Tensor& x) {
+  const auto in = x.stride(3) == 1 ? x : x.contiguous();
+  return {in, at::empty(in.sizes(), in.options())};
+}
+
+template <typename T>
+void rotary_rows_cpu(const at::Tensor& x, const float* cos, const float* signed_sin, float sign, T* out) {
+  const int64_t b_n = x.size(0), t_n = x.size(1), h_n = x.size(2), d = x.size(3), half = d / 2;
+  const T* base = x.const_data_ptr<T>();
+  at::parallel_for(0, b_n * t_n * h_n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, d)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t h = row % h_n, bt = row / h_n, t = bt % t_n, b = bt / t_n;
+      const T* in = base + b * x.stride(0) + t * x.stride(1) + h * x.stride(2);
+      const float* c = cos + bt * d;
+      const float* s = signed_sin + bt * d;
+      T* o = out + row * d;
+      for (int64_t j = 0; j < half; ++j) {
+        const float first = float(in[j]), second = float(in[j + half]);
+        o[j] = static_cast<T>(kernels::rotary_element(first, second, c[j], s[j], sign));
+        o[j + half] = static_cast<T>(kernels::rotary_element(second, first, c[j + half], s[j + half], sign));
+      }
+    }
+  });
+}
+
+at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
+  check_rotary(x, cos, signed_sin);
+  auto [in, out] = operands(x);
+  const auto c = cos.contiguous(), s = signed_sin.contiguous();
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    rotary_rows_cpu<T>(in, c.const_data_ptr<float>(), s.const_data_ptr<float>(), float(sign), out.mutable_data_ptr<T>());
+  };
+  if (in.scalar_type() == at::kBFloat16) {
+    run(c10::BFloat16());
+  } else if (in.scalar_type() == at::kHalf) {
+    run(c10::Half());
+  } else {
+    run(float());
+  }
+  return out;
+}
+
+#ifdef MOE_TORCH_CUDA
+at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
+  check_rotary(x, cos, signed_sin);
+  auto [in, out] = operands(x);
+  const auto c = cos.contiguous(), s = signed_sin.contiguous();
+  const c10::cuda::CUDAGuard device(in.device());
+  const kernels::RotaryShape shape{in.size(0), in.size(1), in.size(2), in.size(3), in.stride(0), in.stride(1), in.stride(2)};
+  check_launch(kernels::launch_rotary(element_type(in.scalar_type()), in.const_data_ptr(), c.const_data_ptr<float>(),
+                                      s.const_data_ptr<float>(), float(sign), out.mutable_data_ptr(), shape,
+                                      c10::cuda::getCurrentCUDAStream()),
+               "rotary_kernel");
+  return out;
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(moe, m) {
+  m.def("rotary(Tensor x, Tensor cos, Tensor signed_sin, float sign) -> Tensor", {at::Tag::pointwise});
+}
+
+TORCH_LIBRARY_IMPL(moe, CPU, m) { m.impl("rotary", TORCH_FN(rotary_cpu)); }
+
+#ifdef MOE_TORCH_CUDA
+TORCH_LIBRARY_IMPL(moe, CUDA, m) { m.impl("rotary", TORCH_FN(rotary_cuda)); }
+#endif
+
+bool fused_rotary_serves(const at::Tensor& x, const at::Tensor& cos) {
+  if (!fused_kernels_enabled() || x.dim() != 4 || x.size(3) % 2 != 0 || cos.dim() != 3 ||
+      cos.scalar_type() != at::kFloat || cos.size(0) != x.size(0) || cos.size(1) != x.size(1) ||
+      cos.size(2) != x.size(3) || cos.device() != x.device()) {
+    return false;  // broadcast tables, say: ATen's operators
+  }
+#ifdef MOE_TORCH_CUDA
+  if (x.is_cuda()) return fused_kernel_dtype(x.scalar_type());
+#endif
+  return x.is_cpu() && fused_kernels_on_cpu() && reduced_precision(x.scalar_type());
+}
+
+at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::rotary", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(x, cos, signed_sin, sign);
+}
+
+}  // namespace moe::model

@@ -1,0 +1,26 @@
+// Launchers of the fused MoE combine (combine_kernels.cu) on raw device pointers: plain C++, no
+// LibTorch. model/fused_combine.h is what the model calls.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "model/kernels/element_type.h"
+
+namespace moe::model::kernels {
+
+/// expert_out: [N*k, H] of `type`; position: [N*k] int64, the row of copy (n, j) = n*k + j;
+/// weights: [N, k] float32; out: [N, H] of `out_type` (`type` or float32). All contiguous.
+struct CombineShape {
+  int64_t tokens, slots, hidden;
+};
+cudaError_t launch_combine(ElementType type, ElementType out_type, const void* expert_out, const int64_t* position,
+                           const float* weights, void* out, const CombineShape& shape, cudaStream_t stream);
+
+/// From grad [N, H] of `out_type`: grad_expert_out [N*k, H] of `type` (each copy's row, written at its
+/// position) and grad_weights [N, k] float32, in one pass (a warp per copy).
+cudaError_t launch_combine_backward(ElementType type, ElementType out_type, const void* grad, const void* expert_out,
+                                    const int64_t* position, const float* weights, void* grad_expert_out,
+                                    float* grad_weights, const CombineShape& shape, cudaStream_t stream);
+
+}  // namespace moe::model::kernels

@@ -1,0 +1,28 @@
+// Conversions between the kernels' element types and float32 (the type their math runs in), and
+// RoundTo<T>: a value stored in T and read back, the rounding an ATen operator's intermediate
+// tensor of dtype T gives (round to nearest even).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace moe::model::kernels {
+
+__host__ __device__ inline float to_float(float x) { return x; }
+__host__ __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__host__ __device__ inline float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__host__ __device__ inline T from_float(float x);
+template <>
+__host__ __device__ inline float from_float<float>(float x) { return x; }
+template <>
+__host__ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__host__ __device__ inline __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+template <typename T>
+struct RoundTo {
+  __host__ __device__ float operator()(float x) const { return to_float(from_float<T>(x)); }
+};
+
+}  // namespace moe::model::kernels
