@@ -49,9 +49,10 @@ void report(const std::string& config, const char* kernel, const std::string& sh
   const auto [fused, aten] = us;
   std::printf("%-5s %-18s %-22s %10.1f %10.1f %8.2f %10.1f\n", config.c_str(), kernel, shape.c_str(), fused, aten,
               aten / fused, bytes / (fused * 1e3));
-  std::printf("{\"bench\":\"kernel\",\"config\":\"%s\",\"kernel\":\"%s\",\"shape\":\"%s\",\"fused_us\":%.2f,"
-              "\"aten_us\":%.2f,\"min_bytes\":%.0f,\"fused_gb_s\":%.1f}\n",
-              config.c_str(), kernel, shape.c_str(), fused, aten, bytes, bytes / (fused * 1e3));
+  std::printf(
+      "{\"bench\":\"kernel\",\"config\":\"%s\",\"kernel\":\"%s\",\"shape\":\"%s\",\"fused_us\":%.2f,"
+      "\"aten_us\":%.2f,\"min_bytes\":%.0f,\"fused_gb_s\":%.1f}\n",
+      config.c_str(), kernel, shape.c_str(), fused, aten, bytes, bytes / (fused * 1e3));
 }
 
 std::string dims(std::initializer_list<int64_t> sizes) {
@@ -101,9 +102,8 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
   grouping.position_of_copy = torch::argsort(grouping.copy_order);
   const auto weights = torch::rand({tokens, slots}, torch::TensorOptions(torch::kFloat32).device(device));
   const double combine_bytes = double(rows * h) * element + double(tokens * h) * 4;
-  report(name, "combine forward", dims({tokens, slots, h}), combine_bytes, fused_and_aten(device, steps, [&] {
-           model::combine_copies(expert_out, grouping, weights, torch::kFloat32);
-         }));
+  report(name, "combine forward", dims({tokens, slots, h}), combine_bytes,
+         fused_and_aten(device, steps, [&] { model::combine_copies(expert_out, grouping, weights, torch::kFloat32); }));
   {
     torch::AutoGradMode grad_mode(true);
     const auto leaf = expert_out.detach().requires_grad_(true);
@@ -111,9 +111,8 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
     const auto upstream = torch::randn({tokens, h}, torch::TensorOptions(torch::kFloat32).device(device));
     // Forward and backward (the backward moves the forward's bytes and the gradients' again).
     report(name, "combine fwd+bwd", dims({tokens, slots, h}), 2 * combine_bytes + double(rows * h) * element,
-           fused_and_aten(device, steps, [&] {
-             model::combine_copies(leaf, grouping, w, torch::kFloat32).backward(upstream);
-           }));
+           fused_and_aten(device, steps,
+                          [&] { model::combine_copies(leaf, grouping, w, torch::kFloat32).backward(upstream); }));
   }
   std::fflush(stdout);
 }

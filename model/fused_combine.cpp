@@ -42,23 +42,19 @@ void check_combine(const at::Tensor& expert_out, const at::Tensor& position, con
 
 // ---- CPU: the element math token by token (the reference; what the proxies count). ----
 
-template <typename T>
-struct HostRound {
-  float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
-};
-
 template <typename T, typename O>
 void combine_rows_cpu(const T* expert_out, const int64_t* position, const float* weights, O* out, int64_t tokens,
                       int64_t slots, int64_t hidden) {
-  at::parallel_for(0, tokens, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden));  // ~16384 elements a task
+  at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t h = 0; h < hidden; ++h) {
         float sum = 0.f;
         for (int64_t j = 0; j < slots; ++j) {
           const int64_t copy = n * slots + j;
-          sum += kernels::combine_term(float(expert_out[position[copy] * hidden + h]), weights[copy], HostRound<T>{});
+          sum += kernels::combine_term(float(expert_out[position[copy] * hidden + h]), weights[copy], StoredAs<T>{});
         }
-        out[n * hidden + h] = static_cast<O>(HostRound<T>{}(sum));
+        out[n * hidden + h] = static_cast<O>(StoredAs<T>{}(sum));
       }
     }
   });
@@ -67,8 +63,9 @@ void combine_rows_cpu(const T* expert_out, const int64_t* position, const float*
 template <typename T, typename O>
 void combine_backward_rows_cpu(const O* grad, const T* expert_out, const int64_t* position, const float* weights,
                                T* grad_expert_out, float* grad_weights, int64_t tokens, int64_t slots, int64_t hidden) {
-  const HostRound<T> round;
-  at::parallel_for(0, tokens * slots, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden)), [&](int64_t begin, int64_t end) {
+  const StoredAs<T> round;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden));  // ~16384 elements a task
+  at::parallel_for(0, tokens * slots, grain, [&](int64_t begin, int64_t end) {
     for (int64_t copy = begin; copy < end; ++copy) {
       const int64_t n = copy / slots, row = position[copy];
       float dot = 0.f;
@@ -147,7 +144,8 @@ at::Tensor combine_cuda(const at::Tensor& expert_out_any, const at::Tensor& posi
 }
 
 std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad_any, const at::Tensor& expert_out_any,
-                                                         const at::Tensor& position_any, const at::Tensor& weights_any) {
+                                                         const at::Tensor& position_any,
+                                                         const at::Tensor& weights_any) {
   check_combine(expert_out_any, position_any, weights_any, grad_any.scalar_type());
   const auto grad = grad_any.contiguous(), expert_out = expert_out_any.contiguous(),
              position = position_any.contiguous(), weights = weights_any.contiguous();
@@ -157,12 +155,11 @@ std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad_
   auto grad_expert_out = at::empty_like(expert_out, at::MemoryFormat::Contiguous);
   auto grad_weights = at::empty_like(weights, at::MemoryFormat::Contiguous);
   const c10::cuda::CUDAGuard device(expert_out.device());
-  check_launch(kernels::launch_combine_backward(element_type(expert_out.scalar_type()), element_type(grad.scalar_type()),
-                                                grad.const_data_ptr(), expert_out.const_data_ptr(),
-                                                position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
-                                                grad_expert_out.mutable_data_ptr(),
-                                                grad_weights.mutable_data_ptr<float>(), shape,
-                                                c10::cuda::getCurrentCUDAStream()),
+  check_launch(kernels::launch_combine_backward(
+                   element_type(expert_out.scalar_type()), element_type(grad.scalar_type()), grad.const_data_ptr(),
+                   expert_out.const_data_ptr(), position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
+                   grad_expert_out.mutable_data_ptr(), grad_weights.mutable_data_ptr<float>(), shape,
+                   c10::cuda::getCurrentCUDAStream()),
                "combine_backward_kernel");
   return {grad_expert_out, grad_weights};
 }
@@ -170,19 +167,19 @@ std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad_
 
 at::Tensor call_combine(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
                         c10::ScalarType out_dtype) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("moe::combine", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::ScalarType)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("moe::combine", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::ScalarType)>();
   return op.call(expert_out, position, weights, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> call_combine_backward(const at::Tensor& grad, const at::Tensor& expert_out,
                                                          const at::Tensor& position, const at::Tensor& weights) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("moe::combine_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&)>();
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::combine_backward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, const at::Tensor&)>();
   return op.call(grad, expert_out, position, weights);
 }
 
@@ -223,9 +220,9 @@ TORCH_LIBRARY_IMPL(moe, CUDA, m) {
 
 bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype) {
   const auto t = expert_out.scalar_type();
-  if (!fused_kernels_enabled() || expert_out.dim() != 2 || weights.dim() != 2 || !fused_kernel_dtype(weights.scalar_type()) ||
-      weights.numel() != expert_out.size(0) || weights.device() != expert_out.device() ||
-      (out_dtype != t && out_dtype != at::kFloat)) {
+  if (!fused_kernels_enabled() || expert_out.dim() != 2 || weights.dim() != 2 ||
+      !fused_kernel_dtype(weights.scalar_type()) || weights.numel() != expert_out.size(0) ||
+      weights.device() != expert_out.device() || (out_dtype != t && out_dtype != at::kFloat)) {
     return false;
   }
 #ifdef MOE_TORCH_CUDA

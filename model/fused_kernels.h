@@ -29,6 +29,13 @@ bool fused_kernels_on_cpu();
 bool reduced_precision(c10::ScalarType t);
 bool fused_kernel_dtype(c10::ScalarType t);
 
+/// The CPU loops' rounding: a float stored as T (c10::BFloat16, c10::Half, float) and read back, as
+/// an ATen operator's intermediate tensor of that dtype rounds it (to nearest even).
+template <typename T>
+struct StoredAs {
+  float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
+};
+
 #ifdef MOE_TORCH_CUDA
 kernels::ElementType element_type(c10::ScalarType t);
 /// Throws naming the kernel and CUDA's reason where a launch failed.

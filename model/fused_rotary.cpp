@@ -23,7 +23,8 @@ namespace {
 
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
   MOE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "moe::rotary: x ", x.sizes(), " is not [B, T, heads, D] with D even");
-  MOE_CHECK(fused_kernel_dtype(x.scalar_type()), "moe::rotary: ", x.scalar_type(), " is not one of Float, BFloat16, Half");
+  MOE_CHECK(fused_kernel_dtype(x.scalar_type()), "moe::rotary: ", x.scalar_type(),
+            " is not one of Float, BFloat16, Half");
   for (const auto* table : {&cos, &signed_sin}) {
     MOE_CHECK(table->scalar_type() == at::kFloat && table->dim() == 3 && table->size(0) == x.size(0) &&
                   table->size(1) == x.size(1) && table->size(2) == x.size(3) && table->device() == x.device(),
@@ -42,7 +43,8 @@ template <typename T>
 void rotary_rows_cpu(const at::Tensor& x, const float* cos, const float* signed_sin, float sign, T* out) {
   const int64_t b_n = x.size(0), t_n = x.size(1), h_n = x.size(2), d = x.size(3), half = d / 2;
   const T* base = x.const_data_ptr<T>();
-  at::parallel_for(0, b_n * t_n * h_n, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, d)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, d));  // ~16384 elements a task
+  at::parallel_for(0, b_n * t_n * h_n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t h = row % h_n, bt = row / h_n, t = bt % t_n, b = bt / t_n;
       const T* in = base + b * x.stride(0) + t * x.stride(1) + h * x.stride(2);
@@ -64,7 +66,8 @@ at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   const auto c = cos.contiguous(), s = signed_sin.contiguous();
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    rotary_rows_cpu<T>(in, c.const_data_ptr<float>(), s.const_data_ptr<float>(), float(sign), out.mutable_data_ptr<T>());
+    rotary_rows_cpu<T>(in, c.const_data_ptr<float>(), s.const_data_ptr<float>(), float(sign),
+                       out.mutable_data_ptr<T>());
   };
   if (in.scalar_type() == at::kBFloat16) {
     run(c10::BFloat16());
@@ -82,7 +85,8 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   auto [in, out] = operands(x);
   const auto c = cos.contiguous(), s = signed_sin.contiguous();
   const c10::cuda::CUDAGuard device(in.device());
-  const kernels::RotaryShape shape{in.size(0), in.size(1), in.size(2), in.size(3), in.stride(0), in.stride(1), in.stride(2)};
+  const kernels::RotaryShape shape{in.size(0),   in.size(1),   in.size(2),  in.size(3),
+                                   in.stride(0), in.stride(1), in.stride(2)};
   check_launch(kernels::launch_rotary(element_type(in.scalar_type()), in.const_data_ptr(), c.const_data_ptr<float>(),
                                       s.const_data_ptr<float>(), float(sign), out.mutable_data_ptr(), shape,
                                       c10::cuda::getCurrentCUDAStream()),

@@ -34,8 +34,8 @@ at::Tensor half_width_like(const at::Tensor& hidden) {
 void check_hidden(const at::Tensor& hidden, const char* op) {
   MOE_CHECK(hidden.dim() >= 1 && hidden.size(-1) % 2 == 0, op, ": hidden ", hidden.sizes(),
             " is not [..., gate | up] (an even last dimension)");
-  MOE_CHECK(fused_kernel_dtype(hidden.scalar_type()), op, ": ",
-            hidden.scalar_type(), " is not one of Float, BFloat16, Half");
+  MOE_CHECK(fused_kernel_dtype(hidden.scalar_type()), op, ": ", hidden.scalar_type(),
+            " is not one of Float, BFloat16, Half");
 }
 
 void check_grad(const at::Tensor& grad, const at::Tensor& hidden) {
@@ -45,21 +45,18 @@ void check_grad(const at::Tensor& grad, const at::Tensor& hidden) {
             " does not match hidden ", hidden.sizes(), " ", hidden.scalar_type(), " on ", hidden.device());
 }
 
-// ---- CPU: the kernels' element math, row by row (the reference the GPU is checked against, and
-// what the proxies count on the CPU in place of the GPU's kernel). ----
-
-template <typename T>
-struct HostRound {
-  float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
-};
+// ---- CPU: the kernels' element math, row by row (what the proxies and the tests run where the CPU
+// stands in for a GPU). ----
 
 template <typename T>
 void swiglu_rows_cpu(const T* hidden, T* out, int64_t rows, int64_t inter) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter));  // ~32768 elements a task
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* gate = hidden + r * 2 * inter;
       for (int64_t c = 0; c < inter; ++c) {
-        out[r * inter + c] = static_cast<T>(kernels::swiglu_product(float(gate[c]), float(gate[inter + c]), HostRound<T>{}));
+        out[r * inter + c] =
+            static_cast<T>(kernels::swiglu_product(float(gate[c]), float(gate[inter + c]), StoredAs<T>{}));
       }
     }
   });
@@ -67,11 +64,13 @@ void swiglu_rows_cpu(const T* hidden, T* out, int64_t rows, int64_t inter) {
 
 template <typename T>
 void swiglu_backward_rows_cpu(const T* grad, const T* hidden, T* grad_hidden, T* product, int64_t rows, int64_t inter) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, inter));  // ~32768 elements a task
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       for (int64_t c = 0; c < inter; ++c) {
         const int64_t h = r * 2 * inter + c, o = r * inter + c;
-        const auto d = kernels::swiglu_backward(float(grad[o]), float(hidden[h]), float(hidden[h + inter]), HostRound<T>{});
+        const auto d =
+            kernels::swiglu_backward(float(grad[o]), float(hidden[h]), float(hidden[h + inter]), StoredAs<T>{});
         grad_hidden[h] = static_cast<T>(d.grad_gate);
         grad_hidden[h + inter] = static_cast<T>(d.grad_up);
         if (product != nullptr) product[o] = static_cast<T>(d.product);
@@ -180,9 +179,8 @@ bool fused_swiglu_serves(const at::Tensor& hidden, const std::string& name) {
 }
 
 at::Tensor fused_swiglu(const at::Tensor& hidden) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("moe::fused_swiglu", "")
-                             .typed<at::Tensor(const at::Tensor&)>();
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("moe::fused_swiglu", "").typed<at::Tensor(const at::Tensor&)>();
   return op.call(hidden);
 }
 

@@ -5,21 +5,14 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-
 #include "model/kernels/combine_kernels.h"
-#include "model/kernels/element_convert.cuh"
 #include "model/kernels/combine_math.h"
+#include "model/kernels/element_convert.cuh"
+#include "model/kernels/grid.cuh"
 
 namespace moe::model::kernels {
 
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned int blocks_for(int64_t threads) {
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((threads + kThreads - 1) / kThreads, int64_t(1) << 16)));
-}
 
 template <typename T, typename O>
 __global__ void combine_kernel(const T* __restrict__ expert_out, const int64_t* __restrict__ position,
@@ -73,9 +66,9 @@ cudaError_t combine_as(const void* expert_out, const int64_t* position, const fl
 }
 
 template <typename T, typename O>
-cudaError_t combine_backward_as(const void* grad, const void* expert_out, const int64_t* position,
-                                const float* weights, void* grad_expert_out, float* grad_weights,
-                                const CombineShape& s, cudaStream_t stream) {
+cudaError_t combine_backward_as(const void* grad, const void* expert_out, const int64_t* position, const float* weights,
+                                void* grad_expert_out, float* grad_weights, const CombineShape& s,
+                                cudaStream_t stream) {
   combine_backward_kernel<T, O><<<blocks_for(s.tokens * s.slots * 32), kThreads, 0, stream>>>(
       static_cast<const O*>(grad), static_cast<const T*>(expert_out), position, weights,
       static_cast<T*>(grad_expert_out), grad_weights, s);
@@ -88,10 +81,12 @@ cudaError_t dispatch(ElementType type, ElementType out_type, Args... args) {
   const bool same = out_type == type;
   if (!same && out_type != ElementType::kFloat32) return cudaErrorInvalidValue;
   switch (type) {
-    case ElementType::kFloat32: return Launch<float, float>::run(args...);
+    case ElementType::kFloat32:
+      return Launch<float, float>::run(args...);
     case ElementType::kBFloat16:
       return same ? Launch<__nv_bfloat16, __nv_bfloat16>::run(args...) : Launch<__nv_bfloat16, float>::run(args...);
-    case ElementType::kFloat16: return same ? Launch<__half, __half>::run(args...) : Launch<__half, float>::run(args...);
+    case ElementType::kFloat16:
+      return same ? Launch<__half, __half>::run(args...) : Launch<__half, float>::run(args...);
   }
   return cudaErrorInvalidValue;
 }

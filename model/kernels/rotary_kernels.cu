@@ -4,9 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-
 #include "model/kernels/element_convert.cuh"
+#include "model/kernels/grid.cuh"
 #include "model/kernels/rotary_kernels.h"
 #include "model/kernels/rotary_math.h"
 
@@ -16,8 +15,7 @@ namespace {
 
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__ cos,
-                              const float* __restrict__ signed_sin, float sign, T* __restrict__ out,
-                              RotaryShape s) {
+                              const float* __restrict__ signed_sin, float sign, T* __restrict__ out, RotaryShape s) {
   const int64_t half = s.dim / 2;
   const int64_t items = s.batch * s.time * s.heads * half;
   for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
@@ -38,10 +36,9 @@ __global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__
 template <typename T>
 cudaError_t launch_as(const void* x, const float* cos, const float* signed_sin, float sign, void* out,
                       const RotaryShape& s, cudaStream_t stream) {
-  constexpr int kThreads = 256;
   const int64_t items = s.batch * s.time * s.heads * (s.dim / 2);
-  const auto blocks = static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, int64_t(1) << 16)));
-  rotary_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), cos, signed_sin, sign, static_cast<T*>(out), s);
+  rotary_kernel<T><<<blocks_for(items), kThreads, 0, stream>>>(static_cast<const T*>(x), cos, signed_sin, sign,
+                                                               static_cast<T*>(out), s);
   return cudaGetLastError();
 }
 
@@ -51,9 +48,12 @@ cudaError_t launch_rotary(ElementType type, const void* x, const float* cos, con
                           void* out, const RotaryShape& shape, cudaStream_t stream) {
   if (shape.batch * shape.time * shape.heads * shape.dim == 0) return cudaSuccess;
   switch (type) {
-    case ElementType::kFloat32: return launch_as<float>(x, cos, signed_sin, sign, out, shape, stream);
-    case ElementType::kBFloat16: return launch_as<__nv_bfloat16>(x, cos, signed_sin, sign, out, shape, stream);
-    case ElementType::kFloat16: return launch_as<__half>(x, cos, signed_sin, sign, out, shape, stream);
+    case ElementType::kFloat32:
+      return launch_as<float>(x, cos, signed_sin, sign, out, shape, stream);
+    case ElementType::kBFloat16:
+      return launch_as<__nv_bfloat16>(x, cos, signed_sin, sign, out, shape, stream);
+    case ElementType::kFloat16:
+      return launch_as<__half>(x, cos, signed_sin, sign, out, shape, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -4,9 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-
 #include "model/kernels/element_convert.cuh"
+#include "model/kernels/grid.cuh"
 #include "model/kernels/swiglu_kernels.h"
 #include "model/kernels/swiglu_math.h"
 
@@ -76,14 +75,6 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ grad, const T* __re
   }
 }
 
-constexpr int kThreads = 256;
-
-// Enough blocks to fill the GPU several times over; the loops stride over the rest.
-unsigned int blocks_for(int64_t items) {
-  const int64_t needed = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(1) << 16)));
-}
-
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // The widest vector (16 bytes) where inter and every pointer allow it, else one element per thread.
@@ -111,7 +102,8 @@ cudaError_t backward_as(const void* grad, const void* hidden, void* grad_hidden,
   const bool wide = inter % kWide == 0 && aligned(grad, 16) && aligned(hidden, 16) && aligned(grad_hidden, 16) &&
                     (product == nullptr || aligned(product, 16));
   if (wide) {
-    swiglu_backward_kernel<T, kWide><<<blocks_for(rows * inter / kWide), kThreads, 0, stream>>>(g, h, gh, p, rows, inter);
+    swiglu_backward_kernel<T, kWide>
+        <<<blocks_for(rows * inter / kWide), kThreads, 0, stream>>>(g, h, gh, p, rows, inter);
   } else {
     swiglu_backward_kernel<T, 1><<<blocks_for(rows * inter), kThreads, 0, stream>>>(g, h, gh, p, rows, inter);
   }
@@ -124,9 +116,12 @@ cudaError_t launch_swiglu_forward(ElementType type, const void* hidden, void* ou
                                   cudaStream_t stream) {
   if (rows == 0 || inter == 0) return cudaSuccess;
   switch (type) {
-    case ElementType::kFloat32: return forward_as<float>(hidden, out, rows, inter, stream);
-    case ElementType::kBFloat16: return forward_as<__nv_bfloat16>(hidden, out, rows, inter, stream);
-    case ElementType::kFloat16: return forward_as<__half>(hidden, out, rows, inter, stream);
+    case ElementType::kFloat32:
+      return forward_as<float>(hidden, out, rows, inter, stream);
+    case ElementType::kBFloat16:
+      return forward_as<__nv_bfloat16>(hidden, out, rows, inter, stream);
+    case ElementType::kFloat16:
+      return forward_as<__half>(hidden, out, rows, inter, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -135,10 +130,12 @@ cudaError_t launch_swiglu_backward(ElementType type, const void* grad, const voi
                                    void* product, int64_t rows, int64_t inter, cudaStream_t stream) {
   if (rows == 0 || inter == 0) return cudaSuccess;
   switch (type) {
-    case ElementType::kFloat32: return backward_as<float>(grad, hidden, grad_hidden, product, rows, inter, stream);
+    case ElementType::kFloat32:
+      return backward_as<float>(grad, hidden, grad_hidden, product, rows, inter, stream);
     case ElementType::kBFloat16:
       return backward_as<__nv_bfloat16>(grad, hidden, grad_hidden, product, rows, inter, stream);
-    case ElementType::kFloat16: return backward_as<__half>(grad, hidden, grad_hidden, product, rows, inter, stream);
+    case ElementType::kFloat16:
+      return backward_as<__half>(grad, hidden, grad_hidden, product, rows, inter, stream);
   }
   return cudaErrorInvalidValue;
 }

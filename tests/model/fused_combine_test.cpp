@@ -8,12 +8,13 @@
 // its rounding). The weights' gradient sums over the hidden size in another order than ATen's
 // reduction: within the rounding of that sum (bf16: 4e-3 of the largest plus 8e-3 relative; float32:
 // 1e-5). Against float64: the products' rounding relative to the largest term (they may cancel).
+#include "model/fused_combine.h"
+
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "model/copy_permutation.h"
-#include "model/fused_combine.h"
 #include "model/moe_feed_forward.h"
 #include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
@@ -61,9 +62,10 @@ Run run(bool fused, const Inputs& in, torch::ScalarType out_dtype, const torch::
 
 TEST(FusedCombine, EqualsTheOperatorsAndFloat64OnEachDevice) {
   torch::manual_seed(1);
-  const std::vector<std::pair<torch::ScalarType, torch::ScalarType>> types = {
-      {torch::kBFloat16, torch::kFloat32}, {torch::kBFloat16, torch::kBFloat16}, {torch::kFloat16, torch::kFloat32},
-      {torch::kFloat32, torch::kFloat32}};
+  const std::vector<std::pair<torch::ScalarType, torch::ScalarType>> types = {{torch::kBFloat16, torch::kFloat32},
+                                                                              {torch::kBFloat16, torch::kBFloat16},
+                                                                              {torch::kFloat16, torch::kFloat32},
+                                                                              {torch::kFloat32, torch::kFloat32}};
   for (const auto& device : test_devices()) {
     for (const auto& [dtype, out_dtype] : types) {
       const auto in = sample(dtype, device);
@@ -83,7 +85,8 @@ TEST(FusedCombine, EqualsTheOperatorsAndFloat64OnEachDevice) {
                             dtype == torch::kFloat32 ? 1e-5 : 8e-3))
           << label;
       // Against float64: the sum of the weighted copies.
-      const auto e64 = in.expert_out.to(torch::kFloat64).cpu().index_select(0, in.position.cpu()).view({kTokens, kSlots, kHidden});
+      const auto e64 =
+          in.expert_out.to(torch::kFloat64).cpu().index_select(0, in.position.cpu()).view({kTokens, kSlots, kHidden});
       const auto want64 = (e64 * in.weights.to(torch::kFloat64).cpu().unsqueeze(-1)).sum(1);
       // Each product is rounded to the experts' dtype (2^-9 relative in bf16) before the sum, whose
       // terms may cancel: the tolerance is relative to the largest term.
@@ -99,17 +102,19 @@ TEST(FusedCombine, EqualsTheOperatorsAndFloat64OnEachDevice) {
 TEST(FusedCombine, ServesTheLayersShapesAndRefusesOthers) {
   const auto in = sample(torch::kBFloat16, torch::kCPU);
   EXPECT_TRUE(model::fused_combine_serves(in.expert_out, in.weights, torch::kFloat32));
-  EXPECT_FALSE(model::fused_combine_serves(in.expert_out, in.weights, torch::kFloat16));     // neither its nor float32
+  EXPECT_FALSE(model::fused_combine_serves(in.expert_out, in.weights, torch::kFloat16));  // neither its nor float32
   EXPECT_FALSE(model::fused_combine_serves(in.expert_out, in.weights.to(torch::kFloat64), torch::kFloat32));
   EXPECT_TRUE(model::fused_combine_serves(in.expert_out, in.weights.to(torch::kBFloat16), torch::kFloat32));
-  EXPECT_FALSE(model::fused_combine_serves(in.expert_out.to(torch::kFloat32), in.weights, torch::kFloat32));  // CPU fp32
+  EXPECT_FALSE(
+      model::fused_combine_serves(in.expert_out.to(torch::kFloat32), in.weights, torch::kFloat32));  // CPU fp32
   EXPECT_FALSE(model::fused_combine_serves(in.expert_out.narrow(0, 0, 10), in.weights, torch::kFloat32));
   unfused([&] {
     EXPECT_FALSE(model::fused_combine_serves(in.expert_out, in.weights, torch::kFloat32));
     return 0;
   });
-  test::expect_refusal([&] { model::fused_combine(in.expert_out, in.position.narrow(0, 0, 5), in.weights, torch::kFloat32); },
-                       {"moe::combine", "position_of_copy", "[5]", "does not index the 74 copies"});
+  test::expect_refusal(
+      [&] { model::fused_combine(in.expert_out, in.position.narrow(0, 0, 5), in.weights, torch::kFloat32); },
+      {"moe::combine", "position_of_copy", "[5]", "does not index the 74 copies"});
   test::expect_refusal([&] { model::fused_combine(in.expert_out, in.position, in.weights, torch::kFloat16); },
                        {"moe::combine", "output Half", "neither"});
 }

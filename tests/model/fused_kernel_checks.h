@@ -14,9 +14,10 @@
 
 namespace moe::test::fused {
 
-#define SKIP_WITHOUT_CUDA()                                                                           \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible: the CUDA path is tested " \
-                                                    "on the GPU machine (README, GPU status)"
+#define SKIP_WITHOUT_CUDA()                                          \
+  if (!torch::cuda::is_available())                                  \
+  GTEST_SKIP() << "no CUDA device visible: the CUDA path is tested " \
+                  "on the GPU machine (README, GPU status)"
 
 // Sign-magnitude bits mapped to a line on which neighbouring values are neighbouring integers.
 inline torch::Tensor ordered_bits(const torch::Tensor& t) {
@@ -41,7 +42,8 @@ inline UlpReport compare_ulps(const torch::Tensor& actual, const torch::Tensor& 
   return {distance.max().item<int64_t>(), distance.eq(0).to(torch::kFloat64).mean().item<double>()};
 }
 
-inline ::testing::AssertionResult within_one_ulp_mostly_exact(const torch::Tensor& actual, const torch::Tensor& expected) {
+inline ::testing::AssertionResult within_one_ulp_mostly_exact(const torch::Tensor& actual,
+                                                              const torch::Tensor& expected) {
   if (actual.scalar_type() == torch::kFloat32 && actual.numel() > 0) {
     // Float32 shows last-bit differences between implementations (the exponential, fused
     // multiply-adds), magnified where a result cancels (silu' near zero): within float32 rounding
@@ -87,8 +89,8 @@ int64_t calls_of(const char* name, F f) {
   static const char* wanted = nullptr;
   count = 0;
   wanted = name;
-  const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(
-      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+  const auto handle = at::addGlobalCallback(
+      at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
         if (wanted != nullptr && std::strcmp(fn.name(), wanted) == 0) ++count;
         return nullptr;
       }));

@@ -6,11 +6,12 @@
 // Tolerances: bf16/fp16 at most 1 unit in the last place and at least 99% bit for bit (the single
 // rounding at the end; the CPU's loop gives ATen's values exactly); float32 within float32 rounding
 // (1e-5 relative, 1e-6 of the scale); float64 reference within float32 rounding of the tables.
+#include "model/fused_rotary.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "model/functional.h"
-#include "model/fused_rotary.h"
 #include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
 
@@ -96,8 +97,8 @@ TEST(FusedRotary, ServesExactTablesInReducedPrecisionOnTheCpuAndOnGpus) {
   const auto t = tables_on(torch::kCPU);
   const auto q = strided_q(torch::kBFloat16, torch::kCPU);
   EXPECT_TRUE(model::fused_rotary_serves(q, t.cos));
-  EXPECT_FALSE(model::fused_rotary_serves(q.to(torch::kFloat32), t.cos));      // ATen's vectorised ops
-  EXPECT_FALSE(model::fused_rotary_serves(q, t.cos.narrow(0, 0, 1)));          // broadcast over the batch
+  EXPECT_FALSE(model::fused_rotary_serves(q.to(torch::kFloat32), t.cos));  // ATen's vectorised ops
+  EXPECT_FALSE(model::fused_rotary_serves(q, t.cos.narrow(0, 0, 1)));      // broadcast over the batch
   EXPECT_FALSE(model::fused_rotary_serves(q, t.cos.to(torch::kFloat64)));
   model::set_fused_kernels_on_cpu(false);  // the default outside the benchmark's stand-in modes
   EXPECT_FALSE(model::fused_rotary_serves(q, t.cos));
@@ -108,8 +109,8 @@ TEST(FusedRotary, ServesExactTablesInReducedPrecisionOnTheCpuAndOnGpus) {
   });
   // The broadcast tables still work, through the operators.
   const auto broadcast = model::apply_rope(q, t.cos.narrow(0, 0, 1), t.signed_sin.narrow(0, 0, 1));
-  EXPECT_TRUE(torch::equal(broadcast[0], model::apply_rope(q.narrow(0, 0, 1), t.cos.narrow(0, 0, 1),
-                                                            t.signed_sin.narrow(0, 0, 1))[0]));
+  EXPECT_TRUE(torch::equal(
+      broadcast[0], model::apply_rope(q.narrow(0, 0, 1), t.cos.narrow(0, 0, 1), t.signed_sin.narrow(0, 0, 1))[0]));
   test::expect_refusal([&] { model::fused_rotary(q, t.cos.narrow(1, 0, 3), t.signed_sin, 1.0); },
                        {"moe::rotary", "table", "[2, 3, 16]", "is not float32 [B, T, D]"});
   test::expect_refusal([&] { model::fused_rotary(q.to(torch::kFloat64), t.cos, t.signed_sin, 1.0); },

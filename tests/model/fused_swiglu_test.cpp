@@ -13,16 +13,16 @@
 // near a tie, while a missing or extra rounding point changes a large share (checked: the same math
 // without the stores misses the 99%). float32: 1e-5 relative plus 1e-6 of the largest value, since
 // those last-bit differences show there, magnified where silu' crosses zero.
-#include <gtest/gtest.h>
-#include <torch/torch.h>
+#include "model/fused_swiglu.h"
 
 #include <c10/util/BFloat16.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <functional>
 
 #include "model/functional.h"
 #include "model/fused_kernels.h"
-#include "model/fused_swiglu.h"
 #include "model/kernels/swiglu_math.h"
 #include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
@@ -138,12 +138,21 @@ TEST(FusedSwiglu, ServesSiluInReducedPrecisionOnTheCpuAndOnGpusWhileEnabled) {
     return 0;
   });
   EXPECT_TRUE(model::fused_kernels_enabled());
-  test::expect_refusal([] { model::fused_swiglu(torch::zeros({2, 4}, torch::kFloat64)); },
-                       {"moe::fused_swiglu", "Double", "is not one of"});
-  test::expect_refusal([] { model::fused_swiglu(torch::zeros({2, 5}, torch::kBFloat16)); },
-                       {"moe::fused_swiglu", "[2, 5]", "even last dimension"});
-  test::expect_refusal([&] { model::fused_swiglu_backward(torch::zeros({3, 4}, torch::kBFloat16), cpu); },
-                       {"fused_swiglu_backward", "does not match"});
+  test::expect_refusal(
+      [] {
+        model::fused_swiglu(torch::zeros({2, 4}, torch::kFloat64));
+      },
+      {"moe::fused_swiglu", "Double", "is not one of"});
+  test::expect_refusal(
+      [] {
+        model::fused_swiglu(torch::zeros({2, 5}, torch::kBFloat16));
+      },
+      {"moe::fused_swiglu", "[2, 5]", "even last dimension"});
+  test::expect_refusal(
+      [&] {
+        model::fused_swiglu_backward(torch::zeros({3, 4}, torch::kBFloat16), cpu);
+      },
+      {"fused_swiglu_backward", "does not match"});
   if (!torch::cuda::is_available()) return;
   const auto gpu = cpu.cuda();
   EXPECT_TRUE(model::fused_swiglu_serves(gpu, "silu"));
