@@ -1,9 +1,12 @@
-// Conversions between the kernels' element types and float32 (the type their math runs in), and
+// Conversions between the kernels' element types and float32 (the type their math runs in),
 // RoundTo<T>: a value stored in T and read back, the rounding an ATen operator's intermediate
-// tensor of dtype T gives (round to nearest even).
+// tensor of dtype T gives (round to nearest even), and the switch from ElementType to T.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "model/kernels/element_type.h"
 
 namespace moe::model::kernels {
 
@@ -30,5 +33,19 @@ template <typename T>
 struct RoundTo {
   __host__ __device__ float operator()(float x) const { return to_float(from_float<T>(x)); }
 };
+
+/// f(T{}) for the CUDA type of `type` (float, __nv_bfloat16, __half): a launcher's dtype switch.
+template <typename F>
+cudaError_t with_element_type(ElementType type, F f) {
+  switch (type) {
+    case ElementType::kFloat32:
+      return f(float{});
+    case ElementType::kBFloat16:
+      return f(__nv_bfloat16{});
+    case ElementType::kFloat16:
+      return f(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 }  // namespace moe::model::kernels

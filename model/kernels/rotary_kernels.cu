@@ -47,15 +47,8 @@ cudaError_t launch_as(const void* x, const float* cos, const float* signed_sin, 
 cudaError_t launch_rotary(ElementType type, const void* x, const float* cos, const float* signed_sin, float sign,
                           void* out, const RotaryShape& shape, cudaStream_t stream) {
   if (shape.batch * shape.time * shape.heads * shape.dim == 0) return cudaSuccess;
-  switch (type) {
-    case ElementType::kFloat32:
-      return launch_as<float>(x, cos, signed_sin, sign, out, shape, stream);
-    case ElementType::kBFloat16:
-      return launch_as<__nv_bfloat16>(x, cos, signed_sin, sign, out, shape, stream);
-    case ElementType::kFloat16:
-      return launch_as<__half>(x, cos, signed_sin, sign, out, shape, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_element_type(
+      type, [&](auto t) { return launch_as<decltype(t)>(x, cos, signed_sin, sign, out, shape, stream); });
 }
 
 }  // namespace moe::model::kernels

@@ -115,29 +115,14 @@ cudaError_t backward_as(const void* grad, const void* hidden, void* grad_hidden,
 cudaError_t launch_swiglu_forward(ElementType type, const void* hidden, void* out, int64_t rows, int64_t inter,
                                   cudaStream_t stream) {
   if (rows == 0 || inter == 0) return cudaSuccess;
-  switch (type) {
-    case ElementType::kFloat32:
-      return forward_as<float>(hidden, out, rows, inter, stream);
-    case ElementType::kBFloat16:
-      return forward_as<__nv_bfloat16>(hidden, out, rows, inter, stream);
-    case ElementType::kFloat16:
-      return forward_as<__half>(hidden, out, rows, inter, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_element_type(type, [&](auto t) { return forward_as<decltype(t)>(hidden, out, rows, inter, stream); });
 }
 
 cudaError_t launch_swiglu_backward(ElementType type, const void* grad, const void* hidden, void* grad_hidden,
                                    void* product, int64_t rows, int64_t inter, cudaStream_t stream) {
   if (rows == 0 || inter == 0) return cudaSuccess;
-  switch (type) {
-    case ElementType::kFloat32:
-      return backward_as<float>(grad, hidden, grad_hidden, product, rows, inter, stream);
-    case ElementType::kBFloat16:
-      return backward_as<__nv_bfloat16>(grad, hidden, grad_hidden, product, rows, inter, stream);
-    case ElementType::kFloat16:
-      return backward_as<__half>(grad, hidden, grad_hidden, product, rows, inter, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_element_type(
+      type, [&](auto t) { return backward_as<decltype(t)>(grad, hidden, grad_hidden, product, rows, inter, stream); });
 }
 
 }  // namespace moe::model::kernels
