@@ -40,6 +40,39 @@ void check_combine(const at::Tensor& expert_out, const at::Tensor& position, con
             " is neither the experts' ", expert_out.scalar_type(), " nor Float");
 }
 
+// The operands both devices' implementations take: checked, contiguous, the outputs allocated.
+struct ForwardOperands {
+  at::Tensor expert_out, position, weights, out;
+  int64_t tokens, slots, hidden;
+};
+
+ForwardOperands forward_operands(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
+                                 c10::ScalarType out_dtype) {
+  check_combine(expert_out, position, weights, out_dtype);
+  ForwardOperands o{expert_out.contiguous(), position.contiguous(), weights.contiguous(), at::Tensor(),
+                    weights.size(0),         weights.size(1),       expert_out.size(1)};
+  o.out = at::empty({o.tokens, o.hidden}, o.expert_out.options().dtype(out_dtype));
+  return o;
+}
+
+struct BackwardOperands {
+  at::Tensor grad, expert_out, position, weights, grad_expert_out, grad_weights;
+  int64_t tokens, slots, hidden;
+};
+
+BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& expert_out, const at::Tensor& position,
+                                   const at::Tensor& weights) {
+  check_combine(expert_out, position, weights, grad.scalar_type());
+  BackwardOperands o{
+      grad.contiguous(), expert_out.contiguous(), position.contiguous(), weights.contiguous(), at::Tensor(),
+      at::Tensor(),      weights.size(0),         weights.size(1),       expert_out.size(1)};
+  MOE_CHECK(o.grad.dim() == 2 && o.grad.size(0) == o.tokens && o.grad.size(1) == o.hidden,
+            "moe::combine_backward: gradient ", o.grad.sizes(), " is not [", o.tokens, ", ", o.hidden, "]");
+  o.grad_expert_out = at::empty_like(o.expert_out, at::MemoryFormat::Contiguous);
+  o.grad_weights = at::empty_like(o.weights, at::MemoryFormat::Contiguous);
+  return o;
+}
+
 // ---- CPU: the element math token by token (the reference; what the proxies count). ----
 
 template <typename T, typename O>
@@ -88,80 +121,58 @@ void for_types(c10::ScalarType type, c10::ScalarType out_type, F f) {
   return f(float(), float());
 }
 
-at::Tensor combine_cpu(const at::Tensor& expert_out_any, const at::Tensor& position_any, const at::Tensor& weights_any,
+at::Tensor combine_cpu(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
                        c10::ScalarType out_dtype) {
-  check_combine(expert_out_any, position_any, weights_any, out_dtype);
-  const auto expert_out = expert_out_any.contiguous(), position = position_any.contiguous(),
-             weights = weights_any.contiguous();
-  const int64_t tokens = weights.size(0), slots = weights.size(1), hidden = expert_out.size(1);
-  auto out = at::empty({tokens, hidden}, expert_out.options().dtype(out_dtype));
-  for_types(expert_out.scalar_type(), out_dtype, [&](auto t, auto o) {
+  const auto o = forward_operands(expert_out, position, weights, out_dtype);
+  for_types(o.expert_out.scalar_type(), out_dtype, [&](auto t, auto out_tag) {
     using T = decltype(t);
-    using O = decltype(o);
-    combine_rows_cpu<T, O>(expert_out.const_data_ptr<T>(), position.const_data_ptr<int64_t>(),
-                           weights.const_data_ptr<float>(), out.mutable_data_ptr<O>(), tokens, slots, hidden);
+    using O = decltype(out_tag);
+    combine_rows_cpu<T, O>(o.expert_out.const_data_ptr<T>(), o.position.const_data_ptr<int64_t>(),
+                           o.weights.const_data_ptr<float>(), o.out.mutable_data_ptr<O>(), o.tokens, o.slots, o.hidden);
   });
-  return out;
+  return o.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> combine_backward_cpu(const at::Tensor& grad_any, const at::Tensor& expert_out_any,
-                                                        const at::Tensor& position_any, const at::Tensor& weights_any) {
-  check_combine(expert_out_any, position_any, weights_any, grad_any.scalar_type());
-  const auto grad = grad_any.contiguous(), expert_out = expert_out_any.contiguous(),
-             position = position_any.contiguous(), weights = weights_any.contiguous();
-  const int64_t tokens = weights.size(0), slots = weights.size(1), hidden = expert_out.size(1);
-  MOE_CHECK(grad.dim() == 2 && grad.size(0) == tokens && grad.size(1) == hidden, "moe::combine_backward: gradient ",
-            grad.sizes(), " is not [", tokens, ", ", hidden, "]");
-  auto grad_expert_out = at::empty_like(expert_out, at::MemoryFormat::Contiguous);
-  auto grad_weights = at::empty_like(weights, at::MemoryFormat::Contiguous);
-  for_types(expert_out.scalar_type(), grad.scalar_type(), [&](auto t, auto o) {
+std::tuple<at::Tensor, at::Tensor> combine_backward_cpu(const at::Tensor& grad, const at::Tensor& expert_out,
+                                                        const at::Tensor& position, const at::Tensor& weights) {
+  const auto o = backward_operands(grad, expert_out, position, weights);
+  for_types(o.expert_out.scalar_type(), o.grad.scalar_type(), [&](auto t, auto out_tag) {
     using T = decltype(t);
-    using O = decltype(o);
-    combine_backward_rows_cpu<T, O>(grad.const_data_ptr<O>(), expert_out.const_data_ptr<T>(),
-                                    position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
-                                    grad_expert_out.mutable_data_ptr<T>(), grad_weights.mutable_data_ptr<float>(),
-                                    tokens, slots, hidden);
+    using O = decltype(out_tag);
+    combine_backward_rows_cpu<T, O>(o.grad.const_data_ptr<O>(), o.expert_out.const_data_ptr<T>(),
+                                    o.position.const_data_ptr<int64_t>(), o.weights.const_data_ptr<float>(),
+                                    o.grad_expert_out.mutable_data_ptr<T>(), o.grad_weights.mutable_data_ptr<float>(),
+                                    o.tokens, o.slots, o.hidden);
   });
-  return {grad_expert_out, grad_weights};
+  return {o.grad_expert_out, o.grad_weights};
 }
 
 // ---- CUDA: model/kernels/combine_kernels.cu on the current stream. ----
 #ifdef MOE_TORCH_CUDA
-at::Tensor combine_cuda(const at::Tensor& expert_out_any, const at::Tensor& position_any, const at::Tensor& weights_any,
+at::Tensor combine_cuda(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
                         c10::ScalarType out_dtype) {
-  check_combine(expert_out_any, position_any, weights_any, out_dtype);
-  const auto expert_out = expert_out_any.contiguous(), position = position_any.contiguous(),
-             weights = weights_any.contiguous();
-  const kernels::CombineShape shape{weights.size(0), weights.size(1), expert_out.size(1)};
-  auto out = at::empty({shape.tokens, shape.hidden}, expert_out.options().dtype(out_dtype));
-  const c10::cuda::CUDAGuard device(expert_out.device());
-  check_launch(kernels::launch_combine(element_type(expert_out.scalar_type()), element_type(out_dtype),
-                                       expert_out.const_data_ptr(), position.const_data_ptr<int64_t>(),
-                                       weights.const_data_ptr<float>(), out.mutable_data_ptr(), shape,
-                                       c10::cuda::getCurrentCUDAStream()),
+  const auto o = forward_operands(expert_out, position, weights, out_dtype);
+  const c10::cuda::CUDAGuard device(o.expert_out.device());
+  check_launch(kernels::launch_combine(element_type(o.expert_out.scalar_type()), element_type(out_dtype),
+                                       o.expert_out.const_data_ptr(), o.position.const_data_ptr<int64_t>(),
+                                       o.weights.const_data_ptr<float>(), o.out.mutable_data_ptr(),
+                                       {o.tokens, o.slots, o.hidden}, c10::cuda::getCurrentCUDAStream()),
                "combine_kernel");
-  return out;
+  return o.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad_any, const at::Tensor& expert_out_any,
-                                                         const at::Tensor& position_any,
-                                                         const at::Tensor& weights_any) {
-  check_combine(expert_out_any, position_any, weights_any, grad_any.scalar_type());
-  const auto grad = grad_any.contiguous(), expert_out = expert_out_any.contiguous(),
-             position = position_any.contiguous(), weights = weights_any.contiguous();
-  const kernels::CombineShape shape{weights.size(0), weights.size(1), expert_out.size(1)};
-  MOE_CHECK(grad.dim() == 2 && grad.size(0) == shape.tokens && grad.size(1) == shape.hidden,
-            "moe::combine_backward: gradient ", grad.sizes(), " is not [", shape.tokens, ", ", shape.hidden, "]");
-  auto grad_expert_out = at::empty_like(expert_out, at::MemoryFormat::Contiguous);
-  auto grad_weights = at::empty_like(weights, at::MemoryFormat::Contiguous);
-  const c10::cuda::CUDAGuard device(expert_out.device());
-  check_launch(kernels::launch_combine_backward(
-                   element_type(expert_out.scalar_type()), element_type(grad.scalar_type()), grad.const_data_ptr(),
-                   expert_out.const_data_ptr(), position.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
-                   grad_expert_out.mutable_data_ptr(), grad_weights.mutable_data_ptr<float>(), shape,
-                   c10::cuda::getCurrentCUDAStream()),
-               "combine_backward_kernel");
-  return {grad_expert_out, grad_weights};
+std::tuple<at::Tensor, at::Tensor> combine_backward_cuda(const at::Tensor& grad, const at::Tensor& expert_out,
+                                                         const at::Tensor& position, const at::Tensor& weights) {
+  const auto o = backward_operands(grad, expert_out, position, weights);
+  const c10::cuda::CUDAGuard device(o.expert_out.device());
+  check_launch(
+      kernels::launch_combine_backward(element_type(o.expert_out.scalar_type()), element_type(o.grad.scalar_type()),
+                                       o.grad.const_data_ptr(), o.expert_out.const_data_ptr(),
+                                       o.position.const_data_ptr<int64_t>(), o.weights.const_data_ptr<float>(),
+                                       o.grad_expert_out.mutable_data_ptr(), o.grad_weights.mutable_data_ptr<float>(),
+                                       {o.tokens, o.slots, o.hidden}, c10::cuda::getCurrentCUDAStream()),
+      "combine_backward_kernel");
+  return {o.grad_expert_out, o.grad_weights};
 }
 #endif
 

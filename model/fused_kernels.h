@@ -5,6 +5,8 @@
 // element math.
 #pragma once
 #include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #ifdef MOE_TORCH_CUDA
 #include <cuda_runtime_api.h>
@@ -35,6 +37,15 @@ template <typename T>
 struct StoredAs {
   float operator()(float x) const { return static_cast<float>(static_cast<T>(x)); }
 };
+
+/// f(T{}) for the CPU loops' element type of `t` (c10::BFloat16, c10::Half, else float): their
+/// dtype switch.
+template <typename F>
+void for_cpu_element_type(c10::ScalarType t, F f) {
+  if (t == c10::kBFloat16) return f(c10::BFloat16());
+  if (t == c10::kHalf) return f(c10::Half());
+  return f(float());
+}
 
 #ifdef MOE_TORCH_CUDA
 kernels::ElementType element_type(c10::ScalarType t);

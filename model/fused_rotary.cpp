@@ -2,8 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include "common/check.h"
@@ -33,10 +31,16 @@ void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   }
 }
 
-// x with its last dimension contiguous (what the kernels index), and an empty contiguous output.
-std::pair<at::Tensor, at::Tensor> operands(const at::Tensor& x) {
+// The operands both devices' implementations take: checked; x with its last dimension contiguous
+// (what the kernels index), the tables contiguous, an empty contiguous output.
+struct Operands {
+  at::Tensor x, cos, signed_sin, out;
+};
+
+Operands operands(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
+  check_rotary(x, cos, signed_sin);
   const auto in = x.stride(3) == 1 ? x : x.contiguous();
-  return {in, at::empty(in.sizes(), in.options())};
+  return {in, cos.contiguous(), signed_sin.contiguous(), at::empty(in.sizes(), in.options())};
 }
 
 template <typename T>
@@ -61,37 +65,26 @@ void rotary_rows_cpu(const at::Tensor& x, const float* cos, const float* signed_
 }
 
 at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
-  check_rotary(x, cos, signed_sin);
-  auto [in, out] = operands(x);
-  const auto c = cos.contiguous(), s = signed_sin.contiguous();
-  const auto run = [&](auto tag) {
+  const auto o = operands(x, cos, signed_sin);
+  for_cpu_element_type(o.x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    rotary_rows_cpu<T>(in, c.const_data_ptr<float>(), s.const_data_ptr<float>(), float(sign),
-                       out.mutable_data_ptr<T>());
-  };
-  if (in.scalar_type() == at::kBFloat16) {
-    run(c10::BFloat16());
-  } else if (in.scalar_type() == at::kHalf) {
-    run(c10::Half());
-  } else {
-    run(float());
-  }
-  return out;
+    rotary_rows_cpu<T>(o.x, o.cos.const_data_ptr<float>(), o.signed_sin.const_data_ptr<float>(), float(sign),
+                       o.out.mutable_data_ptr<T>());
+  });
+  return o.out;
 }
 
 #ifdef MOE_TORCH_CUDA
 at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {
-  check_rotary(x, cos, signed_sin);
-  auto [in, out] = operands(x);
-  const auto c = cos.contiguous(), s = signed_sin.contiguous();
-  const c10::cuda::CUDAGuard device(in.device());
-  const kernels::RotaryShape shape{in.size(0),   in.size(1),   in.size(2),  in.size(3),
-                                   in.stride(0), in.stride(1), in.stride(2)};
-  check_launch(kernels::launch_rotary(element_type(in.scalar_type()), in.const_data_ptr(), c.const_data_ptr<float>(),
-                                      s.const_data_ptr<float>(), float(sign), out.mutable_data_ptr(), shape,
-                                      c10::cuda::getCurrentCUDAStream()),
+  const auto o = operands(x, cos, signed_sin);
+  const c10::cuda::CUDAGuard device(o.x.device());
+  const kernels::RotaryShape shape{o.x.size(0),   o.x.size(1),   o.x.size(2),  o.x.size(3),
+                                   o.x.stride(0), o.x.stride(1), o.x.stride(2)};
+  check_launch(kernels::launch_rotary(element_type(o.x.scalar_type()), o.x.const_data_ptr(),
+                                      o.cos.const_data_ptr<float>(), o.signed_sin.const_data_ptr<float>(), float(sign),
+                                      o.out.mutable_data_ptr(), shape, c10::cuda::getCurrentCUDAStream()),
                "rotary_kernel");
-  return out;
+  return o.out;
 }
 #endif
 

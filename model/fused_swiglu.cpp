@@ -2,8 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -45,6 +43,35 @@ void check_grad(const at::Tensor& grad, const at::Tensor& hidden) {
             " does not match hidden ", hidden.sizes(), " ", hidden.scalar_type(), " on ", hidden.device());
 }
 
+// The operands both devices' implementations take: checked, contiguous, the outputs allocated.
+struct ForwardOperands {
+  at::Tensor hidden, out;  // [..., 2I] -> [..., I]
+  int64_t rows, inter;
+};
+
+ForwardOperands forward_operands(const at::Tensor& hidden_any) {
+  check_hidden(hidden_any, "moe::fused_swiglu");
+  ForwardOperands o{hidden_any.contiguous(), at::Tensor(), 0, hidden_any.size(-1) / 2};
+  o.out = half_width_like(o.hidden);
+  o.rows = rows_of(o.out, o.inter);
+  return o;
+}
+
+struct BackwardOperands {
+  at::Tensor grad, hidden, grad_hidden, product;  // product: defined only when asked for
+  int64_t rows, inter;
+};
+
+BackwardOperands backward_operands(const at::Tensor& grad_any, const at::Tensor& hidden_any, bool with_product) {
+  check_hidden(hidden_any, "moe::fused_swiglu_backward");
+  check_grad(grad_any, hidden_any);
+  BackwardOperands o{grad_any.contiguous(), hidden_any.contiguous(), at::Tensor(), at::Tensor(), 0, grad_any.size(-1)};
+  o.grad_hidden = at::empty_like(o.hidden, at::MemoryFormat::Contiguous);
+  if (with_product) o.product = at::empty_like(o.grad, at::MemoryFormat::Contiguous);
+  o.rows = rows_of(o.grad, o.inter);
+  return o;
+}
+
 // ---- CPU: the kernels' element math, row by row (what the proxies and the tests run where the CPU
 // stands in for a GPU). ----
 
@@ -79,71 +106,49 @@ void swiglu_backward_rows_cpu(const T* grad, const T* hidden, T* grad_hidden, T*
   });
 }
 
-template <typename F>
-void for_element_type(c10::ScalarType t, F f) {
-  if (t == at::kBFloat16) return f(c10::BFloat16());
-  if (t == at::kHalf) return f(c10::Half());
-  return f(float());
-}
-
-at::Tensor swiglu_cpu(const at::Tensor& hidden_any) {
-  check_hidden(hidden_any, "moe::fused_swiglu");
-  const auto hidden = hidden_any.contiguous();
-  auto out = half_width_like(hidden);
-  const auto inter = out.size(-1);
-  for_element_type(hidden.scalar_type(), [&](auto tag) {
+at::Tensor swiglu_cpu(const at::Tensor& hidden) {
+  const auto o = forward_operands(hidden);
+  for_cpu_element_type(o.hidden.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    swiglu_rows_cpu(hidden.const_data_ptr<T>(), out.mutable_data_ptr<T>(), rows_of(out, inter), inter);
+    swiglu_rows_cpu(o.hidden.const_data_ptr<T>(), o.out.mutable_data_ptr<T>(), o.rows, o.inter);
   });
-  return out;
+  return o.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_any, const at::Tensor& hidden_any,
+std::tuple<at::Tensor, at::Tensor> swiglu_backward_cpu(const at::Tensor& grad, const at::Tensor& hidden,
                                                        bool with_product) {
-  check_hidden(hidden_any, "moe::fused_swiglu_backward");
-  check_grad(grad_any, hidden_any);
-  const auto hidden = hidden_any.contiguous(), grad = grad_any.contiguous();
-  auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-  auto product = with_product ? at::empty_like(grad, at::MemoryFormat::Contiguous) : at::Tensor();
-  const auto inter = grad.size(-1);
-  for_element_type(hidden.scalar_type(), [&](auto tag) {
+  const auto o = backward_operands(grad, hidden, with_product);
+  for_cpu_element_type(o.hidden.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    swiglu_backward_rows_cpu(grad.const_data_ptr<T>(), hidden.const_data_ptr<T>(), grad_hidden.mutable_data_ptr<T>(),
-                             with_product ? product.mutable_data_ptr<T>() : nullptr, rows_of(grad, inter), inter);
+    swiglu_backward_rows_cpu(o.grad.const_data_ptr<T>(), o.hidden.const_data_ptr<T>(),
+                             o.grad_hidden.mutable_data_ptr<T>(),
+                             with_product ? o.product.mutable_data_ptr<T>() : nullptr, o.rows, o.inter);
   });
-  return {grad_hidden, product};
+  return {o.grad_hidden, o.product};
 }
 
 // ---- CUDA: model/kernels/swiglu_kernels.cu on the current stream (captured by CUDA graphs). ----
 #ifdef MOE_TORCH_CUDA
-at::Tensor swiglu_cuda(const at::Tensor& hidden_any) {
-  check_hidden(hidden_any, "moe::fused_swiglu");
-  const auto hidden = hidden_any.contiguous();
-  auto out = half_width_like(hidden);
-  const auto inter = out.size(-1);
-  const c10::cuda::CUDAGuard device(hidden.device());
-  check_launch(kernels::launch_swiglu_forward(element_type(hidden.scalar_type()), hidden.const_data_ptr(),
-                                              out.mutable_data_ptr(), rows_of(out, inter), inter,
-                                              c10::cuda::getCurrentCUDAStream()),
-               "swiglu_forward_kernel");
-  return out;
+at::Tensor swiglu_cuda(const at::Tensor& hidden) {
+  const auto o = forward_operands(hidden);
+  const c10::cuda::CUDAGuard device(o.hidden.device());
+  check_launch(
+      kernels::launch_swiglu_forward(element_type(o.hidden.scalar_type()), o.hidden.const_data_ptr(),
+                                     o.out.mutable_data_ptr(), o.rows, o.inter, c10::cuda::getCurrentCUDAStream()),
+      "swiglu_forward_kernel");
+  return o.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad_any, const at::Tensor& hidden_any,
+std::tuple<at::Tensor, at::Tensor> swiglu_backward_cuda(const at::Tensor& grad, const at::Tensor& hidden,
                                                         bool with_product) {
-  check_hidden(hidden_any, "moe::fused_swiglu_backward");
-  check_grad(grad_any, hidden_any);
-  const auto hidden = hidden_any.contiguous(), grad = grad_any.contiguous();
-  auto grad_hidden = at::empty_like(hidden, at::MemoryFormat::Contiguous);
-  auto product = with_product ? at::empty_like(grad, at::MemoryFormat::Contiguous) : at::Tensor();
-  const auto inter = grad.size(-1);
-  const c10::cuda::CUDAGuard device(hidden.device());
-  check_launch(kernels::launch_swiglu_backward(element_type(hidden.scalar_type()), grad.const_data_ptr(),
-                                               hidden.const_data_ptr(), grad_hidden.mutable_data_ptr(),
-                                               with_product ? product.mutable_data_ptr() : nullptr,
-                                               rows_of(grad, inter), inter, c10::cuda::getCurrentCUDAStream()),
+  const auto o = backward_operands(grad, hidden, with_product);
+  const c10::cuda::CUDAGuard device(o.hidden.device());
+  check_launch(kernels::launch_swiglu_backward(element_type(o.hidden.scalar_type()), o.grad.const_data_ptr(),
+                                               o.hidden.const_data_ptr(), o.grad_hidden.mutable_data_ptr(),
+                                               with_product ? o.product.mutable_data_ptr() : nullptr, o.rows, o.inter,
+                                               c10::cuda::getCurrentCUDAStream()),
                "swiglu_backward_kernel");
-  return {grad_hidden, product};
+  return {o.grad_hidden, o.product};
 }
 #endif
 
