@@ -161,7 +161,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const int64_t b = o.batch > 0 ? o.batch : k.batch, t = o.seq > 0 ? o.seq : k.seq;
   torch::manual_seed(0);
   moe::model::CausalLM lm(c);
-  moe::model::set_activation_recompute(*lm, o.recompute == "act");
+  moe::model::set_recompute(*lm, moe::model::parse_recompute(o.recompute));
   lm->to(device);
   lm->train();
   auto groups = moe::parallel::make_groups(moe::parallel::make_single_communicator(), 1, c.n_routed_experts);
@@ -223,7 +223,7 @@ void run_case(const Case& k, const torch::Device& device, const Options& o) {
   const double mfu = peak > 0 ? moe::trainer::training_flops_per_token(c, t) * tok_s / peak : -1;
   const auto [lo, hi] = std::minmax_element(times_ms.begin(), times_ms.end());
   const auto mem = moe::trainer::peak_memory(device);
-  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "act" ? "+act" : "") +
+  const std::string mode = o.expert_compute + (o.cuda_graph ? "+graph" : "") + (o.recompute == "none" ? "" : "+" + o.recompute) +
                            (o.unfused_kernels ? "+unfused" : "");
   std::printf("%-5s %-5s %-18s %6ldx%-5ld %8.1f %8.1f %9.1f %9.1f %11.0f %6.1f %7.2f %7.2f %8.3f\n", k.name.c_str(),
               device.is_cuda() ? "cuda" : "cpu", mode.c_str(), long(b), long(t),
@@ -297,7 +297,7 @@ void run_layer(const torch::Device& device, int64_t tokens, const Options& o) {
   c.expert_compute = o.expert_compute;
   torch::manual_seed(0);
   moe::model::MoEFeedForward layer(c);
-  moe::model::set_activation_recompute(*layer, o.recompute == "act");
+  moe::model::set_recompute(*layer, moe::model::parse_recompute(o.recompute));
   layer->to(device, torch::kBFloat16);
   layer->train();
   const auto x = torch::randn({1, tokens, c.hidden_size}, torch::TensorOptions(torch::kBFloat16).device(device))
@@ -355,10 +355,11 @@ int main(int argc, char** argv) try {
       ("seq-len", po::value(&o.seq)->default_value(0), "tokens per sequence (0: the config's)")
       ("expert-compute", po::value(&o.expert_compute)->default_value(o.expert_compute), "auto, grouped or loop")
       ("recompute", po::value(&o.recompute)->default_value(o.recompute),
-       "none or act: the backward recomputes each feed-forward's act(gate) * up (train.recompute)")
+       "none, act, weights or act,weights: what the backward recomputes instead of keeping "
+       "(train.recompute): act(gate) * up of each feed-forward, the routed experts' bf16 weights")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
       ("unfused-kernels", po::bool_switch(&o.unfused_kernels),
-       "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine; model/fused_kernels.h)")
+       "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine, RMSNorm; model/fused_kernels.h)")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
       ("proxies", po::bool_switch(&o.proxies),
@@ -372,7 +373,7 @@ int main(int argc, char** argv) try {
        "instead: one Mixtral-shaped MoE layer (bf16) on this many tokens, e.g. 4096");
   moe::launch::parse_or_exit(argc, argv, desc);
   MOE_CHECK(o.top_ops > 0, "--top-ops ", o.top_ops, " must be positive");
-  MOE_CHECK(o.recompute == "none" || o.recompute == "act", "--recompute '", o.recompute, "' is not one of none, act");
+  moe::model::parse_recompute(o.recompute);  // refuses an unknown value, naming it
   const auto device = moe::trainer::choose_device(device_opt);
   moe::model::set_fused_kernels_enabled(!o.unfused_kernels);
   if (!o.profile_dir.empty()) {

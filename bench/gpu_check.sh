@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-unfused] [kernels] [graph-act] [graph-act-es] [proxies]
+#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-unfused] [kernels] [graph-act] [graph-lean] [proxies]
 #                      [profile] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR] [alltests]
 # On the lent GPU machine, what it lacks comes from the device bundle (bench/gpu_machine_env.sh says
 # what was found and what was taken from the bundle):
@@ -16,12 +16,13 @@
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
 #   graph-unfused  the graph again with --unfused-kernels: ATen's operators instead of our fused
-#           kernels (SwiGLU, RoPE, combine; model/fused_kernels.h), what those kernels gain
+#           kernels (SwiGLU, RoPE, combine, RMSNorm; model/fused_kernels.h), what those kernels gain
 #   kernels our fused kernels against the operators they replace, per call on a/b/c's shapes
 #           (moe-bench-model --kernels: time, bandwidth)
 #   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)
-#   graph-act-es  and with the caching allocator's expandable segments (PYTORCH_CUDA_ALLOC_CONF):
-#           reserved memory closer to allocated (less fragmentation), the figure the goal compares
+#   graph-lean  the least memory: --recompute act,weights (the experts' bf16 weight stacks cast
+#           again in the backward too) and the caching allocator's expandable segments
+#           (PYTORCH_CUDA_ALLOC_CONF: reserved memory closer to allocated), the figure the goal compares
 #   proxies the step's proxies (launches, syncs, bytes) on the GPU, beside the CPU's prediction
 #   profile kineto traces of configs a and c, summarised by bench/trace_summary.py (kernels by time)
 #   layer   one Mixtral-shaped MoE layer, grouped and loop experts
@@ -45,7 +46,7 @@ wait_background() { [ -z "$background" ] || { wait "$background"; background="";
 machine_env_sourced=0
 machine_env() { [ "$machine_env_sourced" = 1 ] || { source "$root/bench/gpu_machine_env.sh"; machine_env_sourced=1; }; }
 ctest_summary() { grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$1" | tail -25; }
-gpu_tests=(cuda_model_test fused_swiglu_test fused_rotary_test fused_combine_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
+gpu_tests=(cuda_model_test fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
 while [ $# -gt 0 ]; do
   case "$1" in
     report) stage report; machine_env ;;
@@ -63,7 +64,7 @@ while [ $# -gt 0 ]; do
             > "$log_dir/ctest_gpu.log" 2>&1
           ctest_summary "$log_dir/ctest_gpu.log"
           bounded "$bin/cuda_model_test" 2>&1 | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure" | head -30
-          for t in fused_swiglu_test fused_rotary_test fused_combine_test; do
+          for t in fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test; do
             bounded "$bin/$t" 2>&1 | tee "$log_dir/$t.log" | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure|cuda" | head -30
           done ;;
     bench) stage bench; wait_background
@@ -79,9 +80,9 @@ while [ $# -gt 0 ]; do
     graph-act) stage graph-act; wait_background
            bounded "$bin/moe-bench-model" --device cuda --cuda-graph --recompute act 2>&1 |
              tee "$log_dir/bench_graph_act.log" | grep -v '^{' ;;
-    graph-act-es) stage graph-act-es; wait_background
+    graph-lean) stage graph-lean; wait_background
            PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bounded "$bin/moe-bench-model" --device cuda --cuda-graph \
-             --recompute act 2>&1 | tee "$log_dir/bench_graph_act_es.log" | grep -v '^{' ;;
+             --recompute act,weights 2>&1 | tee "$log_dir/bench_graph_lean.log" | grep -v '^{' ;;
     proxies) stage proxies; wait_background
              bounded "$bin/moe-bench-model" --device cuda --proxies --configs tiny,a,b,c 2>&1 |
                tee "$log_dir/proxies.log" | grep -v '^{' ;;

@@ -11,6 +11,8 @@
 #include "model/fused_kernels.h"
 #include "model/fused_rotary.h"
 #include "model/moe_feed_forward.h"
+#include "model/rms_norm.h"
+#include "trainer/device.h"
 
 namespace moe::bench {
 
@@ -113,6 +115,33 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
     report(name, "combine fwd+bwd", dims({tokens, slots, h}), 2 * combine_bytes + double(rows * h) * element,
            fused_and_aten(device, steps,
                           [&] { model::combine_copies(leaf, grouping, w, torch::kFloat32).backward(upstream); }));
+  }
+  {
+    // The post-attention norm: the residual's add (a bf16 branch), the norm, the MoE layer's three
+    // products reading its output in bf16 (a cast each where ATen's norm writes float32), and the
+    // backward of it all. Both sides pay the two adds that stand for autograd's sum of the three.
+    torch::AutoGradMode grad_mode(true);
+    const auto f32 = torch::TensorOptions(torch::kFloat32).device(device);
+    model::RMSNorm norm(h, c.rms_norm_eps);
+    norm->to(device);
+    const auto x = torch::randn({tokens, h}, f32).requires_grad_(true);
+    const auto delta = torch::randn({tokens, h}, bf16).requires_grad_(true);
+    const auto upstream = torch::randn({tokens, h}, bf16), upstream_sum = torch::randn({tokens, h}, f32);
+    // What the fused kernels must move: forward x, delta in, sum and output out; backward the
+    // gradient, the sum's gradient and the sum in, x's and delta's gradients out, and the weight's
+    // pass over the gradient and the sum.
+    const double norm_bytes = double(tokens * h) * (12 + 22);
+    report(name, "add+norm fwd+bwd", dims({tokens, h}), norm_bytes, fused_and_aten(device, steps, [&] {
+             at::Tensor sum, read;
+             {
+               trainer::AutocastScope autocast(true, device.type());
+               const auto out = norm->add_then_forward_for_products(x, delta);
+               sum = out.sum;
+               read = out.normed.to(torch::kBFloat16) + out.normed.to(torch::kBFloat16) +
+                      out.normed.to(torch::kBFloat16);
+             }
+             torch::autograd::backward({read, sum}, {upstream, upstream_sum});
+           }));
   }
   std::fflush(stdout);
 }

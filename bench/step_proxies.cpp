@@ -61,7 +61,9 @@ OpTraits traits_of(const at::RecordFunction& fn, const std::string& name, c10::D
   OpTraits t;
   t.multi_tensor = starts_with(name, "aten::_foreach_") || starts_with(name, "aten::_fused_");
   t.one_kernel = t.multi_tensor || kOneKernelOnGpus.count(name) > 0;
-  t.elementwise = kElementwiseExtra.count(name) > 0;
+  // Our fused kernels (moe::) are memory-bound passes like the operators they replace: their
+  // writes count, the norm's (a reduction, not tagged pointwise) as ATen's _fused_rms_norm's do.
+  t.elementwise = kElementwiseExtra.count(name) > 0 || starts_with(name, "moe::");
   t.data_dependent = kReadsBack.count(name) > 0;
   if (kNoWork.count(name)) t.launches = false;
   const auto op_name = fn.operator_name();

@@ -17,17 +17,21 @@ BlockImpl::BlockImpl(const ModelConfig& c, int64_t id, ExpertRange local_experts
   }
 }
 
-BlockOutput BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
+torch::Tensor Residual::value() const { return pending.defined() ? stream + pending : stream; }
+
+BlockOutput BlockImpl::forward(const Residual& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                                const torch::Tensor& attn_mask, LayerKVCache* cache) {
   ScopedRegion attention("attention");
-  const auto h = x + self_attn(input_layernorm(x), cos, signed_sin, attn_mask, cache);
-  const auto normed = post_attention_layernorm(h);
+  const auto input = input_layernorm->add_then_forward_for_products(x.stream, x.pending);
+  const auto attended = self_attn(input.normed, cos, signed_sin, attn_mask, cache);
+  const auto h = post_attention_layernorm->add_then_forward_for_products(input.sum, attended);
   attention.close();
   if (moe_mlp) {
-    auto moe = moe_mlp(normed);
-    return {h + moe.hidden, moe.aux_loss, moe.z_loss, moe.load};
+    auto moe = moe_mlp(h.normed);
+    return {{h.sum, moe.hidden}, moe.aux_loss, moe.z_loss, moe.load};
   }
-  return {h + dense_mlp(normed), torch::zeros({}, h.options()), torch::zeros({}, h.options()), {}};
+  const auto zero = torch::zeros({}, h.sum.options());
+  return {{h.sum, dense_mlp(h.normed)}, zero, zero, {}};
 }
 
 }  // namespace moe::model

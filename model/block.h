@@ -11,8 +11,17 @@
 
 namespace moe::model {
 
+/// The residual stream between blocks, `stream + pending`: a block leaves its last add to the next
+/// block's first norm, which makes it in the same pass (RMSNorm::add_then_forward_for_products).
+struct Residual {
+  torch::Tensor stream;   // [B, T, hidden]
+  torch::Tensor pending;  // [B, T, hidden] or undefined (nothing left to add)
+  /// stream + pending.
+  torch::Tensor value() const;
+};
+
 struct BlockOutput {
-  torch::Tensor hidden;    // [B, T, hidden]
+  Residual hidden;
   torch::Tensor aux_loss;  // scalar, 0 for a dense layer
   torch::Tensor z_loss;    // scalar, 0 for a dense layer
   ExpertLoad load;         // a MoE layer's expert load; undefined tensors for a dense one
@@ -22,7 +31,7 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const ModelConfig& config, int64_t layer_id, ExpertRange local_experts = {});
   /// See AttentionImpl::forward for cos, signed_sin, attn_mask and cache.
-  BlockOutput forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
+  BlockOutput forward(const Residual& x, const torch::Tensor& cos, const torch::Tensor& signed_sin,
                       const torch::Tensor& attn_mask = {}, LayerKVCache* cache = nullptr);
 
   Attention self_attn = nullptr;

@@ -80,8 +80,8 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
   const auto mask = attention_mask_for(padding, past, t, input_ids.device());
 
   if (cache && cache->layers.empty()) cache->layers.resize(layers->size());
-  auto h = dropout(embed_tokens(input_ids));
-  const auto zero = torch::zeros({}, h.options().dtype(compute_dtype(h.scalar_type())));
+  Residual h{dropout(embed_tokens(input_ids)), {}};
+  const auto zero = torch::zeros({}, h.stream.options().dtype(compute_dtype(h.stream.scalar_type())));
   Output out{{}, zero, zero, {}};
   for (size_t i = 0; i < layers->size(); ++i) {
     auto block = layers[i]->as<Block>()->forward(h, cos, signed_sin, mask, cache ? &cache->layers[i] : nullptr);
@@ -90,7 +90,7 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
     out.z_loss = out.z_loss + block.z_loss;
     if (block.load.routed.defined()) out.expert_load.push_back(block.load);
   }
-  out.hidden = norm(h);
+  out.hidden = norm(h.value());
   return out;
 }
 

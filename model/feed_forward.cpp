@@ -29,10 +29,28 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
   return dropout(recomputed_gated_linear(hidden, down_proj->weight.to(hidden.scalar_type()), act_));
 }
 
-void set_activation_recompute(torch::nn::Module& root, bool on) {
+namespace {
+
+template <typename F>
+void for_each_feed_forward(torch::nn::Module& root, F f) {
   for (const auto& module : root.modules()) {
-    if (auto feed_forward = std::dynamic_pointer_cast<FeedForwardImpl>(module)) feed_forward->set_recompute_activation(on);
+    if (auto feed_forward = std::dynamic_pointer_cast<FeedForwardImpl>(module)) f(*feed_forward);
   }
+}
+
+}  // namespace
+
+void set_activation_recompute(torch::nn::Module& root, bool on) {
+  for_each_feed_forward(root, [on](FeedForwardImpl& ff) { ff.set_recompute_activation(on); });
+}
+
+void set_weight_recast(torch::nn::Module& root, bool on) {
+  for_each_feed_forward(root, [on](FeedForwardImpl& ff) { ff.set_recast_weights(on); });
+}
+
+void set_recompute(torch::nn::Module& root, const RecomputeChoice& choice) {
+  set_activation_recompute(root, choice.activation);
+  set_weight_recast(root, choice.weights);
 }
 
 }  // namespace moe::model

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "model/model_config.h"
+#include "model/recompute_choice.h"
 
 namespace moe::model {
 
@@ -21,6 +22,10 @@ class FeedForwardImpl : public torch::nn::Module {
   /// model/recomputed_activation.h). The grouped experts read it from their first expert.
   bool recomputes_activation() const { return recompute_activation_; }
   void set_recompute_activation(bool on) { recompute_activation_ = on; }
+  /// Whether the grouped experts cast their weights again in the backward instead of keeping the
+  /// forward's bf16 stack (train.recompute weights; model/expert_stack.h). Read from the first expert.
+  bool recasts_weights() const { return recast_weights_; }
+  void set_recast_weights(bool on) { recast_weights_ = on; }
 
   torch::nn::Linear gate_proj = nullptr, up_proj = nullptr, down_proj = nullptr;
   torch::nn::Dropout dropout = nullptr;
@@ -28,10 +33,16 @@ class FeedForwardImpl : public torch::nn::Module {
  private:
   std::string act_;
   bool recompute_activation_ = false;
+  bool recast_weights_ = false;
 };
 TORCH_MODULE(FeedForward);
 
 /// Sets recompute_activation on every FeedForward in `root` (routed and shared experts, dense layers).
 void set_activation_recompute(torch::nn::Module& root, bool on);
+/// Sets recast_weights on every FeedForward in `root` (the grouped experts read it).
+void set_weight_recast(torch::nn::Module& root, bool on);
+
+/// Both switches above on every FeedForward in `root`.
+void set_recompute(torch::nn::Module& root, const RecomputeChoice& choice);
 
 }  // namespace moe::model

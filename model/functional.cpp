@@ -13,12 +13,12 @@ c10::ScalarType compute_dtype(c10::ScalarType dtype) {
   return dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
+bool autocast_on(const at::Tensor& x) {
+  return at::autocast::is_autocast_enabled(x.device().type()) && at::isFloatingType(x.scalar_type());
+}
+
 c10::ScalarType matmul_dtype(const at::Tensor& x) {
-  const auto device = x.device().type();
-  if (at::autocast::is_autocast_enabled(device) && at::isFloatingType(x.scalar_type())) {
-    return at::autocast::get_autocast_dtype(device);
-  }
-  return x.scalar_type();
+  return autocast_on(x) ? at::autocast::get_autocast_dtype(x.device().type()) : x.scalar_type();
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

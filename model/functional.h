@@ -9,6 +9,10 @@ namespace moe::model {
 /// Floating dtype used for numerically sensitive math: at least float32, float64 stays float64.
 c10::ScalarType compute_dtype(c10::ScalarType dtype);
 
+/// Whether autocast is on for x's device type (a floating x): its products then compute in the
+/// autocast dtype, whatever x's own.
+bool autocast_on(const at::Tensor& x);
+
 /// The dtype matrix products on x compute in: the autocast dtype where autocast is on for x's
 /// device type (bfloat16 in training on GPUs), else x's own.
 c10::ScalarType matmul_dtype(const at::Tensor& x);

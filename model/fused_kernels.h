@@ -1,8 +1,8 @@
-// What our fused kernels share (model/fused_swiglu.h, fused_rotary.h, fused_combine.h): the switch
-// that turns them all off, the dtypes they take, and, in CUDA builds, the launch check. Each is a
-// dispatcher operator (namespace moe::), pointwise-tagged, so that the profiler and the proxies see
-// one call as they see ATen's, with a CUDA kernel (model/kernels/) and a CPU loop over the same
-// element math.
+// What our fused kernels share (model/fused_swiglu.h, fused_rotary.h, fused_combine.h,
+// fused_rms_norm.h): the switch that turns them all off, the dtypes they take, and, in CUDA builds,
+// the launch check. Each is a dispatcher operator (namespace moe::; the elementwise ones
+// pointwise-tagged), so that the profiler and the proxies see one call as they see ATen's, with a
+// CUDA kernel (model/kernels/) and a CPU loop over the same element math.
 #pragma once
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>

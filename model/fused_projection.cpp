@@ -10,6 +10,27 @@
 
 namespace moe::model {
 
+std::vector<int64_t> rows_of(at::TensorList parts) {
+  std::vector<int64_t> rows;
+  for (const auto& p : parts) rows.push_back(p.size(0));
+  return rows;
+}
+
+at::Tensor cast_concat(at::TensorList parts, c10::ScalarType dtype) {
+  const auto rows = rows_of(parts);
+  auto shape = parts.front().sizes().vec();
+  shape[0] = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+  auto out = torch::empty(shape, parts.front().options().dtype(dtype));
+  at::_foreach_copy_(out.split_with_sizes(rows), parts);
+  return out;
+}
+
+std::vector<at::Tensor> split_cast_back(const at::Tensor& grad, c10::ScalarType dtype, const std::vector<int64_t>& rows) {
+  // Contiguous: each slice then has its part's layout, and autograd keeps it as the gradient
+  // instead of copying it once more.
+  return grad.to(dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous).split_with_sizes(rows);
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -17,23 +38,13 @@ using torch::autograd::variable_list;
 
 struct ConcatAs : torch::autograd::Function<ConcatAs> {
   static at::Tensor forward(AutogradContext* ctx, at::TensorList parts, c10::ScalarType dtype) {
-    std::vector<int64_t> rows;
-    for (const auto& p : parts) rows.push_back(p.size(0));
-    auto shape = parts.front().sizes().vec();
-    shape[0] = std::accumulate(rows.begin(), rows.end(), int64_t{0});
-    auto out = torch::empty(shape, parts.front().options().dtype(dtype));
-    at::_foreach_copy_(out.split_with_sizes(rows), parts);
     ctx->saved_data["dtype"] = static_cast<int64_t>(parts.front().scalar_type());
-    ctx->saved_data["rows"] = rows;
-    return out;
+    ctx->saved_data["rows"] = rows_of(parts);
+    return cast_concat(parts, dtype);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto dtype = static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt());
-    const auto rows = ctx->saved_data["rows"].toIntVector();
-    // Contiguous: each slice then has its part's layout, and autograd keeps it as the gradient
-    // instead of copying it once more.
-    variable_list out =
-        grads[0].to(dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous).split_with_sizes(rows);
+    auto out = split_cast_back(grads[0], static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt()),
+                               ctx->saved_data["rows"].toIntVector());
     out.emplace_back();  // dtype
     return out;
   }

@@ -17,6 +17,14 @@ namespace moe::model {
 /// The parts: same dtype, same sizes after the first dimension.
 at::Tensor concat_as(const std::vector<at::Tensor>& parts, c10::ScalarType dtype);
 
+/// concat_as without autograd: cat(parts, 0) cast to dtype in one multi-tensor copy.
+at::Tensor cast_concat(at::TensorList parts, c10::ScalarType dtype);
+/// Its backward: the gradient of the concatenation, [sum of rows, ...], cast to dtype (the parts')
+/// and split into each part's rows, each slice contiguous.
+std::vector<at::Tensor> split_cast_back(const at::Tensor& grad, c10::ScalarType dtype, const std::vector<int64_t>& rows);
+/// The parts' first dimensions.
+std::vector<int64_t> rows_of(at::TensorList parts);
+
 /// Whether projecting x with weights of weight_dtype needs a cast (autocast on x's device): only then
 /// does fusing pay, the cast making the concatenated copy anyway.
 bool projection_casts(const at::Tensor& x, c10::ScalarType weight_dtype);

@@ -94,7 +94,9 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto expert_out = executor_->run(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);  // [N*k, H]
   run_experts.close();
   ScopedRegion combine("combine");
-  auto y = combine_copies(expert_out, grouping, route.topk_weight, x.scalar_type()).view(x.sizes());
+  // In the residual stream's dtype (float32 under autocast, also where x came bf16 from the fused norm).
+  const auto out_dtype = at::promote_types(x.scalar_type(), gate->weight.scalar_type());
+  auto y = combine_copies(expert_out, grouping, route.topk_weight, out_dtype).view(x.sizes());
   combine.close();
   ScopedRegion shared_region("shared_experts");
   for (const auto& shared : *shared_experts) y = y + shared->as<FeedForward>()->forward(x);

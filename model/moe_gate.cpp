@@ -23,7 +23,10 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
   const auto b = x.size(0), t = x.size(1), h = x.size(2);
   const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
   const auto dtype = compute_dtype(x.scalar_type());
-  const auto logits = torch::linear(x.reshape({b * t, h}).to(dtype), weight.to(dtype));
+  // Under autocast the product runs in its dtype whatever x's (bf16 from the fused norm): no cast to
+  // float32 for autocast to undo.
+  const auto input = x.reshape({b * t, h});
+  const auto logits = torch::linear(autocast_on(x) ? input : input.to(dtype), weight.to(dtype));
   const auto scores = routing_scores(logits, config_.scoring_func);  // [N, E]
   // The choice: scores plus the balancing bias, within the best groups; no gradient flows through
   // it (indices only), the weights below come from the unbiased scores.

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 namespace moe::model {
 
@@ -22,5 +23,11 @@ at::Tensor recomputed_gated_linear(const at::Tensor& hidden, const at::Tensor& w
 /// Returns [M, H]; rows past ends[-1] are not written (mask them, as grouped_swiglu does).
 at::Tensor recomputed_grouped_gated_linear(const at::Tensor& hidden, const at::Tensor& down, const at::Tensor& ends,
                                            const std::string& act);
+
+/// The same with down given as the experts' float32 weights ([H, I] each), stacked and cast to
+/// hidden's dtype in the forward and again in the backward instead of kept (train.recompute
+/// weights; model/expert_stack.h); their gradients in float32.
+at::Tensor recomputed_grouped_gated_linear_recast(const at::Tensor& hidden, const std::vector<at::Tensor>& down_parts,
+                                                  const at::Tensor& ends, const std::string& act);
 
 }  // namespace moe::model

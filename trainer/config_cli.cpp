@@ -122,8 +122,9 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("train.cuda_graph", bound(c.train.cuda_graph),
        "forward+backward replayed as one CUDA graph (GPU, one rank, grad_accum 1)")
       ("train.recompute", bound(c.train.recompute),
-       "none | act (the backward recomputes each feed-forward's act(gate) * up instead of keeping it: "
-       "less activation memory, same values)")
+       "none | act | weights | act,weights: what the backward recomputes instead of keeping: act, each "
+       "feed-forward's act(gate) * up; weights, the routed experts' bf16 weight stacks (cast again). Less "
+       "memory for some time, same values")
       ("train.fused_kernels", bound(c.train.fused_kernels),
        "our fused kernels for SwiGLU, RoPE and the MoE combine (model/fused_kernels.h); false runs ATen's operators instead "
        "(same values; to compare or to diagnose)");

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "model/recompute_choice.h"
 
 namespace moe::trainer {
 
@@ -62,8 +63,11 @@ void TrainConfig::validate() const {
             "' is not one of auto, cpu, cuda");
   MOE_CHECK(t.dtype == "auto" || t.dtype == "fp32" || t.dtype == "bf16", "--train.dtype '", t.dtype,
             "' is not one of auto, fp32, bf16");
-  MOE_CHECK(t.recompute == "none" || t.recompute == "act", "--train.recompute '", t.recompute,
-            "' is not one of none, act");
+  try {
+    model::parse_recompute(t.recompute);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("--train.") + e.what());
+  }
   MOE_CHECK(!(t.cuda_graph && o.shard_state), "--train.cuda_graph runs one rank, which has no replicas to shard the "
             "optimizer over: leave --optim.shard_state false");
   MOE_CHECK(t.max_bad_steps > 0, "--train.max_bad_steps must be positive, got ", t.max_bad_steps);

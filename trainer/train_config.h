@@ -54,8 +54,8 @@ struct TrainOptions {
   int64_t max_bad_steps = 5;    // consecutive non-finite steps before aborting
   double peak_tflops = 0;       // per GPU, for MFU; 0 = from the device name when known
   bool cuda_graph = false;      // forward+backward as one replayed CUDA graph (one rank, no accumulation)
-  std::string recompute = "none";  // none | act: the backward recomputes act(gate) * up of every feed-forward
-  bool fused_kernels = true;  // our fused kernels (SwiGLU, RoPE, combine: model/fused_kernels.h); false: ATen's operators
+  std::string recompute = "none";  // none | act | weights | act,weights (model::parse_recompute)
+  bool fused_kernels = true;  // our fused kernels (SwiGLU, RoPE, combine, RMSNorm: model/fused_kernels.h); false: ATen's operators
 };
 
 struct CheckpointOptions {

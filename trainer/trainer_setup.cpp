@@ -70,7 +70,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
 
   lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
-  model::set_activation_recompute(*lm_, t.recompute == "act");
+  model::set_recompute(*lm_, model::parse_recompute(t.recompute));
   model::set_fused_kernels_enabled(t.fused_kernels);  // process-wide: one model per process
   lm_->to(device_);
   lm_->train();

@@ -215,31 +215,36 @@ TEST(CudaModel, GraphedStepEqualsEagerStep) {
   }
 }
 
-// train.recompute act on the GPU, grouped experts under bf16 autocast: the same loss and gradients
-// as keeping the activation (the same kernels run, the down product's weight gradient as one grouped
+// train.recompute act, weights, and act,weights (the graph) on the GPU, grouped experts under bf16
+// autocast: the same loss and gradients as keeping the activation and the weight stacks (the same kernels run, the down product's weight gradient as one grouped
 // product of grad^T and the recomputed activation: equal up to its summation order, well within
 // bf16's rounding: 1e-2 relative in norm), eager and replayed as a CUDA graph.
 TEST(CudaModel, RecomputedActivationEqualsKeptActivation) {
   SKIP_WITHOUT_CUDA();
   auto cfg = test::small_moe_config(64);
   cfg.expert_compute = "grouped";
-  auto kept = build(cfg, 9), recomputed = build(cfg, 9), graphed_lm = build(cfg, 9);
+  auto kept = build(cfg, 9), recomputed = build(cfg, 9), recast = build(cfg, 9), graphed_lm = build(cfg, 9);
   model::set_activation_recompute(*recomputed, true);
-  model::set_activation_recompute(*graphed_lm, true);
-  for (auto* lm : {&kept, &recomputed, &graphed_lm}) (*lm)->to(kCuda);
+  model::set_weight_recast(*recast, true);
+  model::set_recompute(*graphed_lm, model::parse_recompute("act,weights"));
+  for (auto* lm : {&kept, &recomputed, &recast, &graphed_lm}) (*lm)->to(kCuda);
   trainer::GraphedStep graphed(graphed_lm, 4, 16, /*autocast=*/true);
   torch::manual_seed(30);
   const auto x = torch::randint(64, {4, 16}, torch::kInt64).to(kCuda);
   const auto y = torch::randint(64, {4, 16}, torch::kInt64).to(kCuda);
   const auto reference = forward_backward(kept, x, y, true);
   const auto eager = forward_backward(recomputed, x, y, true);
+  const auto recast_eager = forward_backward(recast, x, y, true);
   const auto replayed_loss = graphed.run(x, y).loss.item<double>();
   EXPECT_NEAR(eager.loss.item<double>(), reference.loss.item<double>(), 1e-5 * reference.loss.item<double>());
   EXPECT_NEAR(replayed_loss, reference.loss.item<double>(), 1e-5 * reference.loss.item<double>());
+  EXPECT_NEAR(recast_eager.loss.item<double>(), reference.loss.item<double>(), 1e-5 * reference.loss.item<double>());
   const auto params = graphed_lm->parameters();
   for (size_t i = 0; i < reference.grads.size(); ++i) {
     if (reference.grads[i].second.norm().item<double>() == 0) continue;  // an expert no token chose
     EXPECT_LT(relative_error(eager.grads[i].second, reference.grads[i].second), 1e-2) << reference.grads[i].first;
+    EXPECT_LT(relative_error(recast_eager.grads[i].second, reference.grads[i].second), 1e-2)
+        << "recast " << reference.grads[i].first;
     EXPECT_LT(relative_error(params[i].grad(), reference.grads[i].second), 1e-2) << "graphed " << reference.grads[i].first;
   }
 }

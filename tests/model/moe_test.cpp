@@ -186,7 +186,9 @@ TEST(MoEFeedForward, GroupedExpertsSkipTheMasksOnlyWhereEveryRowIsCounted) {
   const auto some = run(torch::tensor({3, 0, 2, 2}, torch::kInt64), false);  // rows 7..9 dropped
   EXPECT_TRUE(torch::equal(some[0].narrow(0, 7, 3), torch::zeros({3, 16})));
   EXPECT_TRUE(torch::equal(some[1].narrow(0, 7, 3), torch::zeros({3, 16})));
-  EXPECT_TRUE(torch::equal(some[0].narrow(0, 0, 5), masked[0].narrow(0, 0, 5)));  // same experts there
+  // Same experts there, in products with fewer rows: the CPU's GEMM may block them differently (a
+  // few float32 roundings apart on some CPUs, e.g. AMD EPYC's MKL paths).
+  EXPECT_TRUE(torch::allclose(some[0].narrow(0, 0, 5), masked[0].narrow(0, 0, 5), 1e-6, 1e-6));
 }
 
 // The grouped-GEMM experts (one _grouped_mm for all experts; ATen's per-group fallback on the CPU,

@@ -13,6 +13,7 @@
 #include "model/functional.h"
 #include "model/recomputed_activation.h"
 #include "tests/support.h"
+#include "trainer/device.h"
 
 namespace moe::model {
 namespace {
@@ -141,17 +142,19 @@ TEST(RecomputedActivation, NamesWhatItCannotTake) {
 }
 
 // Loss and every parameter gradient of a small MoE model (routed experts grouped or in a loop, a
-// shared expert) with and without recomputation, under bf16 autocast as on a GPU: bit for bit.
+// shared expert) with and without recomputation (of the activation, of the experts' bf16 weights,
+// of both), under bf16 autocast as on a GPU: bit for bit.
 TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
   test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
   for (const std::string compute : {"grouped", "loop"}) {
     auto cfg = test::small_moe_config(64);
     cfg.expert_compute = compute;
     std::vector<std::vector<torch::Tensor>> runs;
-    for (const bool recompute : {false, true}) {
+    const std::vector<std::string> choices{"none", "act", "weights", "act,weights"};
+    for (const auto& choice : choices) {
       torch::manual_seed(7);
       CausalLM lm(cfg);
-      set_activation_recompute(*lm, recompute);
+      set_recompute(*lm, parse_recompute(choice));
       const auto ids = torch::randint(0, 64, {2, 16});
       at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
       at::autocast::set_autocast_enabled(at::kCPU, true);
@@ -164,11 +167,14 @@ TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
       runs.push_back(r);
     }
     const auto names = CausalLM(cfg)->named_parameters().keys();
-    ASSERT_EQ(runs[0].size(), runs[1].size());
-    EXPECT_TRUE(torch::equal(runs[1][0], runs[0][0])) << compute << ": loss";
-    for (size_t i = 1; i < runs[0].size(); ++i) {
-      ASSERT_EQ(runs[1][i].defined(), runs[0][i].defined()) << compute << ": " << names[i - 1];
-      if (runs[0][i].defined()) EXPECT_TRUE(torch::equal(runs[1][i], runs[0][i])) << compute << ": " << names[i - 1];
+    for (size_t run = 1; run < runs.size(); ++run) {
+      const auto label = compute + ", recompute " + choices[run];
+      ASSERT_EQ(runs[0].size(), runs[run].size());
+      EXPECT_TRUE(torch::equal(runs[run][0], runs[0][0])) << label << ": loss";
+      for (size_t i = 1; i < runs[0].size(); ++i) {
+        ASSERT_EQ(runs[run][i].defined(), runs[0][i].defined()) << label << ": " << names[i - 1];
+        if (runs[0][i].defined()) EXPECT_TRUE(torch::equal(runs[run][i], runs[0][i])) << label << ": " << names[i - 1];
+      }
     }
   }
 }
@@ -203,6 +209,42 @@ TEST(RecomputedActivation, KeepsTwoFewerActivationsPerLayer) {
   }
   const int64_t per_layer = 2 * tokens * width * 4;
   EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer) << "peaks without and with: " << peaks[0] << ", " << peaks[1];
+}
+
+// The grouped experts' bf16 weight stacks recast in the backward (recompute weights): what the
+// forward keeps drops by both stacks of every layer, 3 x E x H x I x 2 bytes; each layer's forward
+// still makes them (a transient), so the peak drops by that of all layers but one.
+TEST(RecomputedWeights, KeepsNoWeightStacks) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  auto cfg = test::small_moe_config(64);
+  cfg.expert_compute = "grouped";
+  cfg.hidden_size = 64;
+  cfg.intermediate_size = 256;
+  cfg.num_hidden_layers = 4;
+  cfg.n_routed_experts = 8;
+  std::vector<int64_t> peaks;
+  for (const auto* choice : {"none", "weights"}) {
+    torch::manual_seed(7);
+    CausalLM lm(cfg);
+    set_recompute(*lm, parse_recompute(choice));
+    const auto ids = torch::randint(0, 64, {2, 16});
+    bench::ProxyRecorder recorder(torch::kCPU);
+    trainer::AutocastScope autocast(true, torch::kCPU);
+    const auto out = lm(ids, ids);
+    peaks.push_back(recorder.result().peak_bytes);
+  }
+  const int64_t stacks = 3 * cfg.n_routed_experts * cfg.hidden_size * cfg.resolved_intermediate_size() * 2;
+  EXPECT_GE(peaks[0] - peaks[1], (cfg.num_hidden_layers - 1) * stacks)
+      << "peaks kept and recast: " << peaks[0] << ", " << peaks[1];
+}
+
+TEST(RecomputedWeights, ParsesTheChoicesAndNamesAnyOther) {
+  EXPECT_FALSE(parse_recompute("none").activation);
+  EXPECT_FALSE(parse_recompute("none").weights);
+  EXPECT_TRUE(parse_recompute("act").activation && !parse_recompute("act").weights);
+  EXPECT_TRUE(!parse_recompute("weights").activation && parse_recompute("weights").weights);
+  EXPECT_TRUE(parse_recompute("act,weights").activation && parse_recompute("act,weights").weights);
+  test::expect_refusal([] { parse_recompute("weight"); }, {"recompute 'weight'", "none, act, weights, act,weights"});
 }
 
 }  // namespace

@@ -157,25 +157,28 @@ TEST(Trainer, TinyModelOverfitsATinyCorpus) {
   EXPECT_LT(s.last_loss, 0.5) << "memorising 240 tokens should be easy";
 }
 
-// --train.recompute act reaches every feed-forward of the model the trainer builds (expert
-// parallel on N ranks too) and trains the same losses and weights.
+// --train.recompute act (and act,weights) reaches every feed-forward of the model the trainer
+// builds (expert parallel on N ranks too) and trains the same losses and weights.
 TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
   auto comm = mpi_world();
   test::TempDir tmp("moe_trainer_test");
   write_dataset(tmp.path() + "/data", 40, 64);
   std::vector<std::pair<TrainSummary, std::vector<torch::Tensor>>> runs;
-  for (const std::string recompute : {"none", "act"}) {
+  for (const std::string recompute : {"none", "act", "act,weights"}) {
     auto cfg = tiny_config(tmp.path());
     cfg.train.steps = 5;
     cfg.train.recompute = recompute;
-    cfg.train.out_dir = tmp.path() + "/run_" + recompute;
+    cfg.train.out_dir = tmp.path() + "/run_" + std::to_string(runs.size());
     Trainer trainer(cfg, groups_of(comm, 4));
     const auto summary = trainer.run();
     std::vector<torch::Tensor> weights;
     for (const auto& p : trainer.model()->parameters()) weights.push_back(p.detach().clone());
     bool all_recompute = true;
     for (const auto& m : trainer.model()->modules()) {
-      if (auto ff = std::dynamic_pointer_cast<model::FeedForwardImpl>(m)) all_recompute &= ff->recomputes_activation() == (recompute == "act");
+      if (auto ff = std::dynamic_pointer_cast<model::FeedForwardImpl>(m)) {
+        all_recompute &= ff->recomputes_activation() == (recompute != "none");
+        all_recompute &= ff->recasts_weights() == (recompute == "act,weights");
+      }
     }
     EXPECT_TRUE(all_recompute) << recompute;
     runs.emplace_back(summary, weights);
@@ -184,9 +187,13 @@ TEST(Trainer, RecomputedActivationTrainsTheSameWeights) {
   // in another order (float32 rounding, ~1e-7 relative). Adam divides by sqrt(v), which magnifies
   // that where v is small: the weights agree to 1e-5 after five steps of up to 1.5e-3 each (a
   // wrong gradient moves them by about a step).
-  EXPECT_NEAR(runs[1].first.first_loss, runs[0].first.first_loss, 1e-6 * runs[0].first.first_loss);
-  EXPECT_NEAR(runs[1].first.last_loss, runs[0].first.last_loss, 1e-6 * runs[0].first.last_loss);
-  for (size_t i = 0; i < runs[0].second.size(); ++i) EXPECT_TRUE(all_close(runs[1].second[i], runs[0].second[i], 1e-5, 1e-4)) << i;
+  for (size_t run = 1; run < runs.size(); ++run) {
+    EXPECT_NEAR(runs[run].first.first_loss, runs[0].first.first_loss, 1e-6 * runs[0].first.first_loss);
+    EXPECT_NEAR(runs[run].first.last_loss, runs[0].first.last_loss, 1e-6 * runs[0].first.last_loss);
+    for (size_t i = 0; i < runs[0].second.size(); ++i) {
+      EXPECT_TRUE(all_close(runs[run].second[i], runs[0].second[i], 1e-5, 1e-4)) << run << " " << i;
+    }
+  }
 }
 
 // train.fused_kernels reaches the process-wide switch the model reads (model/fused_kernels.h).

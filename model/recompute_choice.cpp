@@ -1,0 +1,16 @@
+#include "model/recompute_choice.h"
+
+#include "common/check.h"
+
+namespace moe::model {
+
+RecomputeChoice parse_recompute(const std::string &value) {
+  if (value == "none") return {};
+  if (value == "act") return {true, false};
+  if (value == "weights") return {false, true};
+  MOE_CHECK(value == "act,weights" || value == "weights,act", "recompute '", value,
+            "' is not one of none, act, weights, act,weights");
+  return {true, true};
+}
+
+}  // namespace moe::model
