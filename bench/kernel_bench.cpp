@@ -11,6 +11,7 @@
 #include "model/fused_kernels.h"
 #include "model/fused_rotary.h"
 #include "model/moe_feed_forward.h"
+#include "model/moe_gate.h"
 #include "model/rms_norm.h"
 #include "trainer/device.h"
 
@@ -115,6 +116,26 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
     report(name, "combine fwd+bwd", dims({tokens, slots, h}), 2 * combine_bytes + double(rows * h) * element,
            fused_and_aten(device, steps,
                           [&] { model::combine_copies(leaf, grouping, w, torch::kFloat32).backward(upstream); }));
+  }
+  {
+    // The router: the gate's product, then scores, top-k and weights (and the aux loss), forward and
+    // backward, under autocast as in training. The fused operator moves the logits, scores and
+    // choices once each way; the rest is the product's.
+    torch::AutoGradMode grad_mode(true);
+    model::MoEGate gate(c);
+    gate->to(device);
+    const auto x = torch::randn({batch, seq, h}, bf16).requires_grad_(true);
+    const int64_t experts = c.n_routed_experts;
+    const auto upstream = torch::randn({tokens, slots}, torch::TensorOptions(torch::kFloat32).device(device));
+    const double route_bytes = double(tokens * experts) * (2 + 4 + 4 + 4 + 2) + double(tokens * slots) * (8 + 4 + 4);
+    report(name, "route fwd+bwd", dims({tokens, experts, slots}), route_bytes, fused_and_aten(device, steps, [&] {
+             model::RoutingDecision r;
+             {
+               trainer::AutocastScope autocast(true, device.type());
+               r = gate(x);
+             }
+             ((r.topk_weight.to(torch::kFloat32) * upstream).sum() + r.aux_loss.to(torch::kFloat32)).backward();
+           }));
   }
   {
     // The post-attention norm: the residual's add (a bf16 branch), the norm, the MoE layer's three

@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/fused_route.h"
 
 namespace moe::model {
 
@@ -21,29 +22,54 @@ MoEGateImpl::MoEGateImpl(const ModelConfig& c) : config_(c) {
 
 RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
   const auto b = x.size(0), t = x.size(1), h = x.size(2);
-  const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
   const auto dtype = compute_dtype(x.scalar_type());
   // Under autocast the product runs in its dtype whatever x's (bf16 from the fused norm): no cast to
   // float32 for autocast to undo.
   const auto input = x.reshape({b * t, h});
   const auto logits = torch::linear(autocast_on(x) ? input : input.to(dtype), weight.to(dtype));
-  const auto scores = routing_scores(logits, config_.scoring_func);  // [N, E]
-  // The choice: scores plus the balancing bias, within the best groups; no gradient flows through
-  // it (indices only), the weights below come from the unbiased scores.
-  auto choice = scores.detach();
-  if (e_score_correction_bias.defined()) choice = choice + e_score_correction_bias.to(dtype);
-  if (config_.limits_groups()) choice = limit_to_groups(choice, config_.n_group, config_.topk_group);
-  const auto topk_idx = std::get<1>(torch::topk(choice, k, -1, /*largest=*/true, /*sorted=*/false));
-  auto topk_weight = scores.gather(1, topk_idx);
-  // MiniMind renormalises only several choices; DeepSeek-V3's sigmoid gate (and transformers') always.
-  const bool sigmoid = config_.scoring_func == "sigmoid";
-  if (config_.norm_topk_prob && (sigmoid || k > 1)) {
-    topk_weight = topk_weight / (topk_weight.sum(-1, /*keepdim=*/true) + 1e-20);
+  auto [scores, topk_idx, topk_weight] = choose(logits);
+  RoutingDecision out{topk_idx, topk_weight, {}, {}};
+  if (is_training()) add_losses(out, logits, scores, b, t);
+  // Losses not computed are zero: one scalar for both (a launch each per layer otherwise).
+  if (!out.aux_loss.defined() || !out.z_loss.defined()) {
+    const auto zero = torch::zeros({}, scores.options());
+    if (!out.aux_loss.defined()) out.aux_loss = zero;
+    if (!out.z_loss.defined()) out.z_loss = zero;
   }
-  if (config_.routed_scaling_factor != 1.0) topk_weight = topk_weight * config_.routed_scaling_factor;
+  return out;
+}
 
-  RoutingDecision out{topk_idx, topk_weight, torch::zeros({}, scores.options()), torch::zeros({}, scores.options())};
-  if (!is_training()) return out;
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> MoEGateImpl::choose(const torch::Tensor& logits) const {
+  const auto k = config_.num_experts_per_tok;
+  const bool sigmoid = config_.scoring_func == "sigmoid";
+  // MiniMind renormalises only several choices; DeepSeek-V3's sigmoid gate (and transformers') always.
+  const bool renormalise = config_.norm_topk_prob && (sigmoid || k > 1);
+  torch::Tensor scores, topk_idx, topk_weight;
+  if ((sigmoid || config_.scoring_func == "softmax") && !config_.limits_groups() && fused_route_serves(logits, k)) {
+    // One kernel each way (model/fused_route.h).
+    const auto bias = e_score_correction_bias.defined() ? e_score_correction_bias.to(torch::kFloat32) : torch::Tensor();
+    const auto fused = fused_route(logits, bias, {k, sigmoid, renormalise, config_.routed_scaling_factor});
+    scores = fused.scores, topk_idx = fused.topk_idx, topk_weight = fused.topk_weight;
+  } else {
+    scores = routing_scores(logits, config_.scoring_func);
+    // The choice: scores plus the balancing bias, within the best groups; no gradient flows through
+    // it (indices only), the weights below come from the unbiased scores.
+    auto choice = scores.detach();
+    if (e_score_correction_bias.defined()) choice = choice + e_score_correction_bias.to(compute_dtype(logits.scalar_type()));
+    if (config_.limits_groups()) choice = limit_to_groups(choice, config_.n_group, config_.topk_group);
+    topk_idx = std::get<1>(torch::topk(choice, k, -1, /*largest=*/true, /*sorted=*/false));
+    topk_weight = scores.gather(1, topk_idx);
+    if (renormalise) topk_weight = topk_weight / (topk_weight.sum(-1, /*keepdim=*/true) + 1e-20);
+    if (config_.routed_scaling_factor != 1.0) topk_weight = topk_weight * config_.routed_scaling_factor;
+  }
+  return {scores, topk_idx, topk_weight};
+}
+
+void MoEGateImpl::add_losses(RoutingDecision& out, const torch::Tensor& logits, const torch::Tensor& scores, int64_t b,
+                             int64_t t) {
+  const auto e = config_.n_routed_experts, k = config_.num_experts_per_tok;
+  const bool sigmoid = config_.scoring_func == "sigmoid";
+  const auto& topk_idx = out.topk_idx;
   if (config_.aux_loss_alpha > 0.0) {
     // Sigmoid scores do not sum to 1: the aux loss takes them normalised per token (DeepSeek-V3).
     const auto affinity = sigmoid ? scores / scores.sum(-1, /*keepdim=*/true) : scores;
@@ -52,7 +78,6 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
                                    : batch_aux_loss(affinity, topk_idx, config_.aux_loss_alpha, reduce_counts_);
   }
   if (config_.router_z_loss_coef > 0.0) out.z_loss = router_z_loss(logits, config_.router_z_loss_coef);
-  return out;
 }
 
 torch::Tensor routing_scores(const torch::Tensor& logits, const std::string& scoring_func) {

@@ -9,6 +9,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <functional>
+#include <tuple>
 
 #include "model/model_config.h"
 
@@ -40,6 +41,11 @@ class MoEGateImpl : public torch::nn::Module {
   torch::Tensor e_score_correction_bias;
 
  private:
+  // The scores [N, E] (softmax or sigmoid of the logits), the chosen experts [N, k] and their
+  // weights [N, k]: one fused operator each way where it serves (model/fused_route.h).
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> choose(const torch::Tensor& logits) const;
+  // The training losses the config asks for (aux, z) into out; those not asked for stay undefined.
+  void add_losses(RoutingDecision& out, const torch::Tensor& logits, const torch::Tensor& scores, int64_t b, int64_t t);
   ModelConfig config_;
   CountReducer reduce_counts_;
 };

@@ -124,6 +124,11 @@ TEST(FusedCombine, ServesTheLayersShapesAndRefusesOthers) {
 TEST(FusedCombine, MoELayerUnderAutocastEqualsTheOperators) {
   auto cfg = test::moe_layer_config(64, 96, 4, 2, 1);
   cfg.expert_compute = "grouped";
+  // A group limit that limits nothing (4 groups of one expert, the best 3 kept, 2 chosen): the
+  // router runs its operators in both runs (the fused router takes no group limit), so that the
+  // combine gets the same weights.
+  cfg.n_group = 4;
+  cfg.topk_group = 3;
   torch::manual_seed(7);
   model::MoEFeedForward layer(cfg);
   const auto x = torch::randn({3, 11, 64});
