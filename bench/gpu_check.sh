@@ -16,7 +16,7 @@
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
 #   graph-unfused  the graph again with --unfused-kernels: ATen's operators instead of our fused
-#           kernels (SwiGLU, RoPE, combine, RMSNorm; model/fused_kernels.h), what those kernels gain
+#           kernels (SwiGLU, RoPE, combine, RMSNorm, router; model/fused_kernels.h), what those kernels gain
 #   kernels our fused kernels against the operators they replace, per call on a/b/c's shapes
 #           (moe-bench-model --kernels: time, bandwidth)
 #   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)

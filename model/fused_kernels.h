@@ -1,12 +1,15 @@
 // What our fused kernels share (model/fused_swiglu.h, fused_rotary.h, fused_combine.h,
-// fused_rms_norm.h): the switch that turns them all off, the dtypes they take, and, in CUDA builds,
-// the launch check. Each is a dispatcher operator (namespace moe::; the elementwise ones
+// fused_rms_norm.h, fused_route.h): the switch that turns them all off, the dtypes they take, their
+// optional operands, and, in CUDA builds, the launch check. Each is a dispatcher operator (namespace moe::; the elementwise ones
 // pointwise-tagged), so that the profiler and the proxies see one call as they see ATen's, with a
 // CUDA kernel (model/kernels/) and a CPU loop over the same element math.
 #pragma once
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include <optional>
 
 #ifdef MOE_TORCH_CUDA
 #include <cuda_runtime_api.h>
@@ -45,6 +48,21 @@ void for_cpu_element_type(c10::ScalarType t, F f) {
   if (t == c10::kBFloat16) return f(c10::BFloat16());
   if (t == c10::kHalf) return f(c10::Half());
   return f(float());
+}
+
+/// An optional operand's data for the kernels and loops: null where t is undefined (absent).
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mutable_data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+/// t as an operator's optional operand (`Tensor?` in its schema): none where undefined.
+inline std::optional<at::Tensor> optional_operand(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
 #ifdef MOE_TORCH_CUDA

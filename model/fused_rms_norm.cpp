@@ -100,15 +100,6 @@ BackwardOperands backward_operands(const at::Tensor& grad, const std::optional<a
 // ---- CPU: the kernels' element math, row by row (what the proxies and the
 // tests run where the CPU stands in for a GPU). ----
 
-template <typename T>
-const T* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-template <typename T>
-T* mutable_data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
-}
-
 int64_t grain_for(int64_t dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim)); }  // ~16384 a task
 
 template <typename O, typename D>
@@ -257,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_rms_norm(const at::Tensor& x
           .findSchemaOrThrow("moe::rms_norm", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
                                                                 const at::Tensor&, double, c10::ScalarType)>();
-  return op.call(x, delta.defined() ? std::optional<at::Tensor>(delta) : std::nullopt, weight, eps, out_dtype);
+  return op.call(x, optional_operand(delta), weight, eps, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_rms_norm_backward(const at::Tensor& grad,
@@ -270,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_rms_norm_backward(const at::
                              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                  const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
                                  const at::Tensor&, const at::Tensor&, std::optional<c10::ScalarType>)>();
-  return op.call(grad, grad_sum.defined() ? std::optional<at::Tensor>(grad_sum) : std::nullopt, input, weight, rstd,
+  return op.call(grad, optional_operand(grad_sum), input, weight, rstd,
                  delta_dtype);
 }
 

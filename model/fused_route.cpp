@@ -32,13 +32,16 @@ struct Shape {
   int64_t tokens, experts, top_k;
 };
 
+void check_top_k(const char* op, int64_t top_k, int64_t experts) {
+  MOE_CHECK(top_k >= 1 && top_k <= experts && top_k <= kMaxRouteTopK, op, ": top_k ", top_k, " is not within 1..min(",
+            experts, " experts, ", kMaxRouteTopK, ")");
+}
+
 Shape check_route(const at::Tensor& logits, int64_t top_k) {
   MOE_CHECK(logits.dim() == 2 && fused_kernel_dtype(logits.scalar_type()), "moe::route: logits ", logits.sizes(), " ",
             logits.scalar_type(), " are not [N, E] of Float, BFloat16 or Half");
-  const auto experts = logits.size(1);
-  MOE_CHECK(top_k >= 1 && top_k <= experts && top_k <= kMaxRouteTopK, "moe::route: top_k ", top_k,
-            " is not within 1..min(", experts, " experts, ", kMaxRouteTopK, ")");
-  return {logits.size(0), experts, top_k};
+  check_top_k("moe::route", top_k, logits.size(1));
+  return {logits.size(0), logits.size(1), top_k};
 }
 
 void check_float_rows(const at::Tensor& t, const char* what, int64_t rows, int64_t cols, const at::Device& device) {
@@ -86,9 +89,7 @@ BackwardOperands backward_operands(const std::optional<at::Tensor>& grad_scores,
   check_float_rows(scores, "scores", shape.tokens, shape.experts, scores.device());
   MOE_CHECK(fused_kernel_dtype(logits_dtype), "moe::route_backward: logits dtype ", logits_dtype,
             " is not Float, BFloat16 or Half");
-  MOE_CHECK(shape.top_k >= 1 && shape.top_k <= shape.experts && shape.top_k <= kMaxRouteTopK,
-            "moe::route_backward: top_k ", shape.top_k, " is not within 1..min(", shape.experts, ", ", kMaxRouteTopK,
-            ")");
+  check_top_k("moe::route_backward", shape.top_k, shape.experts);
   BackwardOperands o{{}, {}, scores.contiguous(), topk_idx.contiguous(), {}, shape};
   if (grad_scores.has_value() && grad_scores->defined()) {
     check_float_rows(*grad_scores, "the scores' gradient", shape.tokens, shape.experts, scores.device());
@@ -100,11 +101,6 @@ BackwardOperands backward_operands(const std::optional<at::Tensor>& grad_scores,
   }
   o.grad_logits = at::empty({shape.tokens, shape.experts}, o.scores.options().dtype(logits_dtype));
   return o;
-}
-
-template <typename T>
-const T* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 // ---- CPU: the math token by token (the reference; what the proxies count). ----
@@ -167,17 +163,13 @@ void route_token_backward_cpu(const float* grad_scores, const float* grad_weight
   }
 }
 
-RouteOptions options_of(int64_t top_k, bool sigmoid, bool renormalise, double scale) {
-  return {top_k, sigmoid, renormalise, scale};
-}
-
 constexpr int64_t kTokensPerTask = 256;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> route_cpu(const at::Tensor& logits,
                                                          const std::optional<at::Tensor>& bias, int64_t top_k,
                                                          bool sigmoid, bool renormalise, double scale) {
   const auto o = forward_operands(logits, bias, top_k);
-  const auto options = options_of(top_k, sigmoid, renormalise, scale);
+  const RouteOptions options{top_k, sigmoid, renormalise, scale};
   const auto [tokens, experts, k] = o.shape;
   for_cpu_element_type(o.logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -201,7 +193,7 @@ at::Tensor route_backward_cpu(const std::optional<at::Tensor>& grad_scores,
                               c10::ScalarType logits_dtype) {
   const auto o = backward_operands(grad_scores, grad_weight, scores, topk_idx, logits_dtype);
   const auto [tokens, experts, k] = o.shape;
-  const auto options = options_of(k, sigmoid, renormalise, scale);
+  const RouteOptions options{k, sigmoid, renormalise, scale};
   for_cpu_element_type(logits_dtype, [&](auto tag) {
     using T = decltype(tag);
     const float* gs = data_or_null<float>(o.grad_scores);
@@ -277,17 +269,13 @@ at::Tensor call_route_backward(const std::optional<at::Tensor>& grad_scores,
   return op.call(grad_scores, grad_weight, scores, topk_idx, o.sigmoid, o.renormalise, o.scale, logits_dtype);
 }
 
-std::optional<at::Tensor> given(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
 // bias travels as a tensor input (autograd functions take defined tensors only): an empty one is none.
 struct Route : torch::autograd::Function<Route> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
                                                 const at::Tensor& bias, int64_t top_k, bool sigmoid, bool renormalise,
                                                 double scale) {
     const RouteOptions o{top_k, sigmoid, renormalise, scale};
-    auto [scores, topk_idx, topk_weight] = call_route(logits, bias.numel() > 0 ? given(bias) : std::nullopt, o);
+    auto [scores, topk_idx, topk_weight] = call_route(logits, bias.numel() > 0 ? optional_operand(bias) : std::nullopt, o);
     ctx->mark_non_differentiable({topk_idx});
     ctx->set_materialize_grads(false);  // the aux loss may not read the scores: no zeros written for them
     ctx->save_for_backward({scores, topk_idx});
@@ -304,7 +292,7 @@ struct Route : torch::autograd::Function<Route> {
     const auto saved = ctx->get_saved_variables();
     const RouteOptions o{saved[1].size(1), ctx->saved_data["sigmoid"].toBool(), ctx->saved_data["renormalise"].toBool(),
                          ctx->saved_data["scale"].toDouble()};
-    out[0] = call_route_backward(given(grads[0]), given(grads[2]), saved[0], saved[1], o,
+    out[0] = call_route_backward(optional_operand(grads[0]), optional_operand(grads[2]), saved[0], saved[1], o,
                                  static_cast<c10::ScalarType>(ctx->saved_data["dtype"].toInt()));
     return out;
   }

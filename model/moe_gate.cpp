@@ -55,7 +55,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> MoEGateImpl::choose(cons
     // The choice: scores plus the balancing bias, within the best groups; no gradient flows through
     // it (indices only), the weights below come from the unbiased scores.
     auto choice = scores.detach();
-    if (e_score_correction_bias.defined()) choice = choice + e_score_correction_bias.to(compute_dtype(logits.scalar_type()));
+    if (e_score_correction_bias.defined()) {
+      choice = choice + e_score_correction_bias.to(compute_dtype(logits.scalar_type()));
+    }
     if (config_.limits_groups()) choice = limit_to_groups(choice, config_.n_group, config_.topk_group);
     topk_idx = std::get<1>(torch::topk(choice, k, -1, /*largest=*/true, /*sorted=*/false));
     topk_weight = scores.gather(1, topk_idx);

@@ -4,7 +4,7 @@
 
 namespace moe::model {
 
-RecomputeChoice parse_recompute(const std::string &value) {
+RecomputeChoice parse_recompute(const std::string& value) {
   if (value == "none") return {};
   if (value == "act") return {true, false};
   if (value == "weights") return {false, true};
