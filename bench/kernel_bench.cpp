@@ -138,6 +138,15 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
            }));
   }
   {
+    // The copies' grouping by expert: the router's choice [N, k] to the order, tokens, places and
+    // counts (a counting sort in one operator; the operators: a sort, a count, a division and an
+    // inverse permutation). Moves the ids once and writes three int64 per copy.
+    const auto choice =
+        torch::randint(c.n_routed_experts, {tokens, slots}, torch::TensorOptions(torch::kInt64).device(device));
+    report(name, "group copies", dims({tokens, slots, c.n_routed_experts}), double(tokens * slots) * 8 * 4,
+           fused_and_aten(device, steps, [&] { model::group_by_expert(choice, c.n_routed_experts); }));
+  }
+  {
     // The post-attention norm: the residual's add (a bf16 branch), the norm, the MoE layer's three
     // products reading its output in bf16 (a cast each where ATen's norm writes float32), and the
     // backward of it all. Both sides pay the two adds that stand for autograd's sum of the three.

@@ -5,12 +5,13 @@
 #include <cmath>
 #include <string>
 
-#include "model/copy_permutation.h"
-#include "model/feed_forward.h"
-#include "model/fused_combine.h"
 #include "common/check.h"
 #include "common/step_regions.h"
+#include "model/copy_permutation.h"
+#include "model/feed_forward.h"
 #include "model/functional.h"
+#include "model/fused_combine.h"
+#include "model/fused_grouping.h"
 
 namespace moe::model {
 
@@ -22,8 +23,17 @@ int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, i
 ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_experts, int64_t capacity) {
   const auto flat = topk_idx.reshape({-1});
   const auto k = topk_idx.size(1);
-  auto order = std::get<1>(flat.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
-  const auto routed = count_ids(flat, num_experts);
+  torch::Tensor order, routed;
+  if (fused_grouping_serves(topk_idx, num_experts)) {
+    auto fused = fused_group_copies(topk_idx, num_experts);  // one operator (a counting sort)
+    if (capacity <= 0) {
+      return {fused.copy_order, fused.token_of_copy, fused.position_of_copy, fused.routed, fused.routed};
+    }
+    order = fused.copy_order, routed = fused.routed;
+  } else {
+    order = std::get<1>(flat.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
+    routed = count_ids(flat, num_experts);
+  }
   auto kept = routed;
   if (capacity > 0) {
     // Rank of each copy inside its expert's slice; those at rank >= capacity move behind all kept
@@ -38,8 +48,8 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
   return {order, torch::div(order, k, "floor"), inverse_permutation(order), routed, kept};
 }
 
-torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping, const torch::Tensor& weights,
-                             c10::ScalarType out_dtype) {
+torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping,
+                             const torch::Tensor& weights, c10::ScalarType out_dtype) {
   if (fused_combine_serves(expert_out, weights, out_dtype)) {
     return fused_combine(expert_out, grouping.position_of_copy, weights, out_dtype);  // one kernel each way
   }
@@ -60,7 +70,9 @@ MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)
             local.first + count, ") outside the ", c.n_routed_experts, " routed experts");
   gate = register_module("gate", MoEGate(c));
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> by_id;
-  for (int64_t e = local.first; e < local.first + count; ++e) by_id.emplace_back(std::to_string(e), FeedForward(c).ptr());
+  for (int64_t e = local.first; e < local.first + count; ++e) {
+    by_id.emplace_back(std::to_string(e), FeedForward(c).ptr());
+  }
   experts = register_module("experts", torch::nn::ModuleDict(by_id));
   shared_experts = register_module("shared_experts", torch::nn::ModuleList());
   for (int64_t s = 0; s < c.n_shared_experts; ++s) shared_experts->push_back(FeedForward(c));
@@ -76,9 +88,8 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto tokens = x.reshape({-1, h});  // [N, H]
   ScopedRegion routing("gate_and_routing");
   const auto route = gate(x);
-  const auto capacity = is_training() ? expert_capacity(capacity_factor_, tokens.size(0), route.topk_idx.size(1),
-                                                        num_experts_)
-                                      : 0;
+  const auto capacity =
+      is_training() ? expert_capacity(capacity_factor_, tokens.size(0), route.topk_idx.size(1), num_experts_) : 0;
   const auto grouping = group_by_expert(route.topk_idx, num_experts_, capacity);
   MOE_CHECK(executor_ != nullptr, "this MoE layer holds ", experts->size(), " of ", num_experts_,
             " experts and has no executor for the others (see parallel/expert_dispatch.h)");

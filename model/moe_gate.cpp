@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/fused_aux_loss.h"
 #include "model/fused_route.h"
 
 namespace moe::model {
@@ -111,9 +112,12 @@ torch::Tensor sequence_aux_loss(const torch::Tensor& scores, const torch::Tensor
   // mean_b sum_e (count_be * E / (T k)) * mean_t(scores)_be * alpha, as one dot product of the exact
   // counts with the mean scores and one scale: six small kernels where the formula as written
   // takes ten (the routing runs per layer and step, launch-bound on small models).
+  const double scale = alpha * static_cast<double>(e) / (static_cast<double>(t * top_k) * static_cast<double>(b));
+  if (fused_sequence_aux_loss_serves(scores, topk_idx)) {
+    return fused_sequence_aux_loss(scores, topk_idx, scale);  // one kernel each way (model/fused_aux_loss.h)
+  }
   const auto ones = torch::ones({1, 1}, scores.options()).expand(topk_idx.sizes());
   const auto counts = torch::zeros({b, e}, scores.options()).scatter_add_(1, topk_idx, ones);
-  const double scale = alpha * static_cast<double>(e) / (static_cast<double>(t * top_k) * static_cast<double>(b));
   return counts.view({-1}).dot(scores.mean(1).reshape({-1})) * scale;
 }
 
