@@ -359,7 +359,7 @@ int main(int argc, char** argv) try {
        "(train.recompute): act(gate) * up of each feed-forward, the routed experts' bf16 weights")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
       ("unfused-kernels", po::bool_switch(&o.unfused_kernels),
-       "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine, RMSNorm, router, grouping, aux loss; model/fused_kernels.h)")
+       "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine, RMSNorm, router, grouping, aux loss, cross entropy; model/fused_kernels.h)")
       ("cuda-graph", po::bool_switch(&o.cuda_graph), "forward+backward replayed as one CUDA graph (trainer/graphed_step.h)")
       ("breakdown", po::bool_switch(&o.breakdown), "also time the step's regions with CUDA events (not with --cuda-graph)")
       ("proxies", po::bool_switch(&o.proxies),

@@ -16,7 +16,7 @@
 #   bench   moe-bench-model on configs a, b, c with the CUDA-event breakdown
 #   graph   the same with forward+backward replayed as a CUDA graph
 #   graph-unfused  the graph again with --unfused-kernels: ATen's operators instead of our fused
-#           kernels (SwiGLU, RoPE, combine, RMSNorm, router, grouping, aux loss; model/fused_kernels.h), what those kernels gain
+#           kernels (SwiGLU, RoPE, combine, RMSNorm, router, grouping, aux loss, cross entropy; model/fused_kernels.h), what those kernels gain
 #   kernels our fused kernels against the operators they replace, per call on a/b/c's shapes
 #           (moe-bench-model --kernels: time, bandwidth)
 #   graph-act  the graph again with --recompute act (train.recompute: activation memory for time)
@@ -46,7 +46,7 @@ wait_background() { [ -z "$background" ] || { wait "$background"; background="";
 machine_env_sourced=0
 machine_env() { [ "$machine_env_sourced" = 1 ] || { source "$root/bench/gpu_machine_env.sh"; machine_env_sourced=1; }; }
 ctest_summary() { grep -E "tests passed|tests failed|Failed|\*\*\*|Timeout" "$1" | tail -25; }
-gpu_tests=(cuda_model_test fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test fused_route_test fused_grouping_test fused_aux_loss_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
+gpu_tests=(cuda_model_test fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test fused_route_test fused_grouping_test fused_aux_loss_test fused_cross_entropy_test fused_adamw_test nccl_communicator_test expert_parallel_test sharded_optimizer_test)
 while [ $# -gt 0 ]; do
   case "$1" in
     report) stage report; machine_env ;;
@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
             > "$log_dir/ctest_gpu.log" 2>&1
           ctest_summary "$log_dir/ctest_gpu.log"
           bounded "$bin/cuda_model_test" 2>&1 | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure" | head -30
-          for t in fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test fused_route_test fused_grouping_test fused_aux_loss_test; do
+          for t in fused_swiglu_test fused_rotary_test fused_combine_test fused_rms_norm_test fused_route_test fused_grouping_test fused_aux_loss_test fused_cross_entropy_test; do
             bounded "$bin/$t" 2>&1 | tee "$log_dir/$t.log" | grep -E "^\[ +(OK|FAILED|SKIPPED) |Failure|cuda" | head -30
           done ;;
     bench) stage bench; wait_background

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "bench/bench_stats.h"
+#include "model/cross_entropy.h"
 #include "model/functional.h"
 #include "model/fused_kernels.h"
 #include "model/fused_rotary.h"
@@ -136,6 +137,17 @@ void run_kernel_bench(const std::string& name, const model::ModelConfig& c, int6
              }
              ((r.topk_weight.to(torch::kFloat32) * upstream).sum() + r.aux_loss.to(torch::kFloat32)).backward();
            }));
+  }
+  {
+    // The mean cross entropy of the LM head's bf16 logits [tokens, vocab], forward and backward: the
+    // fused rows read the logits twice and write their gradient once (the operators: float32 blocks,
+    // log_softmax, the softmax recomputed, the one-hot scattered, a product and a cast).
+    torch::AutoGradMode grad_mode(true);
+    const int64_t vocab = c.vocab_size;
+    const auto logits = torch::randn({tokens, vocab}, bf16).requires_grad_(true);
+    const auto targets = torch::randint(vocab, {tokens}, torch::TensorOptions(torch::kInt64).device(device));
+    report(name, "ce fwd+bwd", dims({tokens, vocab}), double(tokens * vocab) * element * 3,
+           fused_and_aten(device, steps, [&] { model::blockwise_cross_entropy(logits, targets, -100).backward(); }));
   }
   {
     // The copies' grouping by expert: the router's choice [N, k] to the order, tokens, places and

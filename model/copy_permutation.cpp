@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "model/fused_combine.h"
+
 namespace moe::model {
 
 namespace {
@@ -20,6 +22,9 @@ struct GatherCopies : torch::autograd::Function<GatherCopies> {
     const auto position = ctx->get_saved_variables()[0];
     const auto n = ctx->saved_data["tokens"].toInt();
     const auto& g = grads[0];  // [N*k, H]
+    if (n > 0 && fused_sum_copies_serves(g, g.size(0) / n)) {
+      return {fused_sum_copies(g, position, g.size(0) / n), torch::Tensor(), torch::Tensor()};  // one kernel
+    }
     auto shape = g.sizes().vec();
     shape[0] = n;
     shape.insert(shape.begin() + 1, n == 0 ? 0 : g.size(0) / n);  // [N, k, H]

@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "model/functional.h"
+#include "model/fused_cross_entropy.h"
 
 namespace moe::model {
 
@@ -70,6 +71,11 @@ at::Tensor blockwise_cross_entropy(const at::Tensor& logits, const at::Tensor& t
   MOE_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
             "blockwise_cross_entropy: logits ", logits.sizes(), " and targets ", targets.sizes(), " do not match");
   MOE_CHECK(block_rows >= 0, "blockwise_cross_entropy: block_rows ", block_rows, " is negative");
+  if (fused_cross_entropy_serves(logits, targets)) {
+    // One kernel each way (model/fused_cross_entropy.h): no block of float32 logits at all.
+    const auto rows = fused_cross_entropy_rows(logits, targets, ignore_index);
+    return rows.sum() / (targets != ignore_index).sum().to(rows.scalar_type());  // NaN when none counts
+  }
   if (block_rows == 0) block_rows = std::max<int64_t>(1, kBlockElements / std::max<int64_t>(1, logits.size(1)));
   return BlockwiseCrossEntropy::apply(logits, targets, ignore_index, block_rows);
 }

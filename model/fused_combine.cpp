@@ -85,7 +85,8 @@ void combine_rows_cpu(const T* expert_out, const int64_t* position, const float*
         float sum = 0.f;
         for (int64_t j = 0; j < slots; ++j) {
           const int64_t copy = n * slots + j;
-          sum += kernels::combine_term(float(expert_out[position[copy] * hidden + h]), weights[copy], StoredAs<T>{});
+          const float weight = weights != nullptr ? weights[copy] : 1.f;
+          sum += kernels::combine_term(float(expert_out[position[copy] * hidden + h]), weight, StoredAs<T>{});
         }
         out[n * hidden + h] = static_cast<O>(StoredAs<T>{}(sum));
       }
@@ -147,8 +148,45 @@ std::tuple<at::Tensor, at::Tensor> combine_backward_cpu(const at::Tensor& grad, 
   return {o.grad_expert_out, o.grad_weights};
 }
 
+// The sum of each token's copies (the combine with every weight 1): checked, the output allocated.
+ForwardOperands sum_operands(const at::Tensor& copies, const at::Tensor& position, int64_t slots) {
+  MOE_CHECK(copies.dim() == 2 && fused_kernel_dtype(copies.scalar_type()) && slots >= 1 && copies.size(0) % slots == 0,
+            "moe::sum_copies: copies ", copies.sizes(), " ", copies.scalar_type(),
+            " are not [N*k, H] of Float, BFloat16 or Half for k = ", slots);
+  MOE_CHECK(
+      position.scalar_type() == at::kLong && position.numel() == copies.size(0) && position.device() == copies.device(),
+      "moe::sum_copies: position_of_copy ", position.sizes(), " ", position.scalar_type(), " does not index the ",
+      copies.size(0), " copies");
+  ForwardOperands o{copies.contiguous(), position.contiguous(),  at::Tensor(),
+                    at::Tensor(),        copies.size(0) / slots, slots,
+                    copies.size(1)};
+  o.out = at::empty({o.tokens, o.hidden}, o.expert_out.options());
+  return o;
+}
+
+at::Tensor sum_copies_cpu(const at::Tensor& copies, const at::Tensor& position, int64_t slots) {
+  const auto o = sum_operands(copies, position, slots);
+  for_cpu_element_type(o.expert_out.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    combine_rows_cpu<T, T>(o.expert_out.const_data_ptr<T>(), o.position.const_data_ptr<int64_t>(), nullptr,
+                           o.out.mutable_data_ptr<T>(), o.tokens, o.slots, o.hidden);
+  });
+  return o.out;
+}
+
 // ---- CUDA: model/kernels/combine_kernels.cu on the current stream. ----
 #ifdef MOE_TORCH_CUDA
+at::Tensor sum_copies_cuda(const at::Tensor& copies, const at::Tensor& position, int64_t slots) {
+  const auto o = sum_operands(copies, position, slots);
+  const c10::cuda::CUDAGuard device(o.expert_out.device());
+  const auto type = element_type(o.expert_out.scalar_type());
+  check_launch(kernels::launch_combine(type, type, o.expert_out.const_data_ptr(), o.position.const_data_ptr<int64_t>(),
+                                       nullptr, o.out.mutable_data_ptr(), {o.tokens, o.slots, o.hidden},
+                                       c10::cuda::getCurrentCUDAStream()),
+               "combine_kernel (sum of copies)");
+  return o.out;
+}
+
 at::Tensor combine_cuda(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
                         c10::ScalarType out_dtype) {
   const auto o = forward_operands(expert_out, position, weights, out_dtype);
@@ -215,17 +253,20 @@ TORCH_LIBRARY_FRAGMENT(moe, m) {
         {at::Tag::pointwise});
   m.def("combine_backward(Tensor grad, Tensor expert_out, Tensor position_of_copy, Tensor weights) -> (Tensor, Tensor)",
         {at::Tag::pointwise});
+  m.def("sum_copies(Tensor copies, Tensor position_of_copy, int slots) -> Tensor", {at::Tag::pointwise});
 }
 
 TORCH_LIBRARY_IMPL(moe, CPU, m) {
   m.impl("combine", TORCH_FN(combine_cpu));
   m.impl("combine_backward", TORCH_FN(combine_backward_cpu));
+  m.impl("sum_copies", TORCH_FN(sum_copies_cpu));
 }
 
 #ifdef MOE_TORCH_CUDA
 TORCH_LIBRARY_IMPL(moe, CUDA, m) {
   m.impl("combine", TORCH_FN(combine_cuda));
   m.impl("combine_backward", TORCH_FN(combine_backward_cuda));
+  m.impl("sum_copies", TORCH_FN(sum_copies_cuda));
 }
 #endif
 
@@ -247,6 +288,26 @@ at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& positio
   // The kernels read float32 weights; bf16 ones (the CPU's autocast keeps the router's softmax in
   // bf16, CUDA's in float32) convert exactly, and their gradient converts back.
   return Combine::apply(expert_out, position_of_copy, weights.to(at::kFloat), out_dtype);
+}
+
+}  // namespace moe::model
+
+namespace moe::model {
+
+bool fused_sum_copies_serves(const at::Tensor& copies, int64_t slots) {
+  const auto t = copies.scalar_type();
+  if (!fused_kernels_enabled() || copies.dim() != 2 || slots < 1 || copies.size(0) % slots != 0) return false;
+#ifdef MOE_TORCH_CUDA
+  if (copies.is_cuda()) return fused_kernel_dtype(t);
+#endif
+  return copies.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
+}
+
+at::Tensor fused_sum_copies(const at::Tensor& copies, const at::Tensor& position_of_copy, int64_t slots) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moe::sum_copies", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
+  return op.call(copies, position_of_copy, slots);
 }
 
 }  // namespace moe::model

@@ -22,4 +22,12 @@ bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weight
 at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& position_of_copy, const at::Tensor& weights,
                          c10::ScalarType out_dtype);
 
+/// The combine with every weight 1 in the copies' own dtype: y[n] = sum_j copies[position_of_copy[n*k + j]],
+/// summed in float32 and stored once, where the operators gather the copies back to slot order and
+/// sum them ([N*k, H] written and read back). The dispatch's backward (model/copy_permutation.h).
+/// The dispatcher's moe::sum_copies (the combine's kernels); not differentiable. Served for
+/// copies [N*k, H] of the fused kernels' dtypes on CUDA, bf16/fp16 on the CPU standing in for a GPU.
+bool fused_sum_copies_serves(const at::Tensor& copies, int64_t slots);
+at::Tensor fused_sum_copies(const at::Tensor& copies, const at::Tensor& position_of_copy, int64_t slots);
+
 }  // namespace moe::model

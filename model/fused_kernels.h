@@ -1,9 +1,9 @@
 // What our fused kernels share (model/fused_swiglu.h, fused_rotary.h, fused_combine.h,
-// fused_rms_norm.h, fused_route.h, fused_grouping.h, fused_aux_loss.h): the switch that turns them
-// all off, the dtypes they take, their optional operands, and, in CUDA builds, the launch check.
-// Each is a dispatcher operator (namespace moe::; the elementwise ones pointwise-tagged), so that
-// the profiler and the proxies see one call as they see ATen's, with a CUDA kernel (model/kernels/)
-// and a CPU loop over the same math.
+// fused_rms_norm.h, fused_route.h, fused_grouping.h, fused_aux_loss.h, fused_cross_entropy.h): the
+// switch that turns them all off, the dtypes they take, their optional operands, and, in CUDA
+// builds, the launch check. Each is a dispatcher operator (namespace moe::; the elementwise ones
+// pointwise-tagged), so that the profiler and the proxies see one call as they see ATen's, with a
+// CUDA kernel (model/kernels/) and a CPU loop over the same math.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>

@@ -126,7 +126,7 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
        "feed-forward's act(gate) * up; weights, the routed experts' bf16 weight stacks (cast again). Less "
        "memory for some time, same values")
       ("train.fused_kernels", bound(c.train.fused_kernels),
-       "our fused kernels for SwiGLU, RoPE, the MoE combine, RMSNorm, the router, the grouping and the aux loss (model/fused_kernels.h); false runs ATen's operators instead "
+       "our fused kernels for SwiGLU, RoPE, the MoE combine, RMSNorm, the router, the grouping, the aux loss and the cross entropy (model/fused_kernels.h); false runs ATen's operators instead "
        "(same values; to compare or to diagnose)");
   po::options_description checkpoint("checkpoint");
   checkpoint.add_options()

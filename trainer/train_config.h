@@ -55,7 +55,7 @@ struct TrainOptions {
   double peak_tflops = 0;       // per GPU, for MFU; 0 = from the device name when known
   bool cuda_graph = false;      // forward+backward as one replayed CUDA graph (one rank, no accumulation)
   std::string recompute = "none";  // none | act | weights | act,weights (model::parse_recompute)
-  bool fused_kernels = true;  // our fused kernels (SwiGLU, RoPE, combine, RMSNorm, routing: model/fused_kernels.h); false: ATen's operators
+  bool fused_kernels = true;  // our fused kernels (SwiGLU, RoPE, combine, RMSNorm, routing, loss: model/fused_kernels.h); false: ATen's operators
 };
 
 struct CheckpointOptions {

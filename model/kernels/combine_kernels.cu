@@ -25,7 +25,8 @@ __global__ void combine_kernel(const T* __restrict__ expert_out, const int64_t* 
     float sum = 0.f;
     for (int64_t j = 0; j < s.slots; ++j) {
       const int64_t copy = n * s.slots + j;
-      sum += combine_term(to_float(expert_out[position[copy] * s.hidden + h]), weights[copy], round);
+      const float weight = weights != nullptr ? weights[copy] : 1.f;
+      sum += combine_term(to_float(expert_out[position[copy] * s.hidden + h]), weight, round);
     }
     out[item] = from_float<O>(round(sum));
   }

@@ -10,7 +10,8 @@
 namespace moe::model::kernels {
 
 /// expert_out: [N*k, H] of `type`; position: [N*k] int64, the row of copy (n, j) = n*k + j;
-/// weights: [N, k] float32; out: [N, H] of `out_type` (`type` or float32). All contiguous.
+/// weights: [N, k] float32, or null in the forward (every copy weighs 1: the sum of a token's copies,
+/// the dispatch's backward); out: [N, H] of `out_type` (`type` or float32). All contiguous.
 struct CombineShape {
   int64_t tokens, slots, hidden;
 };

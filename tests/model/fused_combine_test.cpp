@@ -158,3 +158,53 @@ TEST(FusedCombine, MoELayerUnderAutocastEqualsTheOperators) {
     EXPECT_LT(test::relative_error(fused[i], plain[i]), 2e-2) << "gradient " << i;
   }
 }
+
+// The dispatch's backward (the gather of each token's copies, model/copy_permutation.h) through
+// moe::sum_copies: one call, the same gradient as the gather's operators (the sum of k = 1..4 copies
+// in float32, stored once) and float64's within the dtype's rounding.
+TEST(FusedCombine, SumOfCopiesIsTheDispatchsBackward) {
+  torch::manual_seed(23);
+  for (const auto& device : test_devices()) {
+    for (const int64_t slots : {1, 2, 4}) {
+      for (const auto dtype : {torch::kBFloat16, torch::kHalf, torch::kFloat32}) {
+        const auto label =
+            "k=" + std::to_string(slots) + " " + std::string(c10::toString(dtype)) + " on " + device.str();
+        const auto grouping = model::group_by_expert(torch::randint(5, {kTokens, slots}, torch::kInt64).to(device), 5);
+        const auto tokens = torch::randn({kTokens, kHidden}, torch::kFloat64);
+        const auto upstream = torch::randn({kTokens * slots, kHidden}, torch::kFloat64);
+        auto gradient = [&](bool fused) {
+          const auto leaf = tokens.to(dtype).to(device).requires_grad_(true);
+          auto backward = [&] {
+            model::gather_copies(leaf, grouping.token_of_copy, grouping.position_of_copy)
+                .backward(upstream.to(dtype).to(device));
+          };
+          if (fused) {
+            // Float32 on the CPU keeps ATen's operators (faster there).
+            const bool served = model::fused_sum_copies_serves(upstream.to(dtype).to(device), slots);
+            EXPECT_EQ(served, dtype != torch::kFloat32 || device.is_cuda()) << label;
+            EXPECT_EQ(calls_of("moe::sum_copies", backward), served ? 1 : 0) << label;
+          } else {
+            unfused(backward);
+          }
+          return leaf.grad().cpu();
+        };
+        const auto fused = gradient(true), ops = gradient(false);
+        EXPECT_EQ(fused.scalar_type(), dtype) << label;
+        EXPECT_TRUE(within_one_ulp_mostly_exact(fused, ops)) << label;
+        // float64: each token's copies of the upstream gradient, summed.
+        const auto want = upstream.to(dtype)
+                              .to(torch::kFloat64)
+                              .index_select(0, grouping.position_of_copy.cpu())
+                              .view({kTokens, slots, kHidden})
+                              .sum(1);
+        const double tolerance = dtype == torch::kFloat32 ? 1e-6 : (dtype == torch::kHalf ? 1.0 / 1024 : 1.0 / 128);
+        EXPECT_TRUE(all_close(fused.to(torch::kFloat64), want, tolerance, tolerance)) << label;
+      }
+    }
+  }
+  test::expect_refusal(
+      [] {
+        model::fused_sum_copies(torch::zeros({5, 4}, torch::kBFloat16), torch::arange(5), 2);
+      },
+      {"moe::sum_copies: copies [5, 4] BFloat16 are not [N*k, H]", "k = 2"});
+}
