@@ -33,13 +33,51 @@ void check_rows(const char* op, const at::Tensor& logits, const at::Tensor& targ
   MOE_CHECK(logits.size(0) < (int64_t(1) << 31), op, ": ", logits.size(0), " rows are more than the kernels take");
 }
 
-// The gradient per row as the kernels read it: stride 0 (autograd's expanded gradient of a sum) or 1.
-std::pair<at::Tensor, int64_t> row_gradients(const at::Tensor& grad_loss, int64_t rows) {
-  MOE_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == rows, "moe::cross_entropy_rows_backward: gradient ",
-            grad_loss.sizes(), " is not [", rows, "]");
-  const auto g = grad_loss.to(at::kFloat);
-  if (rows > 0 && g.stride(0) == 0) return {g, 0};
-  return {g.contiguous(), 1};
+// The operands both devices' implementations take: checked, contiguous, the outputs allocated.
+struct ForwardOperands {
+  at::Tensor logits, targets, lse, loss;
+  int64_t rows, vocab;
+};
+
+ForwardOperands forward_operands(const at::Tensor& logits, const at::Tensor& targets) {
+  check_rows("moe::cross_entropy_rows", logits, targets);
+  const auto as_float = logits.options().dtype(at::kFloat);
+  return {logits.contiguous(),
+          targets.contiguous(),
+          at::empty({logits.size(0)}, as_float),
+          at::empty({logits.size(0)}, as_float),
+          logits.size(0),
+          logits.size(1)};
+}
+
+struct BackwardOperands {
+  at::Tensor logits, targets, lse, row_grad, grad_logits;
+  int64_t row_grad_stride;  // 0 (autograd's expanded gradient of a sum: one value for all rows) or 1
+  int64_t rows, vocab;
+};
+
+BackwardOperands backward_operands(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& targets,
+                                   const at::Tensor& lse) {
+  check_rows("moe::cross_entropy_rows_backward", logits, targets);
+  const int64_t rows = logits.size(0);
+  MOE_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == rows && lse.dim() == 1 && lse.size(0) == rows,
+            "moe::cross_entropy_rows_backward: gradient ", grad_loss.sizes(), " and lse ", lse.sizes(), " are not [",
+            rows, "]");
+  BackwardOperands o{logits.contiguous(),
+                     targets.contiguous(),
+                     lse.to(at::kFloat).contiguous(),
+                     grad_loss.to(at::kFloat),
+                     at::Tensor(),
+                     1,
+                     rows,
+                     logits.size(1)};
+  if (rows > 0 && o.row_grad.stride(0) == 0) {
+    o.row_grad_stride = 0;
+  } else {
+    o.row_grad = o.row_grad.contiguous();
+  }
+  o.grad_logits = at::empty_like(o.logits, at::MemoryFormat::Contiguous);
+  return o;
 }
 
 // ---- CPU: the same math row by row (the reference; what the proxies count). ----
@@ -48,22 +86,18 @@ constexpr int64_t kRowsPerTask = 16;
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(const at::Tensor& logits_in, const at::Tensor& targets_in,
                                                           int64_t ignore_index) {
-  check_rows("moe::cross_entropy_rows", logits_in, targets_in);
-  const auto logits = logits_in.contiguous();
-  const auto targets = targets_in.contiguous();
-  const int64_t rows = logits.size(0), vocab = logits.size(1);
-  auto lse = at::empty({rows}, logits.options().dtype(at::kFloat));
-  auto loss = at::empty({rows}, logits.options().dtype(at::kFloat));
-  const int64_t* target = targets.const_data_ptr<int64_t>();
+  const auto o = forward_operands(logits_in, targets_in);
+  const int64_t rows = o.rows, vocab = o.vocab;
+  const int64_t* target = o.targets.const_data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r) {
     MOE_CHECK(target[r] == ignore_index || (target[r] >= 0 && target[r] < vocab), "moe::cross_entropy_rows: row ", r,
               " has target ", target[r], ", outside the vocabulary of ", vocab);
   }
-  for_cpu_element_type(logits.scalar_type(), [&](auto tag) {
+  for_cpu_element_type(o.logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* x = logits.const_data_ptr<T>();
-    float* lse_out = lse.mutable_data_ptr<float>();
-    float* loss_out = loss.mutable_data_ptr<float>();
+    const T* x = o.logits.const_data_ptr<T>();
+    float* lse_out = o.lse.mutable_data_ptr<float>();
+    float* loss_out = o.loss.mutable_data_ptr<float>();
     at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const T* row = x + r * vocab;
@@ -77,27 +111,22 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cpu(const at::Tensor& logi
       }
     });
   });
-  return {lse, loss};
+  return {o.lse, o.loss};
 }
 
 at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& logits_in,
                                            const at::Tensor& targets_in, const at::Tensor& lse_in,
                                            int64_t ignore_index) {
-  check_rows("moe::cross_entropy_rows_backward", logits_in, targets_in);
-  const auto logits = logits_in.contiguous();
-  const auto targets = targets_in.contiguous();
-  const auto lse = lse_in.to(at::kFloat).contiguous();
-  const int64_t rows = logits.size(0), vocab = logits.size(1);
-  const auto [g, stride] = row_gradients(grad_loss, rows);
-  auto grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
-  for_cpu_element_type(logits.scalar_type(), [&](auto tag) {
+  const auto o = backward_operands(grad_loss, logits_in, targets_in, lse_in);
+  const int64_t vocab = o.vocab, stride = o.row_grad_stride;
+  for_cpu_element_type(o.logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* x = logits.const_data_ptr<T>();
-    const int64_t* target = targets.const_data_ptr<int64_t>();
-    const float* row_lse = lse.const_data_ptr<float>();
-    const float* row_grad = g.const_data_ptr<float>();
-    T* out = grad.mutable_data_ptr<T>();
-    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    const T* x = o.logits.const_data_ptr<T>();
+    const int64_t* target = o.targets.const_data_ptr<int64_t>();
+    const float* row_lse = o.lse.const_data_ptr<float>();
+    const float* row_grad = o.row_grad.const_data_ptr<float>();
+    T* out = o.grad_logits.mutable_data_ptr<T>();
+    at::parallel_for(0, o.rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const bool counted = target[r] != ignore_index;
         const float scale = row_grad[r * stride];
@@ -108,43 +137,34 @@ at::Tensor cross_entropy_rows_backward_cpu(const at::Tensor& grad_loss, const at
       }
     });
   });
-  return grad;
+  return o.grad_logits;
 }
 
 // ---- CUDA: model/kernels/cross_entropy_kernels.cu on the current stream. ----
 #ifdef MOE_TORCH_CUDA
-std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(const at::Tensor& logits_in, const at::Tensor& targets_in,
+std::tuple<at::Tensor, at::Tensor> cross_entropy_rows_cuda(const at::Tensor& logits, const at::Tensor& targets,
                                                            int64_t ignore_index) {
-  check_rows("moe::cross_entropy_rows", logits_in, targets_in);
-  const auto logits = logits_in.contiguous();
-  const auto targets = targets_in.contiguous();
-  const c10::cuda::CUDAGuard device(logits.device());
-  auto lse = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
-  auto loss = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
-  check_launch(kernels::launch_cross_entropy(
-                   element_type(logits.scalar_type()), logits.const_data_ptr(), targets.const_data_ptr<int64_t>(),
-                   lse.mutable_data_ptr<float>(), loss.mutable_data_ptr<float>(),
-                   {logits.size(0), logits.size(1), ignore_index}, c10::cuda::getCurrentCUDAStream()),
+  const auto o = forward_operands(logits, targets);
+  const c10::cuda::CUDAGuard device(o.logits.device());
+  check_launch(kernels::launch_cross_entropy(element_type(o.logits.scalar_type()), o.logits.const_data_ptr(),
+                                             o.targets.const_data_ptr<int64_t>(), o.lse.mutable_data_ptr<float>(),
+                                             o.loss.mutable_data_ptr<float>(), {o.rows, o.vocab, ignore_index},
+                                             c10::cuda::getCurrentCUDAStream()),
                "cross_entropy_kernel");
-  return {lse, loss};
+  return {o.lse, o.loss};
 }
 
-at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& logits_in,
-                                            const at::Tensor& targets_in, const at::Tensor& lse_in,
-                                            int64_t ignore_index) {
-  check_rows("moe::cross_entropy_rows_backward", logits_in, targets_in);
-  const auto logits = logits_in.contiguous();
-  const auto targets = targets_in.contiguous();
-  const auto lse = lse_in.to(at::kFloat).contiguous();
-  const auto [g, stride] = row_gradients(grad_loss, logits.size(0));
-  const c10::cuda::CUDAGuard device(logits.device());
-  auto grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
-  check_launch(kernels::launch_cross_entropy_backward(
-                   element_type(logits.scalar_type()), logits.const_data_ptr(), targets.const_data_ptr<int64_t>(),
-                   lse.const_data_ptr<float>(), g.const_data_ptr<float>(), stride, grad.mutable_data_ptr(),
-                   {logits.size(0), logits.size(1), ignore_index}, c10::cuda::getCurrentCUDAStream()),
-               "cross_entropy_backward_kernel");
-  return grad;
+at::Tensor cross_entropy_rows_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                            const at::Tensor& targets, const at::Tensor& lse, int64_t ignore_index) {
+  const auto o = backward_operands(grad_loss, logits, targets, lse);
+  const c10::cuda::CUDAGuard device(o.logits.device());
+  check_launch(
+      kernels::launch_cross_entropy_backward(
+          element_type(o.logits.scalar_type()), o.logits.const_data_ptr(), o.targets.const_data_ptr<int64_t>(),
+          o.lse.const_data_ptr<float>(), o.row_grad.const_data_ptr<float>(), o.row_grad_stride,
+          o.grad_logits.mutable_data_ptr(), {o.rows, o.vocab, ignore_index}, c10::cuda::getCurrentCUDAStream()),
+      "cross_entropy_backward_kernel");
+  return o.grad_logits;
 }
 #endif
 
