@@ -81,14 +81,27 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
 
   if (cache && cache->layers.empty()) cache->layers.resize(layers->size());
   Residual h{dropout(embed_tokens(input_ids)), {}};
-  const auto zero = torch::zeros({}, h.stream.options().dtype(compute_dtype(h.stream.scalar_type())));
-  Output out{{}, zero, zero, {}};
+  // Only the losses the gates compute are summed (the others are zeros), from the first MoE layer's
+  // on: per layer an add (and a zero-fill) fewer for each loss the config leaves off.
+  const bool aux_on = is_training() && config_.aux_loss_alpha > 0.0;
+  const bool z_on = is_training() && config_.router_z_loss_coef > 0.0;
+  const auto loss_options = h.stream.options().dtype(compute_dtype(h.stream.scalar_type()));
+  auto add = [&](const torch::Tensor& sum, const torch::Tensor& term) {
+    return sum.defined() ? sum + term : term.to(loss_options.dtype());  // the zero's dtype, as zero + term
+  };
+  Output out;
   for (size_t i = 0; i < layers->size(); ++i) {
     auto block = layers[i]->as<Block>()->forward(h, cos, signed_sin, mask, cache ? &cache->layers[i] : nullptr);
     h = block.hidden;
-    out.aux_loss = out.aux_loss + block.aux_loss;
-    out.z_loss = out.z_loss + block.z_loss;
-    if (block.load.routed.defined()) out.expert_load.push_back(block.load);
+    if (!block.load.routed.defined()) continue;  // a dense layer: no routing, no losses
+    if (aux_on) out.aux_loss = add(out.aux_loss, block.aux_loss);
+    if (z_on) out.z_loss = add(out.z_loss, block.z_loss);
+    out.expert_load.push_back(block.load);
+  }
+  if (!out.aux_loss.defined() || !out.z_loss.defined()) {
+    const auto zero = torch::zeros({}, loss_options);
+    if (!out.aux_loss.defined()) out.aux_loss = zero;
+    if (!out.z_loss.defined()) out.z_loss = zero;
   }
   out.hidden = norm(h.value());
   return out;

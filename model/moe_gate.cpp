@@ -31,11 +31,13 @@ RoutingDecision MoEGateImpl::forward(const torch::Tensor& x) {
   auto [scores, topk_idx, topk_weight] = choose(logits);
   RoutingDecision out{topk_idx, topk_weight, {}, {}};
   if (is_training()) add_losses(out, logits, scores, b, t);
-  // Losses not computed are zero: one scalar for both (a launch each per layer otherwise).
+  // Losses not computed are zero: one scalar kept for both (no zero-fill per layer and step).
   if (!out.aux_loss.defined() || !out.z_loss.defined()) {
-    const auto zero = torch::zeros({}, scores.options());
-    if (!out.aux_loss.defined()) out.aux_loss = zero;
-    if (!out.z_loss.defined()) out.z_loss = zero;
+    if (!zero_.defined() || zero_.device() != scores.device() || zero_.scalar_type() != scores.scalar_type()) {
+      zero_ = torch::zeros({}, scores.options());
+    }
+    if (!out.aux_loss.defined()) out.aux_loss = zero_;
+    if (!out.z_loss.defined()) out.z_loss = zero_;
   }
   return out;
 }

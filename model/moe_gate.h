@@ -19,8 +19,8 @@ namespace moe::model {
 struct RoutingDecision {
   torch::Tensor topk_idx;     // [N, k] int64 global expert ids
   torch::Tensor topk_weight;  // [N, k] compute_dtype
-  torch::Tensor aux_loss;     // scalar; 0 unless training with aux_loss_alpha > 0
-  torch::Tensor z_loss;       // scalar; 0 unless training with router_z_loss_coef > 0
+  torch::Tensor aux_loss;     // scalar; 0 unless training with aux_loss_alpha > 0 (the gate's constant zero:
+  torch::Tensor z_loss;       // scalar; 0 unless training with router_z_loss_coef > 0   never write it in place)
 };
 
 /// Sums per-expert choice counts over the data-parallel ranks (returns a new tensor).
@@ -48,6 +48,7 @@ class MoEGateImpl : public torch::nn::Module {
   void add_losses(RoutingDecision& out, const torch::Tensor& logits, const torch::Tensor& scores, int64_t b, int64_t t);
   ModelConfig config_;
   CountReducer reduce_counts_;
+  torch::Tensor zero_;  // the losses not computed (a constant: never written in place)
 };
 TORCH_MODULE(MoEGate);
 
