@@ -16,11 +16,13 @@ namespace moe::model {
 /// (model/fused_kernels.h).
 bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype);
 
-/// [N, H] in out_dtype, differentiable in expert_out and weights (the dispatcher's moe::combine and
-/// moe::combine_backward under one autograd function). position_of_copy: [N*k] int64, a
-/// permutation of the rows of expert_out.
+/// [N, H] in out_dtype, differentiable in expert_out, weights and shared (the dispatcher's
+/// moe::combine and moe::combine_backward under one autograd function). position_of_copy: [N*k]
+/// int64, a permutation of the rows of expert_out. shared: the shared experts' output [N, H] in
+/// expert_out's dtype, added in the same pass (its gradient, the output's in its dtype, written by
+/// the backward's), or undefined: where the layer added it after, an add forward and a cast back.
 at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& position_of_copy, const at::Tensor& weights,
-                         c10::ScalarType out_dtype);
+                         c10::ScalarType out_dtype, const at::Tensor& shared = {});
 
 /// The combine with every weight 1 in the copies' own dtype: y[n] = sum_j copies[position_of_copy[n*k + j]],
 /// summed in float32 and stored once, where the operators gather the copies back to slot order and

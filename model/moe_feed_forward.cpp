@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "common/step_regions.h"
@@ -49,9 +50,11 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
 }
 
 torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping,
-                             const torch::Tensor& weights, c10::ScalarType out_dtype) {
-  if (fused_combine_serves(expert_out, weights, out_dtype)) {
-    return fused_combine(expert_out, grouping.position_of_copy, weights, out_dtype);  // one kernel each way
+                             const torch::Tensor& weights, c10::ScalarType out_dtype, const torch::Tensor& shared) {
+  if (fused_combine_serves(expert_out, weights, out_dtype) &&
+      (!shared.defined() || shared.scalar_type() == expert_out.scalar_type())) {
+    // One kernel each way, the shared experts' output added in its pass.
+    return fused_combine(expert_out, grouping.position_of_copy, weights, out_dtype, shared);
   }
   // Back to (token, slot) order, then each token's k outputs weighted and summed over the slots
   // (in the matmul dtype; the sum accumulates in float32). Not as a batched product [N, 1, k] x
@@ -60,7 +63,8 @@ torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGroupi
   // and a sum forward, two products and a sum backward, each a memory-bound pass.
   const auto n = weights.size(0), k = weights.size(1), h = expert_out.size(1);
   const auto by_slot = ungroup_copies(expert_out, grouping.copy_order, grouping.position_of_copy).view({n, k, h});
-  return (by_slot * weights.to(by_slot.scalar_type()).unsqueeze(-1)).sum(1).to(out_dtype);  // [N, H]
+  const auto y = (by_slot * weights.to(by_slot.scalar_type()).unsqueeze(-1)).sum(1).to(out_dtype);  // [N, H]
+  return shared.defined() ? y + shared : y;
 }
 
 MoEFeedForwardImpl::MoEFeedForwardImpl(const ModelConfig& c, ExpertRange local)
@@ -104,13 +108,19 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   // Without a capacity every copy is kept: the executor need not mask rows past the groups.
   const auto expert_out = executor_->run(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);  // [N*k, H]
   run_experts.close();
-  ScopedRegion combine("combine");
-  // In the residual stream's dtype (float32 under autocast, also where x came bf16 from the fused norm).
-  const auto out_dtype = at::promote_types(x.scalar_type(), gate->weight.scalar_type());
-  auto y = combine_copies(expert_out, grouping, route.topk_weight, out_dtype).view(x.sizes());
-  combine.close();
   ScopedRegion shared_region("shared_experts");
-  for (const auto& shared : *shared_experts) y = y + shared->as<FeedForward>()->forward(x);
+  std::vector<torch::Tensor> shared;
+  for (const auto& expert : *shared_experts) shared.push_back(expert->as<FeedForward>()->forward(x).view({-1, h}));
+  shared_region.close();
+  ScopedRegion combine("combine");
+  // In the residual stream's dtype (float32 under autocast, also where x came bf16 from the fused norm);
+  // the first shared expert's output added by the combine, any others after it, in that order.
+  const auto out_dtype = at::promote_types(x.scalar_type(), gate->weight.scalar_type());
+  auto y = combine_copies(expert_out, grouping, route.topk_weight, out_dtype,
+                          shared.empty() ? torch::Tensor() : shared.front());
+  for (size_t s = 1; s < shared.size(); ++s) y = y + shared[s];
+  y = y.view(x.sizes());
+  combine.close();
   return {y, route.aux_loss, route.z_loss, {grouping.routed, grouping.routed - grouping.kept}};
 }
 

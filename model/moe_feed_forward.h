@@ -37,10 +37,11 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
 
 /// The experts' outputs [N*k, H] (grouped order, dropped copies zero) back to tokens:
 /// y[n] = sum_j weights[n, j] * expert_out[position_of_copy[n*k + j]], in expert_out's dtype, returned
-/// [N, H] in out_dtype. The fused operator where it serves (model/fused_combine.h), else the gather
-/// back to slot order, the product, the sum over the slots and the cast.
+/// [N, H] in out_dtype, plus shared [N, H] (the shared experts' output) where defined. The fused
+/// operator where it serves (model/fused_combine.h), else the gather back to slot order, the
+/// product, the sum over the slots, the cast and the add.
 torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping, const torch::Tensor& weights,
-                             c10::ScalarType out_dtype);
+                             c10::ScalarType out_dtype, const torch::Tensor& shared = {});
 
 /// Load of one MoE layer, for statistics (device tensors; read them when logging).
 struct ExpertLoad {

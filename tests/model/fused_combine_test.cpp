@@ -208,3 +208,38 @@ TEST(FusedCombine, SumOfCopiesIsTheDispatchsBackward) {
       },
       {"moe::sum_copies: copies [5, 4] BFloat16 are not [N*k, H]", "k = 2"});
 }
+
+// The shared experts' output added in the combine's pass: the operators' combine and add bit for
+// bit (the routed sum stored in the experts' dtype, then the add in the output's), and the shared
+// output's gradient the output's in its dtype, exactly as autograd's cast gives it.
+TEST(FusedCombine, SharedTermEqualsTheAddAfterOnEachDevice) {
+  torch::manual_seed(37);
+  for (const auto& device : test_devices()) {
+    for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+      for (const auto out_dtype : {torch::kFloat32, dtype}) {
+        const auto label =
+            std::string(c10::toString(dtype)) + " -> " + c10::toString(out_dtype) + " on " + device.str();
+        const auto in = sample(dtype, device);
+        const auto shared = torch::randn({kTokens, kHidden}, torch::kFloat64).to(dtype).to(device);
+        const auto upstream = torch::randn({kTokens, kHidden}, torch::kFloat64).to(out_dtype).to(device);
+        auto run_with_shared = [&](bool fused) {
+          const auto e = in.expert_out.detach().clone().requires_grad_(true);
+          const auto w = in.weights.detach().clone().requires_grad_(true);
+          const auto s = shared.detach().clone().requires_grad_(true);
+          Inputs leaves{e, in.position, in.copy_order, w};
+          const auto out = fused ? model::fused_combine(e, in.position, w, out_dtype, s)
+                                 : operators_combine(e, leaves, out_dtype) + s;
+          out.backward(upstream);
+          return std::vector<torch::Tensor>{out.detach().cpu(), e.grad().cpu(), w.grad().cpu(), s.grad().cpu()};
+        };
+        const auto fused = run_with_shared(true), ops = run_with_shared(false);
+        if (dtype == torch::kFloat32 && device.is_cpu()) continue;  // float32 on the CPU: the operators both times
+        EXPECT_TRUE(torch::equal(fused[0], ops[0])) << label << ": output";
+        EXPECT_EQ(fused[3].scalar_type(), dtype) << label;
+        EXPECT_TRUE(torch::equal(fused[3], ops[3])) << label << ": the shared output's gradient";
+        EXPECT_TRUE(within_one_ulp_mostly_exact(fused[1], ops[1])) << label << ": the experts' gradient";
+        EXPECT_TRUE(all_close(fused[2], ops[2], 1e-4, 1e-2)) << label << ": the weights' gradient";
+      }
+    }
+  }
+}
