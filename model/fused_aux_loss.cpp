@@ -193,10 +193,7 @@ bool fused_sequence_aux_loss_serves(const at::Tensor& scores, const at::Tensor& 
       !fits({scores.size(0), scores.size(1), scores.size(2), topk_idx.size(1)})) {
     return false;
   }
-#ifdef MOE_TORCH_CUDA
-  if (scores.is_cuda()) return true;
-#endif
-  return scores.is_cpu() && fused_kernels_on_cpu();
+  return fused_kernels_run_on(scores);
 }
 
 at::Tensor fused_sequence_aux_loss(const at::Tensor& scores, const at::Tensor& topk_idx, double scale) {

@@ -24,6 +24,14 @@ namespace moe::model {
 
 namespace {
 
+// position_of_copy: [N*k] int64 on the copies' device, one place per row of copies.
+void check_position(const char* op, const at::Tensor& position, const at::Tensor& copies) {
+  MOE_CHECK(
+      position.scalar_type() == at::kLong && position.numel() == copies.size(0) && position.device() == copies.device(),
+      op, ": position_of_copy ", position.sizes(), " ", position.scalar_type(), " does not index the ", copies.size(0),
+      " copies");
+}
+
 void check_combine(const at::Tensor& expert_out, const at::Tensor& position, const at::Tensor& weights,
                    c10::ScalarType out_dtype) {
   MOE_CHECK(expert_out.dim() == 2 && fused_kernel_dtype(expert_out.scalar_type()), "moe::combine: expert_out ",
@@ -32,10 +40,7 @@ void check_combine(const at::Tensor& expert_out, const at::Tensor& position, con
                 weights.device() == expert_out.device(),
             "moe::combine: weights ", weights.sizes(), " ", weights.scalar_type(), " are not float32 [N, k] for ",
             expert_out.size(0), " copies on ", expert_out.device());
-  MOE_CHECK(position.scalar_type() == at::kLong && position.numel() == expert_out.size(0) &&
-                position.device() == expert_out.device(),
-            "moe::combine: position_of_copy ", position.sizes(), " ", position.scalar_type(), " does not index the ",
-            expert_out.size(0), " copies");
+  check_position("moe::combine", position, expert_out);
   MOE_CHECK(out_dtype == expert_out.scalar_type() || out_dtype == at::kFloat, "moe::combine: output ", out_dtype,
             " is neither the experts' ", expert_out.scalar_type(), " nor Float");
 }
@@ -177,10 +182,7 @@ ForwardOperands sum_operands(const at::Tensor& copies, const at::Tensor& positio
   MOE_CHECK(copies.dim() == 2 && fused_kernel_dtype(copies.scalar_type()) && slots >= 1 && copies.size(0) % slots == 0,
             "moe::sum_copies: copies ", copies.sizes(), " ", copies.scalar_type(),
             " are not [N*k, H] of Float, BFloat16 or Half for k = ", slots);
-  MOE_CHECK(
-      position.scalar_type() == at::kLong && position.numel() == copies.size(0) && position.device() == copies.device(),
-      "moe::sum_copies: position_of_copy ", position.sizes(), " ", position.scalar_type(), " does not index the ",
-      copies.size(0), " copies");
+  check_position("moe::sum_copies", position, copies);
   ForwardOperands o{copies.contiguous(), position.contiguous(),  at::Tensor(), at::Tensor(),
                     at::Tensor(),        copies.size(0) / slots, slots,        copies.size(1)};
   o.out = at::empty({o.tokens, o.hidden}, o.expert_out.options());
@@ -309,17 +311,16 @@ TORCH_LIBRARY_IMPL(moe, CUDA, m) {
 }
 #endif
 
-bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype) {
+bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype,
+                          const at::Tensor& shared) {
   const auto t = expert_out.scalar_type();
   if (!fused_kernels_enabled() || expert_out.dim() != 2 || weights.dim() != 2 ||
       !fused_kernel_dtype(weights.scalar_type()) || weights.numel() != expert_out.size(0) ||
-      weights.device() != expert_out.device() || (out_dtype != t && out_dtype != at::kFloat)) {
+      weights.device() != expert_out.device() || (out_dtype != t && out_dtype != at::kFloat) ||
+      (shared.defined() && shared.scalar_type() != t)) {
     return false;
   }
-#ifdef MOE_TORCH_CUDA
-  if (expert_out.is_cuda()) return fused_kernel_dtype(t);
-#endif
-  return expert_out.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
+  return fused_kernels_take(expert_out);
 }
 
 at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& position_of_copy, const at::Tensor& weights,
@@ -336,12 +337,8 @@ at::Tensor fused_combine(const at::Tensor& expert_out, const at::Tensor& positio
 namespace moe::model {
 
 bool fused_sum_copies_serves(const at::Tensor& copies, int64_t slots) {
-  const auto t = copies.scalar_type();
   if (!fused_kernels_enabled() || copies.dim() != 2 || slots < 1 || copies.size(0) % slots != 0) return false;
-#ifdef MOE_TORCH_CUDA
-  if (copies.is_cuda()) return fused_kernel_dtype(t);
-#endif
-  return copies.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
+  return fused_kernels_take(copies);
 }
 
 at::Tensor fused_sum_copies(const at::Tensor& copies, const at::Tensor& position_of_copy, int64_t slots) {

@@ -12,9 +12,10 @@ namespace moe::model {
 
 /// Whether the MoE layer combines through the fused operator: expert_out [N*k, H] of float32,
 /// bfloat16 or float16 (CUDA, or the CPU standing in for a GPU in bf16/fp16), weights [N, k] of
-/// one of those (read as float32), out_dtype expert_out's or float32, while the fused kernels are enabled
-/// (model/fused_kernels.h).
-bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype);
+/// one of those (read as float32), out_dtype expert_out's or float32, shared (if defined) in
+/// expert_out's dtype, while the fused kernels are enabled (model/fused_kernels.h).
+bool fused_combine_serves(const at::Tensor& expert_out, const at::Tensor& weights, c10::ScalarType out_dtype,
+                          const at::Tensor& shared = {});
 
 /// [N, H] in out_dtype, differentiable in expert_out, weights and shared (the dispatcher's
 /// moe::combine and moe::combine_backward under one autograd function). position_of_copy: [N*k]

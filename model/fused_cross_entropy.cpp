@@ -231,10 +231,7 @@ bool fused_cross_entropy_serves(const at::Tensor& logits, const at::Tensor& targ
       targets.device() != logits.device()) {
     return false;
   }
-#ifdef MOE_TORCH_CUDA
-  if (logits.is_cuda()) return fused_kernel_dtype(logits.scalar_type());
-#endif
-  return logits.is_cpu() && fused_kernels_on_cpu() && reduced_precision(logits.scalar_type());
+  return fused_kernels_take(logits);
 }
 
 at::Tensor fused_cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index) {

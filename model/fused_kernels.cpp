@@ -19,6 +19,18 @@ bool fused_kernels_on_cpu() { return on_cpu; }
 bool reduced_precision(c10::ScalarType t) { return t == c10::kBFloat16 || t == c10::kHalf; }
 bool fused_kernel_dtype(c10::ScalarType t) { return t == c10::kFloat || reduced_precision(t); }
 
+bool fused_kernels_run_on(const at::Tensor& t) {
+#ifdef MOE_TORCH_CUDA
+  if (t.is_cuda()) return true;
+#endif
+  return t.is_cpu() && fused_kernels_on_cpu();
+}
+
+bool fused_kernels_take(const at::Tensor& t) {
+  if (!fused_kernels_run_on(t)) return false;
+  return t.is_cuda() ? fused_kernel_dtype(t.scalar_type()) : reduced_precision(t.scalar_type());
+}
+
 #ifdef MOE_TORCH_CUDA
 kernels::ElementType element_type(c10::ScalarType t) {
   if (t == c10::kBFloat16) return kernels::ElementType::kBFloat16;

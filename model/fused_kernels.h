@@ -35,6 +35,13 @@ bool fused_kernels_on_cpu();
 bool reduced_precision(c10::ScalarType t);
 bool fused_kernel_dtype(c10::ScalarType t);
 
+/// Whether the fused kernels run where t lives: on CUDA (in CUDA builds), or on the CPU where it
+/// stands in for a GPU (fused_kernels_on_cpu).
+bool fused_kernels_run_on(const at::Tensor& t);
+/// And take its dtype there: Float, BFloat16 or Half on CUDA; BFloat16 or Half on the CPU (in
+/// float32 ATen's vectorised operators are faster there). The elementwise operators' test.
+bool fused_kernels_take(const at::Tensor& t);
+
 /// The CPU loops' rounding: a float stored as T (c10::BFloat16, c10::Half, float) and read back, as
 /// an ATen operator's intermediate tensor of that dtype rounds it (to nearest even).
 template <typename T>

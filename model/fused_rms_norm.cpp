@@ -351,10 +351,7 @@ bool fused_rms_norm_serves(const at::Tensor& x, const at::Tensor& weight, c10::S
       weight.dim() != 1 || weight.scalar_type() != at::kFloat || weight.device() != x.device()) {
     return false;
   }
-#ifdef MOE_TORCH_CUDA
-  if (x.is_cuda()) return true;
-#endif
-  return x.is_cpu() && fused_kernels_on_cpu();
+  return fused_kernels_run_on(x);
 }
 
 bool fused_add_rms_norm_serves(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& weight,

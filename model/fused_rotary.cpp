@@ -106,10 +106,7 @@ bool fused_rotary_serves(const at::Tensor& x, const at::Tensor& cos) {
       cos.size(2) != x.size(3) || cos.device() != x.device()) {
     return false;  // broadcast tables, say: ATen's operators
   }
-#ifdef MOE_TORCH_CUDA
-  if (x.is_cuda()) return fused_kernel_dtype(x.scalar_type());
-#endif
-  return x.is_cpu() && fused_kernels_on_cpu() && reduced_precision(x.scalar_type());
+  return fused_kernels_take(x);
 }
 
 at::Tensor fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin, double sign) {

@@ -325,10 +325,7 @@ bool fused_route_serves(const at::Tensor& logits, int64_t top_k) {
   if (!fused_kernels_enabled() || logits.dim() != 2 || top_k < 1 || top_k > logits.size(1) || top_k > kMaxRouteTopK) {
     return false;
   }
-#ifdef MOE_TORCH_CUDA
-  if (logits.is_cuda()) return fused_kernel_dtype(logits.scalar_type());
-#endif
-  return logits.is_cpu() && fused_kernels_on_cpu() && reduced_precision(logits.scalar_type());
+  return fused_kernels_take(logits);
 }
 
 FusedRouting fused_route(const at::Tensor& logits, const at::Tensor& bias, const RouteOptions& options) {

@@ -176,11 +176,7 @@ TORCH_LIBRARY_IMPL(moe, CUDA, m) {
 
 bool fused_swiglu_serves(const at::Tensor& hidden, const std::string& name) {
   if (!fused_kernels_enabled() || name != "silu" || hidden.dim() < 1 || hidden.size(-1) % 2 != 0) return false;
-  const auto t = hidden.scalar_type();
-#ifdef MOE_TORCH_CUDA
-  if (hidden.is_cuda()) return fused_kernel_dtype(t);
-#endif
-  return hidden.is_cpu() && fused_kernels_on_cpu() && reduced_precision(t);
+  return fused_kernels_take(hidden);
 }
 
 at::Tensor fused_swiglu(const at::Tensor& hidden) {

@@ -51,8 +51,7 @@ ExpertGrouping group_by_expert(const torch::Tensor& topk_idx, int64_t num_expert
 
 torch::Tensor combine_copies(const torch::Tensor& expert_out, const ExpertGrouping& grouping,
                              const torch::Tensor& weights, c10::ScalarType out_dtype, const torch::Tensor& shared) {
-  if (fused_combine_serves(expert_out, weights, out_dtype) &&
-      (!shared.defined() || shared.scalar_type() == expert_out.scalar_type())) {
+  if (fused_combine_serves(expert_out, weights, out_dtype, shared)) {
     // One kernel each way, the shared experts' output added in its pass.
     return fused_combine(expert_out, grouping.position_of_copy, weights, out_dtype, shared);
   }
