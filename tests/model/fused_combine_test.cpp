@@ -10,7 +10,6 @@
 // 1e-5). Against float64: the products' rounding relative to the largest term (they may cancel).
 #include "model/fused_combine.h"
 
-#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -18,6 +17,7 @@
 #include "model/moe_feed_forward.h"
 #include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
+#include "trainer/device.h"
 
 using namespace moe;
 using moe::test::all_close;
@@ -138,11 +138,8 @@ TEST(FusedCombine, MoELayerUnderAutocastEqualsTheOperators) {
     const auto leaf = x.clone().requires_grad_(true);
     torch::Tensor y;
     const auto combines = calls_of("moe::combine", [&] {
-      at::autocast::set_autocast_enabled(at::kCPU, true);
-      at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+      trainer::AutocastScope autocast(true, torch::kCPU);
       y = layer(leaf).hidden;
-      at::autocast::set_autocast_enabled(at::kCPU, false);
-      at::autocast::clear_cache();
     });
     EXPECT_EQ(combines, fused ? 1 : 0);
     const auto backwards = calls_of("moe::combine_backward", [&] { y.sum().backward(); });

@@ -8,7 +8,6 @@
 // bf16 within its rounding (2^-8 relative plus 1e-4 of the largest).
 #include "model/fused_route.h"
 
-#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -18,6 +17,7 @@
 #include "model/moe_gate.h"
 #include "tests/model/fused_kernel_checks.h"
 #include "tests/support.h"
+#include "trainer/device.h"
 
 using namespace moe;
 using moe::test::all_close;
@@ -184,11 +184,8 @@ TEST(FusedRoute, GateUnderAutocastEqualsTheOperators) {
       const auto leaf = x.clone().requires_grad_(true);
       model::RoutingDecision r;
       const auto calls = calls_of("moe::route", [&] {
-        at::autocast::set_autocast_enabled(at::kCPU, true);
-        at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+        trainer::AutocastScope autocast(true, torch::kCPU);
         r = gate(leaf);
-        at::autocast::set_autocast_enabled(at::kCPU, false);
-        at::autocast::clear_cache();
       });
       EXPECT_EQ(calls, fused ? 1 : 0);
       // The choice as a set per token, by expert id (the operators' top-k is unsorted, the kernel's

@@ -2,7 +2,6 @@
 // and gradients as the plain composition bit for bit (the same operators run, in the backward
 // instead of the forward), against a float64 per-expert reference, through a whole model under
 // bf16 autocast, and with less memory kept from the forward for the backward.
-#include <ATen/autocast_mode.h>
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -156,11 +155,10 @@ TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
       CausalLM lm(cfg);
       set_recompute(*lm, parse_recompute(choice));
       const auto ids = torch::randint(0, 64, {2, 16});
-      at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-      at::autocast::set_autocast_enabled(at::kCPU, true);
-      const auto out = lm(ids, ids);
-      at::autocast::set_autocast_enabled(at::kCPU, false);
-      at::autocast::clear_cache();
+      const auto out = [&] {
+        trainer::AutocastScope autocast(true, torch::kCPU);
+        return lm(ids, ids);
+      }();
       out.loss.backward();
       std::vector<torch::Tensor> r{out.loss.detach()};
       for (const auto& p : lm->named_parameters()) r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
