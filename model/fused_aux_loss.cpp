@@ -56,17 +56,37 @@ Shape check_backward(const at::Tensor& grad_loss, const at::Tensor& counts, int6
   return s;
 }
 
+// The operands both devices' implementations take: checked, contiguous, the outputs allocated.
+struct ForwardOperands {
+  at::Tensor scores, ids, counts;  // counts [B, E]: every entry written by the implementation
+  Shape shape;
+};
+
+ForwardOperands forward_operands(const at::Tensor& scores, const at::Tensor& topk_idx) {
+  const auto s = check_forward(scores, topk_idx);
+  return {scores.contiguous(), topk_idx.contiguous(), at::empty({s.batch, s.experts}, scores.options()), s};
+}
+
+struct BackwardOperands {
+  at::Tensor grad_loss, counts, grad_scores;
+  Shape shape;
+};
+
+BackwardOperands backward_operands(const at::Tensor& grad_loss, const at::Tensor& counts, int64_t seq) {
+  const auto s = check_backward(grad_loss, counts, seq);
+  return {grad_loss.contiguous(), counts.contiguous(), at::empty({s.batch, s.seq, s.experts}, counts.options()), s};
+}
+
 // ---- CPU: the same sums sequence by sequence, accumulated in float64 (the reference). ----
 
-std::tuple<at::Tensor, at::Tensor> sequence_aux_loss_cpu(const at::Tensor& scores_in, const at::Tensor& topk_idx,
+std::tuple<at::Tensor, at::Tensor> sequence_aux_loss_cpu(const at::Tensor& scores, const at::Tensor& topk_idx,
                                                          double scale) {
-  const auto s = check_forward(scores_in, topk_idx);
-  const auto scores = scores_in.contiguous();
-  const auto ids = topk_idx.contiguous();
-  auto counts = at::zeros({s.batch, s.experts}, scores.options());
-  float* count = counts.mutable_data_ptr<float>();
-  const int64_t* id = ids.const_data_ptr<int64_t>();
-  const float* score = scores.const_data_ptr<float>();
+  const auto o = forward_operands(scores, topk_idx);
+  const auto& s = o.shape;
+  float* count = o.counts.mutable_data_ptr<float>();
+  std::fill(count, count + s.batch * s.experts, 0.f);
+  const int64_t* id = o.ids.const_data_ptr<int64_t>();
+  const float* score = o.scores.const_data_ptr<float>();
   double sum = 0.0;
   for (int64_t b = 0; b < s.batch; ++b) {
     float* row_count = count + b * s.experts;
@@ -79,22 +99,22 @@ std::tuple<at::Tensor, at::Tensor> sequence_aux_loss_cpu(const at::Tensor& score
     const float* row = score + b * s.seq * s.experts;
     for (int64_t j = 0; j < s.seq * s.experts; ++j) sum += double(row[j]) * double(row_count[j % s.experts]);
   }
-  return {at::scalar_tensor(sum * scale / double(s.seq), scores.options()), counts};
+  return {at::scalar_tensor(sum * scale / double(s.seq), o.scores.options()), o.counts};
 }
 
-at::Tensor sequence_aux_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& counts_in, int64_t seq,
+at::Tensor sequence_aux_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& counts, int64_t seq,
                                           double scale) {
-  const auto s = check_backward(grad_loss, counts_in, seq);
-  const auto counts = counts_in.contiguous();
-  auto grad = at::empty({s.batch, s.seq, s.experts}, counts.options());
-  const float g = grad_loss.item<float>() * static_cast<float>(scale / double(seq));
-  const float* count = counts.const_data_ptr<float>();
-  float* out = grad.mutable_data_ptr<float>();
+  const auto o = backward_operands(grad_loss, counts, seq);
+  const auto& s = o.shape;
+  const float g = o.grad_loss.item<float>() * static_cast<float>(scale / double(seq));
+  const float* count = o.counts.const_data_ptr<float>();
+  float* out = o.grad_scores.mutable_data_ptr<float>();
   for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t j = 0; j < s.seq * s.experts; ++j)
+    for (int64_t j = 0; j < s.seq * s.experts; ++j) {
       out[b * s.seq * s.experts + j] = g * count[b * s.experts + j % s.experts];
+    }
   }
-  return grad;
+  return o.grad_scores;
 }
 
 // ---- CUDA: model/kernels/aux_loss_kernels.cu on the current stream. ----
@@ -103,34 +123,29 @@ kernels::AuxLossShape kernel_shape(const Shape& s) {
   return {s.batch, static_cast<int>(s.seq), static_cast<int>(s.experts), static_cast<int>(s.copies_per_sequence)};
 }
 
-std::tuple<at::Tensor, at::Tensor> sequence_aux_loss_cuda(const at::Tensor& scores_in, const at::Tensor& topk_idx,
+std::tuple<at::Tensor, at::Tensor> sequence_aux_loss_cuda(const at::Tensor& scores, const at::Tensor& topk_idx,
                                                           double scale) {
-  const auto s = check_forward(scores_in, topk_idx);
-  const auto scores = scores_in.contiguous();
-  const auto ids = topk_idx.contiguous();
-  const c10::cuda::CUDAGuard device(scores.device());
-  auto counts = at::empty({s.batch, s.experts}, scores.options());
-  const auto partial = at::empty({s.batch}, scores.options());
-  check_launch(
-      kernels::launch_sequence_aux_loss(scores.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(),
-                                        counts.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(),
-                                        kernel_shape(s), static_cast<float>(scale), c10::cuda::getCurrentCUDAStream()),
-      "sequence_aux_loss_kernel");
-  return {partial.sum(), counts};
+  const auto o = forward_operands(scores, topk_idx);
+  const c10::cuda::CUDAGuard device(o.scores.device());
+  const auto partial = at::empty({o.shape.batch}, o.scores.options());
+  check_launch(kernels::launch_sequence_aux_loss(o.scores.const_data_ptr<float>(), o.ids.const_data_ptr<int64_t>(),
+                                                 o.counts.mutable_data_ptr<float>(), partial.mutable_data_ptr<float>(),
+                                                 kernel_shape(o.shape), static_cast<float>(scale),
+                                                 c10::cuda::getCurrentCUDAStream()),
+               "sequence_aux_loss_kernel");
+  return {partial.sum(), o.counts};
 }
 
-at::Tensor sequence_aux_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& counts_in, int64_t seq,
+at::Tensor sequence_aux_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& counts, int64_t seq,
                                            double scale) {
-  const auto s = check_backward(grad_loss, counts_in, seq);
-  const auto counts = counts_in.contiguous();
-  const c10::cuda::CUDAGuard device(counts.device());
-  auto grad = at::empty({s.batch, s.seq, s.experts}, counts.options());
-  check_launch(kernels::launch_sequence_aux_loss_backward(grad_loss.contiguous().const_data_ptr<float>(),
-                                                          counts.const_data_ptr<float>(),
-                                                          grad.mutable_data_ptr<float>(), kernel_shape(s),
-                                                          static_cast<float>(scale), c10::cuda::getCurrentCUDAStream()),
-               "sequence_aux_loss_backward_kernel");
-  return grad;
+  const auto o = backward_operands(grad_loss, counts, seq);
+  const c10::cuda::CUDAGuard device(o.counts.device());
+  check_launch(
+      kernels::launch_sequence_aux_loss_backward(o.grad_loss.const_data_ptr<float>(), o.counts.const_data_ptr<float>(),
+                                                 o.grad_scores.mutable_data_ptr<float>(), kernel_shape(o.shape),
+                                                 static_cast<float>(scale), c10::cuda::getCurrentCUDAStream()),
+      "sequence_aux_loss_backward_kernel");
+  return o.grad_scores;
 }
 #endif
 
