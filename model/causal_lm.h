@@ -31,7 +31,8 @@ class MiniMindModelImpl : public torch::nn::Module {
   explicit MiniMindModelImpl(const ModelConfig& config, ExpertRange local_experts = {});
 
   struct Output {
-    torch::Tensor hidden;                          // [B, T, hidden], after the final norm
+    torch::Tensor hidden;                          // [B, T, hidden], after the final norm, in the LM head's
+                                                   // matmul dtype where the fused norm writes it (autocast)
     torch::Tensor aux_loss;                        // scalar, summed over layers
     torch::Tensor z_loss;                          // scalar, summed over layers
     std::vector<ExpertLoad> expert_load;           // per MoE layer
