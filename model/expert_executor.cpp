@@ -18,6 +18,25 @@ ExpertCompute parse_expert_compute(const std::string& name) {
   return ExpertCompute::kAuto;
 }
 
+namespace {
+
+// ExpertExecutor::start's default: the experts have already run.
+class AlreadyRun : public ExpertsInFlight {
+ public:
+  explicit AlreadyRun(torch::Tensor out) : out_(std::move(out)) {}
+  torch::Tensor finish() override { return out_; }
+
+ private:
+  torch::Tensor out_;
+};
+
+}  // namespace
+
+std::unique_ptr<ExpertsInFlight> ExpertExecutor::start(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                                       bool all_rows_counted) {
+  return std::make_unique<AlreadyRun>(run(grouped, counts, all_rows_counted));
+}
+
 bool runs_grouped(ExpertCompute compute, bool on_cuda, c10::ScalarType matmul_dtype) {
   if (compute != ExpertCompute::kAuto) return compute == ExpertCompute::kGrouped;
   return on_cuda && matmul_dtype == torch::kBFloat16;
@@ -31,9 +50,10 @@ LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCo
   }
 }
 
-torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) {
-  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(),
-            " experts got ", counts.numel(), " counts");
+torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                       bool all_rows_counted) {
+  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(), " experts got ",
+            counts.numel(), " counts");
   const auto dtype = matmul_dtype(grouped);
   if (runs_grouped(compute_, grouped.is_cuda(), dtype)) {
     return grouped_swiglu(grouped, counts, experts_, dtype, !experts_.empty() && experts_.front()->is_training(),

@@ -4,13 +4,14 @@
 // to the rank that holds the expert and runs the received rows with a local executor.
 #pragma once
 #include <torch/nn/modules/container/moduledict.h>
-
-#include "model/feed_forward.h"
 #include <torch/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "model/feed_forward.h"
 
 namespace moe::model {
 
@@ -20,9 +21,23 @@ struct ExpertRange {
   int64_t count = -1;
 };
 
+/// Routed experts' work begun by ExpertExecutor::start; finish() ends it.
+class ExpertsInFlight {
+ public:
+  virtual ~ExpertsInFlight() = default;
+  /// The experts' outputs, as ExpertExecutor::run returns them. Call once.
+  virtual torch::Tensor finish() = 0;
+};
+
 class ExpertExecutor {
  public:
   virtual ~ExpertExecutor() = default;
+  /// run() in two halves, so that the layer's other work (its shared experts) runs between them:
+  /// expert parallelism sends the copies to their ranks in start() and they travel meanwhile. The
+  /// default runs everything in start() (in one process the routed experts run first, as they
+  /// did: their transients then do not meet the shared experts' saved tensors at the peak).
+  virtual std::unique_ptr<ExpertsInFlight> start(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                                 bool all_rows_counted);
   /// grouped: [M, hidden] token copies, the first counts[0] rows for the first expert, the next
   /// counts[1] for the second, ...; rows past sum(counts) (dropped copies) are ignored. counts:
   /// int64, one entry per expert the executor serves (the layer passes all n_routed_experts, on

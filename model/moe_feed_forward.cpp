@@ -103,14 +103,18 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto grouped = gather_copies(tokens.to(matmul_dtype(tokens)), grouping.token_of_copy,
                                      grouping.position_of_copy);  // [N*k, H]
   dispatch.close();
-  ScopedRegion run_experts("experts");
   // Without a capacity every copy is kept: the executor need not mask rows past the groups.
-  const auto expert_out = executor_->run(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);  // [N*k, H]
-  run_experts.close();
+  ScopedRegion starting("experts");
+  auto in_flight = executor_->start(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);
+  starting.close();
+  // While expert parallelism's copies travel to their ranks.
   ScopedRegion shared_region("shared_experts");
   std::vector<torch::Tensor> shared;
   for (const auto& expert : *shared_experts) shared.push_back(expert->as<FeedForward>()->forward(x).view({-1, h}));
   shared_region.close();
+  ScopedRegion finishing("experts");
+  const auto expert_out = in_flight->finish();  // [N*k, H]
+  finishing.close();
   ScopedRegion combine("combine");
   // In the residual stream's dtype (float32 under autocast, also where x came bf16 from the fused norm);
   // the first shared expert's output added by the combine, any others after it, in that order.

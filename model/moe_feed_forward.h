@@ -2,6 +2,8 @@
 // experts. One sort-based, dropless, differentiable path for training and inference:
 //   route -> group token copies by expert (a permutation) -> run each expert on its slice
 //   (ExpertExecutor) -> weight the outputs and add them back to their tokens by index.
+// The shared experts run between the executor's start and finish: while expert parallelism's
+// copies travel to their ranks.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/moduledict.h>

@@ -51,6 +51,13 @@ class Communicator {
   /// out_splits[r] rows from rank r, in rank order. Both contiguous, same dtype and row shape.
   virtual void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                           const std::vector<int64_t>& in_splits) = 0;
+  /// Starts an all_to_all that wait() finishes; neither tensor may be touched until then (output is
+  /// written by wait() at the latest). MPI posts it non-blocking (the library moves what it can while
+  /// this rank computes), NCCL enqueues it on a side stream; the default completes it at once. Same
+  /// ordering contract as every collective.
+  virtual std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                              const std::vector<int64_t>& out_splits,
+                                                              const std::vector<int64_t>& in_splits);
   /// output: [size * n, ...] = the inputs [n, ...] of every rank, in rank order. In place when
   /// input is output's own block (output.narrow(0, rank * n, n), contiguous).
   virtual void all_gather(at::Tensor& output, const at::Tensor& input) = 0;

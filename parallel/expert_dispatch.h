@@ -1,9 +1,10 @@
 // Expert parallelism for one MoE layer. The layer groups its token copies by global expert id;
 // since each rank of the EP group holds a contiguous range of experts, that order is also by
 // destination rank. The executor then:
-//   exchanges per-expert counts -> all-to-all the copies (dispatch) -> regroups received rows by
-//   local expert on the device -> runs the local experts (a model::LocalExpertExecutor: a loop or
-//   grouped matrix products) -> restores the received order -> all-to-all back (combine).
+//   exchanges per-expert counts -> all-to-all the copies (dispatch; the layer's shared experts run
+//   while it is in flight) -> regroups received rows by local expert on the device -> runs the
+//   local experts (a model::LocalExpertExecutor: a loop or grouped matrix products) -> restores
+//   the received order -> all-to-all back (combine).
 // Dispatch and combine are one differentiable all-to-all each; each one's backward is the other's
 // communication, so gradients reach the experts, the gate and the input.
 #pragma once
@@ -29,11 +30,25 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
   ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts,
                          model::ExpertCompute compute = model::ExpertCompute::kAuto);
   torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override;
+  /// Exchanges the counts and starts the dispatch; finish() waits for it, runs the local experts
+  /// and sends their outputs back (the combine).
+  std::unique_ptr<model::ExpertsInFlight> start(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                                bool all_rows_counted) override;
 
   /// Rows received from other ranks in the last run (for statistics and tests).
   int64_t last_received_rows() const { return last_received_rows_; }
 
  private:
+  class InFlight;
+  // Split sizes of one run's all-to-alls, from the exchanged counts.
+  struct Exchange {
+    std::vector<int64_t> send_splits, recv_splits;  // rows to / from each rank
+    torch::Tensor theirs;                           // [source rank x local expert] rows received, on the device
+    int64_t sent_rows = 0, received_rows = 0;
+  };
+  Exchange exchange_counts(const torch::Tensor& counts, const torch::Device& device);
+  torch::Tensor finish(const Exchange& exchange, const torch::Tensor& received, int64_t grouped_rows);
+
   std::shared_ptr<Communicator> ep_;
   Topology topology_;
   model::LocalExpertExecutor local_;

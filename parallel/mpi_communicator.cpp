@@ -25,11 +25,16 @@ int to_int(int64_t v, const char* what) {
 // MPI has no bfloat16/float16 reduction: those are reduced in float32.
 MPI_Datatype reduce_type(c10::ScalarType t) {
   switch (t) {
-    case torch::kFloat32: return MPI_FLOAT;
-    case torch::kFloat64: return MPI_DOUBLE;
-    case torch::kInt32: return MPI_INT32_T;
-    case torch::kInt64: return MPI_INT64_T;
-    default: MOE_CHECK(false, "all_reduce: unsupported dtype ", t);
+    case torch::kFloat32:
+      return MPI_FLOAT;
+    case torch::kFloat64:
+      return MPI_DOUBLE;
+    case torch::kInt32:
+      return MPI_INT32_T;
+    case torch::kInt64:
+      return MPI_INT64_T;
+    default:
+      MOE_CHECK(false, "all_reduce: unsupported dtype ", t);
   }
   return MPI_DATATYPE_NULL;
 }
@@ -52,7 +57,9 @@ void ensure_mpi_initialized() {
   // SERIALIZED: on GPUs, autograd runs backward (and so the dispatch's and the overlapped gradient
   // sync's MPI calls) on its device thread while the main thread waits.
   MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
-  if (provided < MPI_THREAD_SERIALIZED) log("comm", "warning: this MPI provides thread level " + std::to_string(provided) + " < MPI_THREAD_SERIALIZED; keep GPU runs on NCCL");
+  if (provided < MPI_THREAD_SERIALIZED)
+    log("comm", "warning: this MPI provides thread level " + std::to_string(provided) +
+                    " < MPI_THREAD_SERIALIZED; keep GPU runs on NCCL");
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   g_we_initialized = true;
 }
@@ -162,8 +169,8 @@ class MpiPendingReduceScatter : public PendingCollective {
                 ? output
                 : torch::empty(output.sizes(), output.options().device(torch::kCPU).dtype(send_.scalar_type()));
     MPI_CHECK(MPI_Ireduce_scatter_block(send_.data_ptr(), recv_.data_ptr(),
-                                        to_int(recv_.numel(), "reduce_scatter numel"),
-                                        reduce_type(send_.scalar_type()), MPI_SUM, comm_.comm_, &request_));
+                                        to_int(recv_.numel(), "reduce_scatter numel"), reduce_type(send_.scalar_type()),
+                                        MPI_SUM, comm_.comm_, &request_));
   }
   void wait() override {
     comm_.wait(request_, "reduce_scatter");
@@ -187,35 +194,64 @@ std::unique_ptr<PendingCollective> MpiCommunicator::reduce_scatter_async(at::Ten
   return std::make_unique<MpiPendingReduceScatter>(*this, output, input, op);
 }
 
+// An MPI_Ialltoallv of bytes from a host copy of the input into the output (a host staging tensor
+// where the output is not a contiguous host tensor); wait() finishes it and writes the result back.
+class MpiPendingAllToAll : public PendingCollective {
+ public:
+  MpiPendingAllToAll(MpiCommunicator& comm, at::Tensor& output, const at::Tensor& input,
+                     const std::vector<int64_t>& out_splits, const std::vector<int64_t>& in_splits)
+      : comm_(comm), output_(output) {
+    check_all_to_all_args(comm, output, input, out_splits, in_splits);
+    const int size = comm.size_;
+    const int64_t row_bytes = input.numel() > 0 ? input.nbytes() / input.size(0)
+                                                : (output.numel() > 0 ? output.nbytes() / output.size(0) : 0);
+    send_counts_.resize(size), send_displs_.resize(size), recv_counts_.resize(size), recv_displs_.resize(size);
+    int64_t send_off = 0, recv_off = 0;
+    for (int r = 0; r < size; ++r) {
+      send_counts_[r] = to_int(in_splits[r] * row_bytes, "all_to_all send bytes");
+      recv_counts_[r] = to_int(out_splits[r] * row_bytes, "all_to_all receive bytes");
+      send_displs_[r] = to_int(send_off, "all_to_all send offset");
+      recv_displs_[r] = to_int(recv_off, "all_to_all receive offset");
+      send_off += send_counts_[r];
+      recv_off += recv_counts_[r];
+    }
+    send_ = host_contiguous(input);
+    recv_ = output.is_cpu() && output.is_contiguous()
+                ? output
+                : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+    MPI_CHECK(MPI_Ialltoallv(send_.data_ptr(), send_counts_.data(), send_displs_.data(), MPI_BYTE, recv_.data_ptr(),
+                             recv_counts_.data(), recv_displs_.data(), MPI_BYTE, comm_.comm_, &request_));
+  }
+  void wait() override {
+    comm_.wait(request_, "all_to_all");
+    copy_back(output_, recv_);
+  }
+
+ private:
+  MpiCommunicator& comm_;
+  at::Tensor output_, send_, recv_;
+  std::vector<int> send_counts_, send_displs_, recv_counts_, recv_displs_;  // read by MPI until done
+  MPI_Request request_;
+};
+
 void MpiCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                  const std::vector<int64_t>& in_splits) {
-  check_all_to_all_args(*this, output, input, out_splits, in_splits);
-  const int64_t row_bytes = input.numel() > 0 ? input.nbytes() / input.size(0)
-                                              : (output.numel() > 0 ? output.nbytes() / output.size(0) : 0);
-  std::vector<int> send_counts(size_), send_displs(size_), recv_counts(size_), recv_displs(size_);
-  int64_t send_off = 0, recv_off = 0;
-  for (int r = 0; r < size_; ++r) {
-    send_counts[r] = to_int(in_splits[r] * row_bytes, "all_to_all send bytes");
-    recv_counts[r] = to_int(out_splits[r] * row_bytes, "all_to_all receive bytes");
-    send_displs[r] = to_int(send_off, "all_to_all send offset");
-    recv_displs[r] = to_int(recv_off, "all_to_all receive offset");
-    send_off += send_counts[r];
-    recv_off += recv_counts[r];
-  }
-  const auto send = host_contiguous(input);
-  auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
-  MPI_Request request;
-  MPI_CHECK(MPI_Ialltoallv(send.data_ptr(), send_counts.data(), send_displs.data(), MPI_BYTE, recv.data_ptr(),
-                           recv_counts.data(), recv_displs.data(), MPI_BYTE, comm_, &request));
-  wait(request, "all_to_all");
-  copy_back(output, recv);
+  MpiPendingAllToAll(*this, output, input, out_splits, in_splits).wait();
+}
+
+std::unique_ptr<PendingCollective> MpiCommunicator::all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                                     const std::vector<int64_t>& out_splits,
+                                                                     const std::vector<int64_t>& in_splits) {
+  return std::make_unique<MpiPendingAllToAll>(*this, output, input, out_splits, in_splits);
 }
 
 void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
   MOE_CHECK(output.numel() == input.numel() * size_ && output.scalar_type() == input.scalar_type(),
-            "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_,
-            " x ", input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
-  auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+            "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_, " x ",
+            input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
+  auto recv = output.is_cpu() && output.is_contiguous()
+                  ? output
+                  : torch::empty(output.sizes(), output.options().device(torch::kCPU));
   const int bytes = to_int(input.nbytes(), "all_gather bytes");
   // In place (MPI_IN_PLACE) when the input already is this rank's block of the output.
   const bool in_place = recv.data_ptr() == output.data_ptr() && input.is_contiguous() &&

@@ -33,6 +33,9 @@ class MpiCommunicator : public Communicator {
                                                           ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
+  std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                      const std::vector<int64_t>& out_splits,
+                                                      const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
   void broadcast(at::Tensor& tensor, int root) override;
   void barrier() override;
@@ -42,6 +45,7 @@ class MpiCommunicator : public Communicator {
  private:
   friend class MpiPendingAllReduce;
   friend class MpiPendingReduceScatter;
+  friend class MpiPendingAllToAll;
   // Waits for `request`, polling; past the timeout, aborts every rank naming `op`.
   void wait(MPI_Request& request, const char* op);
 

@@ -30,6 +30,10 @@ class NcclCommunicator : public Communicator {
                                                           ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
+  /// On a side stream, as all_reduce_async.
+  std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                      const std::vector<int64_t>& out_splits,
+                                                      const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
   void broadcast(at::Tensor& tensor, int root) override;
   void barrier() override;
@@ -40,6 +44,9 @@ class NcclCommunicator : public Communicator {
   friend class NcclPendingOnSideStream;
   // Waits until `stream` has finished the last collective, polling ncclCommGetAsyncError.
   void wait(const char* op, cudaStream_t stream);
+  // The all_to_all's grouped sends and receives on `stream` (checked first).
+  void enqueue_all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
+                          const std::vector<int64_t>& in_splits, cudaStream_t stream);
   void wait(const char* op);
   void check_cuda(const at::Tensor& t, const char* op) const;
 

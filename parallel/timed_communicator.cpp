@@ -68,20 +68,31 @@ std::unique_ptr<PendingCollective> TimedCommunicator::reduce_scatter_async(at::T
   return std::make_unique<TimedPending>(std::move(pending), [times](double s) { times->all_reduce_s += s; });
 }
 
-void TimedCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
-                                   const std::vector<int64_t>& in_splits) {
-  const bool counts = input.scalar_type() == at::kLong;
-  if (!counts) {
-    times_->all_to_all_bytes += input.nbytes();
-    if (input.size(0) > 0) {
-      const uint64_t row_bytes = input.nbytes() / uint64_t(input.size(0));
-      for (size_t r = 0; r < in_splits.size(); ++r) {
-        if (int(r) != rank()) times_->all_to_all_remote_bytes += uint64_t(in_splits[r]) * row_bytes;
-      }
+double CommTimes::*TimedCommunicator::count_all_to_all(const at::Tensor& input, const std::vector<int64_t>& in_splits) {
+  if (input.scalar_type() == at::kLong) return &CommTimes::count_exchange_s;
+  times_->all_to_all_bytes += input.nbytes();
+  if (input.size(0) > 0) {
+    const uint64_t row_bytes = input.nbytes() / uint64_t(input.size(0));
+    for (size_t r = 0; r < in_splits.size(); ++r) {
+      if (int(r) != rank()) times_->all_to_all_remote_bytes += uint64_t(in_splits[r]) * row_bytes;
     }
   }
-  timed(counts ? &CommTimes::count_exchange_s : &CommTimes::all_to_all_s,
-        [&] { inner_->all_to_all(output, input, out_splits, in_splits); });
+  return &CommTimes::all_to_all_s;
+}
+
+void TimedCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
+                                   const std::vector<int64_t>& in_splits) {
+  timed(count_all_to_all(input, in_splits), [&] { inner_->all_to_all(output, input, out_splits, in_splits); });
+}
+
+std::unique_ptr<PendingCollective> TimedCommunicator::all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                                       const std::vector<int64_t>& out_splits,
+                                                                       const std::vector<int64_t>& in_splits) {
+  const auto slot = count_all_to_all(input, in_splits);
+  std::unique_ptr<PendingCollective> pending;
+  timed(slot, [&] { pending = inner_->all_to_all_async(output, input, out_splits, in_splits); });
+  auto times = times_;
+  return std::make_unique<TimedPending>(std::move(pending), [times, slot](double s) { (*times).*slot += s; });
 }
 
 void TimedCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {

@@ -11,7 +11,8 @@
 namespace moe::parallel {
 
 struct CommTimes {
-  double all_to_all_s = 0;      // payload all-to-alls (token rows: dispatch, combine, their backward)
+  double all_to_all_s = 0;      // payload all-to-alls (token rows: dispatch, combine, their backward;
+                                // async ones: start + wait, not the work in between)
   double count_exchange_s = 0;  // int64 all-to-alls (the per-expert counts before each dispatch):
                                 // tiny, so their time is mostly waiting for the slowest rank
   double all_reduce_s = 0;      // all-reduces and reduce-scatters, blocking and async (start + wait)
@@ -38,6 +39,9 @@ class TimedCommunicator : public Communicator {
                                                           ReduceOp op) override;
   void all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override;
+  std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& output, const at::Tensor& input,
+                                                      const std::vector<int64_t>& out_splits,
+                                                      const std::vector<int64_t>& in_splits) override;
   void all_gather(at::Tensor& output, const at::Tensor& input) override;
   void broadcast(at::Tensor& tensor, int root) override;
   void barrier() override;
@@ -47,6 +51,8 @@ class TimedCommunicator : public Communicator {
  private:
   template <typename F>
   void timed(double CommTimes::*slot, F&& call);
+  // Adds an all-to-all's bytes to the totals; returns the slot its time goes to.
+  double CommTimes::*count_all_to_all(const at::Tensor& input, const std::vector<int64_t>& in_splits);
   std::shared_ptr<Communicator> inner_;
   std::shared_ptr<CommTimes> times_;
   std::function<void()> synchronize_;

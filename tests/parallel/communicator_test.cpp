@@ -1,10 +1,11 @@
 // Communicator operations on rank-valued payloads (a misrouted row names its source), with
 // unequal and zero splits, for every dtype the trainer uses; run on 1, 2 and 4 ranks.
+#include "parallel/communicator.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "common/check.h"
-#include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/parallel/rank_rows.h"
 #include "tests/support.h"
@@ -58,7 +59,8 @@ TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
         comm->reduce_scatter(out, in, ReduceOp::kSum);
       }
       const double tol = dtype == torch::kBFloat16 ? 1e-2 : 1e-12;
-      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat64), want_sum, tol, 0)) << dtype << " async " << async << ": " << out;
+      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat64), want_sum, tol, 0))
+          << dtype << " async " << async << ": " << out;
       auto avg = torch::empty({block}, dtype);
       comm->reduce_scatter(avg, in, ReduceOp::kAverage);
       EXPECT_TRUE(torch::allclose(avg.to(torch::kFloat64), want_sum / w, tol, 0)) << dtype << ": " << avg;
@@ -86,10 +88,28 @@ TEST(Communicator, AllToAllUnequalAndZeroSplitsRouteEveryRow) {
   const int me = comm->rank();
   const auto sent = test::rank_rows(me, comm->size());
   for (auto dtype : kDtypes) {
-    auto output = torch::full({sent.received(), 3}, -1.0).to(dtype);
-    comm->all_to_all(output, sent.input.to(dtype), sent.out_splits, sent.in_splits);
-    EXPECT_EQ(test::expect_rank_rows_received(output, sent, me), 0);
+    for (const bool async : {false, true}) {
+      auto output = torch::full({sent.received(), 3}, -1.0).to(dtype);
+      if (async) {
+        auto pending = comm->all_to_all_async(output, sent.input.to(dtype), sent.out_splits, sent.in_splits);
+        auto busy = torch::randn({64, 64}).mm(torch::randn({64, 64}));  // work while the rows travel
+        pending->wait();
+        EXPECT_TRUE(torch::isfinite(busy).all().item<bool>());
+      } else {
+        comm->all_to_all(output, sent.input.to(dtype), sent.out_splits, sent.in_splits);
+      }
+      EXPECT_EQ(test::expect_rank_rows_received(output, sent, me), 0) << "async " << async;
+    }
   }
+  // Started and finished in turn, two in flight at once: each completes into its own output.
+  auto first = torch::full({sent.received(), 3}, -1.0, torch::kFloat64), second = torch::full_like(first, -1.0);
+  const auto input = sent.input.to(torch::kFloat64);
+  auto first_pending = comm->all_to_all_async(first, input, sent.out_splits, sent.in_splits);
+  auto second_pending = comm->all_to_all_async(second, input, sent.out_splits, sent.in_splits);
+  first_pending->wait();
+  second_pending->wait();
+  EXPECT_EQ(test::expect_rank_rows_received(first, sent, me), 0);
+  EXPECT_EQ(test::expect_rank_rows_received(second, sent, me), 0);
 }
 
 TEST(Communicator, AllGatherBroadcastBarrier) {
@@ -99,7 +119,8 @@ TEST(Communicator, AllGatherBroadcastBarrier) {
     auto out = torch::zeros({w * 2, 3}, dtype);
     comm->all_gather(out, torch::full({2, 3}, double(r), dtype));
     for (int s = 0; s < w; ++s) {
-      EXPECT_TRUE(torch::equal(out.slice(0, 2 * s, 2 * s + 2), torch::full({2, 3}, double(s), dtype))) << "source " << s;
+      EXPECT_TRUE(torch::equal(out.slice(0, 2 * s, 2 * s + 2), torch::full({2, 3}, double(s), dtype)))
+          << "source " << s;
     }
     auto b = torch::full({4}, double(r + 10), dtype);
     comm->broadcast(b, w - 1);
@@ -147,8 +168,10 @@ TEST(Communicator, BadSplitsAreRefusedWithValuesOnEveryRank) {
     comm->all_to_all(out, torch::zeros({w + 1, 2}), std::vector<int64_t>(w, 1), std::vector<int64_t>(w, 1));
     ADD_FAILURE() << "accepted in_splits that do not cover the input";
   } catch (const moe::InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("in_splits sum " + std::to_string(w) + " != input rows " +
-                                         std::to_string(w + 1)), std::string::npos) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find("in_splits sum " + std::to_string(w) + " != input rows " + std::to_string(w + 1)),
+        std::string::npos)
+        << e.what();
   }
   EXPECT_THROW(comm->all_to_all(out, torch::zeros({w, 2}), {1}, {1, 2, 3, 4, 5}), moe::InvalidArgument);
 }

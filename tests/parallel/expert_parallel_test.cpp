@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <sstream>
+#include <string>
 
 #include "common/check.h"
 #include "common/log.h"
+#include "common/step_regions.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/global_aux_loss.h"
 #include "parallel/gradient_sync.h"
@@ -72,7 +75,8 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   local->to(device);
 
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
-  const auto x = one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
+  const auto x =
+      one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
   const auto grad_out = torch::randn(x.sizes());
   const auto [first, count] = my_rows(rows, topo.rank);
 
@@ -95,7 +99,8 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   for (auto& p : local->named_parameters()) {
     // Loss = sum over the global batch: dense grads sum over the world, expert grads over edp.
     auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
-    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), atol, rtol))
+    EXPECT_TRUE(
+        all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), atol, rtol))
         << "gradient of " << p.key() << ", " << where;
   }
 }
@@ -187,6 +192,93 @@ TEST(ExpertParallel, LayerWithCapacityEqualsSingleProcessOnTheSameRows) {
   EXPECT_TRUE(all_close(got.hidden, want.hidden, 1e-12, 1e-10)) << "rank " << g.world->rank();
   EXPECT_TRUE(torch::equal(got.load.dropped, want.load.dropped));
   EXPECT_GT(all_reduced(got.load.dropped.sum(), *g.world).item<int64_t>(), 0) << "the test must drop copies";
+}
+
+namespace {
+
+// One log of what happens, in order: the payload all-to-alls' starts and waits (from the
+// communicator) and the layer's regions (from the region recorder).
+struct EventLog : RegionRecorder {
+  std::vector<std::string> events;
+  void begin(const char* name) override { events.push_back(std::string("begin ") + name); }
+  void end(const char* name) override { events.push_back(std::string("end ") + name); }
+};
+
+class LoggedPending : public PendingCollective {
+ public:
+  LoggedPending(std::unique_ptr<PendingCollective> inner, EventLog& log) : inner_(std::move(inner)), log_(log) {}
+  void wait() override {
+    inner_->wait();
+    log_.events.push_back("all_to_all done");
+  }
+
+ private:
+  std::unique_ptr<PendingCollective> inner_;
+  EventLog& log_;
+};
+
+// Forwards every collective; logs the payload all-to-alls (blocking, or started and finished).
+class LoggingCommunicator : public Communicator {
+ public:
+  LoggingCommunicator(std::shared_ptr<Communicator> inner, EventLog& log) : inner_(std::move(inner)), log_(log) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string backend() const override { return inner_->backend(); }
+  void all_reduce(at::Tensor& t, ReduceOp op) override { inner_->all_reduce(t, op); }
+  void reduce_scatter(at::Tensor& out, const at::Tensor& in, ReduceOp op) override {
+    inner_->reduce_scatter(out, in, op);
+  }
+  void all_to_all(at::Tensor& out, const at::Tensor& in, const std::vector<int64_t>& out_splits,
+                  const std::vector<int64_t>& in_splits) override {
+    if (in.scalar_type() != torch::kLong) log_.events.push_back("all_to_all");
+    inner_->all_to_all(out, in, out_splits, in_splits);
+  }
+  std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& out, const at::Tensor& in,
+                                                      const std::vector<int64_t>& out_splits,
+                                                      const std::vector<int64_t>& in_splits) override {
+    log_.events.push_back("all_to_all started");
+    return std::make_unique<LoggedPending>(inner_->all_to_all_async(out, in, out_splits, in_splits), log_);
+  }
+  void all_gather(at::Tensor& out, const at::Tensor& in) override { inner_->all_gather(out, in); }
+  void broadcast(at::Tensor& t, int root) override { inner_->broadcast(t, root); }
+  void barrier() override { inner_->barrier(); }
+  std::shared_ptr<Communicator> split(int color, int key) override { return inner_->split(color, key); }
+  [[noreturn]] void abort(const std::string& reason) override { inner_->abort(reason); }
+
+ private:
+  std::shared_ptr<Communicator> inner_;
+  EventLog& log_;
+};
+
+}  // namespace
+
+// The layer's shared experts run while its dispatch is in flight (started before them, finished
+// after them); the combine's all-to-all follows the local experts. The output still equals the
+// single-process layer's (the tests above).
+TEST(ExpertParallel, SharedExpertsRunWhileTheDispatchIsInFlight) {
+  test::DtypeAndSeed guard;
+  const auto cfg = layer_config();
+  ASSERT_GT(cfg.n_shared_experts, 0);
+  auto g = groups_for(cfg.n_routed_experts);
+  EventLog log;
+  auto logged = std::make_shared<LoggingCommunicator>(g.ep, log);
+  model::MoEFeedForward layer(cfg, g.topology.local_experts());
+  layer->set_executor(std::make_shared<ExpertParallelExecutor>(logged, g.topology, layer->experts));
+  layer->train();
+  set_region_recorder(&log);
+  const auto y = layer(torch::randn({2, 5, cfg.hidden_size})).hidden;
+  set_region_recorder(nullptr);
+  const std::vector<std::string> want = {
+      "begin experts",        "all_to_all started", "end experts",  // the counts' exchange and the dispatch's start
+      "begin shared_experts", "end shared_experts",                 // while the copies travel
+      "begin experts",        "all_to_all done",    "all_to_all",  "end experts"};  // local experts, the combine
+  std::vector<std::string> got;  // the events above, leaving out the other regions
+  for (const auto& e : log.events) {
+    if (std::find(want.begin(), want.end(), e) != want.end()) got.push_back(e);
+  }
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
 }
 
 namespace {

@@ -19,20 +19,21 @@ using namespace moe::parallel;
 
 namespace {
 
-bool gpu_per_rank() {
-  return torch::cuda::is_available() && node_local_size() <= int(torch::cuda::device_count());
-}
+bool gpu_per_rank() { return torch::cuda::is_available() && node_local_size() <= int(torch::cuda::device_count()); }
 
-#define SKIP_WITHOUT_GPU_PER_RANK()                                                                  \
-  if (!gpu_per_rank()) GTEST_SKIP() << "NCCL needs one GPU per rank; none (or too few) visible here: " \
-                                       "tested on the GPU machine"
+#define SKIP_WITHOUT_GPU_PER_RANK()                                               \
+  if (!gpu_per_rank())                                                            \
+  GTEST_SKIP() << "NCCL needs one GPU per rank; none (or too few) visible here: " \
+                  "tested on the GPU machine"
 
 std::shared_ptr<Communicator> nccl_world() {
   static auto comm = make_communicator("nccl", 60.0);
   return comm;
 }
 
-torch::Device my_gpu() { return {torch::kCUDA, static_cast<c10::DeviceIndex>(node_local_rank() % torch::cuda::device_count())}; }
+torch::Device my_gpu() {
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(node_local_rank() % torch::cuda::device_count())};
+}
 
 const std::vector<c10::ScalarType> kDtypes = {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kInt64};
 
@@ -66,6 +67,11 @@ TEST(NcclCommunicator, AllToAllGatherBroadcastSplit) {
     auto output = torch::full({sent.received(), 3}, -1.0).to(my_gpu(), dtype);
     comm->all_to_all(output, sent.input.to(my_gpu(), dtype), sent.out_splits, sent.in_splits);
     EXPECT_EQ(test::expect_rank_rows_received(output, sent, me), 0);
+    auto async_output = torch::full({sent.received(), 3}, -1.0).to(my_gpu(), dtype);
+    auto pending =
+        comm->all_to_all_async(async_output, sent.input.to(my_gpu(), dtype), sent.out_splits, sent.in_splits);
+    pending->wait();  // on a side stream; the current one sees it after the wait
+    EXPECT_EQ(test::expect_rank_rows_received(async_output, sent, me), 0);
     auto gathered = torch::zeros({w * 2, 3}, torch::TensorOptions(dtype).device(my_gpu()));
     comm->all_gather(gathered, torch::full({2, 3}, double(me), torch::TensorOptions(dtype).device(my_gpu())));
     for (int s = 0; s < w; ++s) {
