@@ -167,7 +167,7 @@ nlohmann::ordered_json run_layout(const Options& o, const trainer::TrainConfig& 
   const int n = world->size();
   const auto groups = parallel::make_groups(world, ep, m.use_moe ? m.n_routed_experts : ep);
   const auto& topo = groups.topology;
-  auto lm = parallel::make_expert_parallel_model(m, groups, config.train.seed);
+  auto lm = parallel::make_expert_parallel_model(m, groups, config.train.seed, config.parallel.pad_to_capacity);
   lm->to(device);
   lm->train();
   const bool overlap = o.overlap < 0 ? config.parallel.overlap_grad_sync : o.overlap == 1;

@@ -33,8 +33,8 @@ class AlreadyRun : public ExpertsInFlight {
 }  // namespace
 
 std::unique_ptr<ExpertsInFlight> ExpertExecutor::start(const torch::Tensor& grouped, const torch::Tensor& counts,
-                                                       bool all_rows_counted) {
-  return std::make_unique<AlreadyRun>(run(grouped, counts, all_rows_counted));
+                                                       int64_t capacity) {
+  return std::make_unique<AlreadyRun>(run(grouped, counts, capacity));
 }
 
 bool runs_grouped(ExpertCompute compute, bool on_cuda, c10::ScalarType matmul_dtype) {
@@ -50,14 +50,14 @@ LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCo
   }
 }
 
-torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts,
-                                       bool all_rows_counted) {
+torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) {
   MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(), " experts got ",
             counts.numel(), " counts");
   const auto dtype = matmul_dtype(grouped);
   if (runs_grouped(compute_, grouped.is_cuda(), dtype)) {
+    // Without a capacity every row is counted: no masks for rows past the groups.
     return grouped_swiglu(grouped, counts, experts_, dtype, !experts_.empty() && experts_.front()->is_training(),
-                          all_rows_counted);
+                          /*all_rows_counted=*/capacity == 0);
   }
   const auto host = counts.to(torch::kCPU);  // the loop's only host synchronisation
   const std::vector<int64_t> sizes(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());

@@ -37,14 +37,15 @@ class ExpertExecutor {
   /// default runs everything in start() (in one process the routed experts run first, as they
   /// did: their transients then do not meet the shared experts' saved tensors at the peak).
   virtual std::unique_ptr<ExpertsInFlight> start(const torch::Tensor& grouped, const torch::Tensor& counts,
-                                                 bool all_rows_counted);
+                                                 int64_t capacity);
   /// grouped: [M, hidden] token copies, the first counts[0] rows for the first expert, the next
   /// counts[1] for the second, ...; rows past sum(counts) (dropped copies) are ignored. counts:
   /// int64, one entry per expert the executor serves (the layer passes all n_routed_experts, on
-  /// grouped's device). all_rows_counted: the caller knows, without reading counts, that
-  /// sum(counts) == M (no capacity limit). Returns [M, hidden], the expert outputs in the same
-  /// order, with zero rows past sum(counts). Differentiable.
-  virtual torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) = 0;
+  /// grouped's device). capacity: the most copies an expert was given (counts[e] <= capacity), or
+  /// 0 for no limit, where the caller knows without reading counts that sum(counts) == M. Returns
+  /// [M, hidden], the expert outputs in the same order, with zero rows past sum(counts).
+  /// Differentiable.
+  virtual torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) = 0;
 };
 
 /// How a LocalExpertExecutor runs its experts (ModelConfig::expert_compute).
@@ -64,7 +65,7 @@ bool runs_grouped(ExpertCompute compute, bool on_cuda, c10::ScalarType matmul_dt
 class LocalExpertExecutor : public ExpertExecutor {
  public:
   explicit LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCompute compute = ExpertCompute::kAuto);
-  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override;
+  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) override;
 
  private:
   std::vector<FeedForward> experts_;  // the dict's modules, in id order

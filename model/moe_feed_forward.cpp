@@ -103,9 +103,8 @@ MoEOutput MoEFeedForwardImpl::forward(const torch::Tensor& x) {
   const auto grouped = gather_copies(tokens.to(matmul_dtype(tokens)), grouping.token_of_copy,
                                      grouping.position_of_copy);  // [N*k, H]
   dispatch.close();
-  // Without a capacity every copy is kept: the executor need not mask rows past the groups.
   ScopedRegion starting("experts");
-  auto in_flight = executor_->start(grouped, grouping.kept, /*all_rows_counted=*/capacity == 0);
+  auto in_flight = executor_->start(grouped, grouping.kept, capacity);
   starting.close();
   // While expert parallelism's copies travel to their ranks.
   ScopedRegion shared_region("shared_experts");

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <numeric>
 
 #include "common/check.h"
@@ -57,60 +58,105 @@ torch::Tensor all_to_all_rows(const torch::Tensor& x, const std::vector<int64_t>
   return AllToAllRows::apply(x, send_splits, recv_splits, &comm, nullptr);
 }
 
-// One run between start() and finish(): the dispatch in flight and what the rest needs.
-class ExpertParallelExecutor::InFlight : public model::ExpertsInFlight {
+namespace {
+
+// One run between start() and finish(): the dispatch in flight, then the rest of the run.
+class DispatchInFlight : public model::ExpertsInFlight {
  public:
-  InFlight(ExpertParallelExecutor& executor, Exchange exchange, torch::Tensor received,
-           std::unique_ptr<PendingCollective> dispatch, int64_t grouped_rows)
-      : executor_(executor),
-        exchange_(std::move(exchange)),
-        received_(std::move(received)),
-        dispatch_(std::move(dispatch)),
-        grouped_rows_(grouped_rows) {}
+  DispatchInFlight(std::unique_ptr<PendingCollective> dispatch, std::function<torch::Tensor()> rest)
+      : dispatch_(std::move(dispatch)), rest_(std::move(rest)) {}
   torch::Tensor finish() override {
     dispatch_->wait();
-    return executor_.finish(exchange_, received_, grouped_rows_);
+    return rest_();
   }
 
  private:
-  ExpertParallelExecutor& executor_;
-  Exchange exchange_;
-  torch::Tensor received_;
   std::unique_ptr<PendingCollective> dispatch_;
-  int64_t grouped_rows_;
+  std::function<torch::Tensor()> rest_;
 };
 
+// rows [R, H] with one zero row appended, so that an index R picks zeros.
+torch::Tensor with_zero_row(const torch::Tensor& rows) { return torch::cat({rows, rows.new_zeros({1, rows.size(1)})}); }
+
+}  // namespace
+
 ExpertParallelExecutor::ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology,
-                                               torch::nn::ModuleDict local_experts, model::ExpertCompute compute)
-    : ep_(std::move(ep)), topology_(topology), local_(local_experts, compute) {
+                                               torch::nn::ModuleDict local_experts, model::ExpertCompute compute,
+                                               bool pad_to_capacity)
+    : ep_(std::move(ep)), topology_(topology), local_(local_experts, compute), pad_to_capacity_(pad_to_capacity) {
   MOE_CHECK(ep_->size() == topology_.ep_size, "EP communicator of ", ep_->size(), " ranks for ep_size ",
             topology_.ep_size);
   MOE_CHECK(static_cast<int64_t>(local_experts->size()) == topology_.experts_per_rank, "rank holds ",
             local_experts->size(), " experts, expected ", topology_.experts_per_rank);
 }
 
-torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts,
-                                          bool all_rows_counted) {
-  return start(grouped, counts, all_rows_counted)->finish();
+torch::Tensor ExpertParallelExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) {
+  return start(grouped, counts, capacity)->finish();
 }
 
-std::unique_ptr<model::ExpertsInFlight> ExpertParallelExecutor::start(
-    const torch::Tensor& grouped, const torch::Tensor& counts,
-    bool /*all_rows_counted: the rows sent are counted anyway*/) {
+std::unique_ptr<model::ExpertsInFlight> ExpertParallelExecutor::start(const torch::Tensor& grouped,
+                                                                      const torch::Tensor& counts, int64_t capacity) {
+  MOE_CHECK(counts.numel() == topology_.n_routed_experts, "counts has ", counts.numel(), " entries for ",
+            topology_.n_routed_experts, " experts");
+  return pad_to_capacity_ && capacity > 0 ? start_fixed(grouped, counts, capacity) : start_counted(grouped, counts);
+}
+
+std::unique_ptr<model::ExpertsInFlight> ExpertParallelExecutor::start_counted(const torch::Tensor& grouped,
+                                                                              const torch::Tensor& counts) {
   auto exchange = exchange_counts(counts, grouped.device());
   std::unique_ptr<PendingCollective> dispatch;
   auto received = AllToAllRows::apply(grouped.narrow(0, 0, exchange.sent_rows), exchange.send_splits,
                                       exchange.recv_splits, ep_.get(), &dispatch);
-  return std::make_unique<InFlight>(*this, std::move(exchange), std::move(received), std::move(dispatch),
-                                    grouped.size(0));
+  const int64_t grouped_rows = grouped.size(0);
+  return std::make_unique<DispatchInFlight>(std::move(dispatch), [this, exchange, received, grouped_rows] {
+    return finish_counted(exchange, received, grouped_rows);
+  });
+}
+
+std::unique_ptr<model::ExpertsInFlight> ExpertParallelExecutor::start_fixed(const torch::Tensor& grouped,
+                                                                            const torch::Tensor& counts,
+                                                                            int64_t capacity) {
+  const int64_t experts = topology_.n_routed_experts, rows = grouped.size(0);
+  const auto ends = counts.cumsum(0), starts = ends - counts;
+  // Slot (e, j) of what this rank sends: expert e's j-th kept copy, or the zero row past its count.
+  const auto j = torch::arange(capacity, counts.options());
+  const auto source = torch::where(j.unsqueeze(0) < counts.unsqueeze(1), starts.unsqueeze(1) + j.unsqueeze(0),
+                                   torch::full({}, rows, counts.options()));
+  const auto slots = with_zero_row(grouped).index_select(0, source.view(-1));  // [E x capacity, H]
+  const std::vector<int64_t> splits(topology_.ep_size, topology_.experts_per_rank * capacity);
+  std::unique_ptr<PendingCollective> dispatch;
+  auto received = AllToAllRows::apply(slots, splits, splits, ep_.get(), &dispatch);
+  // Each grouped row comes back from its slot; rows past the kept copies (dropped) get zeros.
+  const auto row = torch::arange(rows, counts.options());
+  const auto expert = torch::searchsorted(ends, row, /*out_int32=*/false, /*right=*/true);  // E past the kept
+  const auto kept_expert = expert.clamp_max(experts - 1);
+  const auto slot_of_row =
+      torch::where(expert < experts, kept_expert * capacity + row - starts.index_select(0, kept_expert),
+                   torch::full({}, experts * capacity, counts.options()));
+  return std::make_unique<DispatchInFlight>(std::move(dispatch), [this, received, splits, slot_of_row, capacity] {
+    return finish_fixed(received, splits, slot_of_row, capacity);
+  });
+}
+
+torch::Tensor ExpertParallelExecutor::finish_fixed(const torch::Tensor& received, const std::vector<int64_t>& splits,
+                                                   const torch::Tensor& slot_of_row, int64_t capacity) {
+  const int ep = topology_.ep_size;
+  const int64_t per_rank = topology_.experts_per_rank, h = received.size(1);
+  last_received_rows_ = received.size(0);
+  // [source, local expert, slot] -> [local expert, source, slot]: each local expert's rows in one
+  // group of ep x capacity, the zero rows among them giving zero outputs (SwiGLU without biases).
+  const auto by_expert = received.view({ep, per_rank, capacity, h}).transpose(0, 1).reshape({-1, h});
+  const auto per_expert = torch::full({per_rank}, ep * capacity, slot_of_row.options());
+  const auto out = local_.run(by_expert, per_expert, /*capacity=*/0);  // every row counted
+  const auto by_source = out.view({per_rank, ep, capacity, h}).transpose(0, 1).reshape({-1, h});
+  const auto returned = all_to_all_rows(by_source, splits, splits, *ep_);  // [E x capacity, H], this rank's slots
+  return with_zero_row(returned).index_select(0, slot_of_row);
 }
 
 ExpertParallelExecutor::Exchange ExpertParallelExecutor::exchange_counts(const torch::Tensor& counts,
                                                                          const torch::Device& device) {
   const int ep = topology_.ep_size;
   const int64_t per_rank = topology_.experts_per_rank;
-  MOE_CHECK(counts.numel() == topology_.n_routed_experts, "counts has ", counts.numel(), " entries for ",
-            topology_.n_routed_experts, " experts");
   // Ours per expert, and what each rank sends us per local expert ([source][local expert]). One
   // device-to-host copy of both: NCCL exchanges them on the device first.
   const auto split_each = std::vector<int64_t>(ep, per_rank);
@@ -140,7 +186,8 @@ ExpertParallelExecutor::Exchange ExpertParallelExecutor::exchange_counts(const t
   return x;
 }
 
-torch::Tensor ExpertParallelExecutor::finish(const Exchange& x, const torch::Tensor& received, int64_t grouped_rows) {
+torch::Tensor ExpertParallelExecutor::finish_counted(const Exchange& x, const torch::Tensor& received,
+                                                     int64_t grouped_rows) {
   const int ep = topology_.ep_size;
   const int64_t per_rank = topology_.experts_per_rank;
   last_received_rows_ = received.size(0);
@@ -153,7 +200,7 @@ torch::Tensor ExpertParallelExecutor::finish(const Exchange& x, const torch::Ten
   const auto order = std::get<1>(row_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const auto per_expert = x.theirs.view({ep, per_rank}).sum(0);  // [per_rank] rows for each local expert
   // Only counted rows arrive: received_rows is the sum of the counts.
-  const auto expert_out = local_.run(received.index_select(0, order), per_expert, /*all_rows_counted=*/true);
+  const auto expert_out = local_.run(received.index_select(0, order), per_expert, /*capacity=*/0);
   const auto restored = expert_out.index_select(0, model::inverse_permutation(order));
 
   // Combine: back to the ranks the copies came from, in the layer's grouped order; dropped copies
@@ -163,19 +210,20 @@ torch::Tensor ExpertParallelExecutor::finish(const Exchange& x, const torch::Ten
   return torch::constant_pad_nd(combined, {0, 0, 0, grouped_rows - x.sent_rows});
 }
 
-void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups) {
+void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups, bool pad_to_capacity) {
   if (groups.topology.ep_size == 1) return;  // every expert is local: the layer's own executor
   const auto compute = model::parse_expert_compute(lm->config().expert_compute);
   for (auto& moe : lm->moe_layers()) {
-    moe->set_executor(std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, moe->experts, compute));
+    moe->set_executor(
+        std::make_shared<ExpertParallelExecutor>(groups.ep, groups.topology, moe->experts, compute, pad_to_capacity));
   }
 }
 
 model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
-                                           uint64_t seed) {
+                                           uint64_t seed, bool pad_to_capacity) {
   torch::manual_seed(seed);
   model::CausalLM local(config, groups.topology.local_experts());  // only this rank's experts
-  attach_expert_parallel(local, groups);
+  attach_expert_parallel(local, groups, pad_to_capacity);
   return local;
 }
 

@@ -27,19 +27,23 @@ torch::Tensor all_to_all_rows(const torch::Tensor& x, const std::vector<int64_t>
 class ExpertParallelExecutor : public model::ExpertExecutor {
  public:
   /// local_experts: this rank's experts (keys = global ids of topology.local_experts()).
+  /// pad_to_capacity: where the layer gives a capacity, send that many rows per expert (start()).
   ExpertParallelExecutor(std::shared_ptr<Communicator> ep, Topology topology, torch::nn::ModuleDict local_experts,
-                         model::ExpertCompute compute = model::ExpertCompute::kAuto);
-  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override;
-  /// Exchanges the counts and starts the dispatch; finish() waits for it, runs the local experts
-  /// and sends their outputs back (the combine).
+                         model::ExpertCompute compute = model::ExpertCompute::kAuto, bool pad_to_capacity = false);
+  torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) override;
+  /// Starts the dispatch; finish() waits for it, runs the local experts and sends their outputs
+  /// back (the combine). The ranks first exchange their counts, which the host reads for the split
+  /// sizes; with pad_to_capacity and a capacity (> 0, the same on every rank of the group: the
+  /// trainer's fixed micro-batch) every rank sends `capacity` rows per expert instead, the kept
+  /// copies padded with zero rows: no count exchange, no host synchronisation, the same shapes
+  /// every step, for (capacity - kept) rows more of all-to-all and expert products.
   std::unique_ptr<model::ExpertsInFlight> start(const torch::Tensor& grouped, const torch::Tensor& counts,
-                                                bool all_rows_counted) override;
+                                                int64_t capacity) override;
 
   /// Rows received from other ranks in the last run (for statistics and tests).
   int64_t last_received_rows() const { return last_received_rows_; }
 
  private:
-  class InFlight;
   // Split sizes of one run's all-to-alls, from the exchanged counts.
   struct Exchange {
     std::vector<int64_t> send_splits, recv_splits;  // rows to / from each rank
@@ -47,11 +51,17 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
     int64_t sent_rows = 0, received_rows = 0;
   };
   Exchange exchange_counts(const torch::Tensor& counts, const torch::Device& device);
-  torch::Tensor finish(const Exchange& exchange, const torch::Tensor& received, int64_t grouped_rows);
+  std::unique_ptr<model::ExpertsInFlight> start_counted(const torch::Tensor& grouped, const torch::Tensor& counts);
+  torch::Tensor finish_counted(const Exchange& exchange, const torch::Tensor& received, int64_t grouped_rows);
+  std::unique_ptr<model::ExpertsInFlight> start_fixed(const torch::Tensor& grouped, const torch::Tensor& counts,
+                                                      int64_t capacity);
+  torch::Tensor finish_fixed(const torch::Tensor& received, const std::vector<int64_t>& splits,
+                             const torch::Tensor& slot_of_row, int64_t capacity);
 
   std::shared_ptr<Communicator> ep_;
   Topology topology_;
   model::LocalExpertExecutor local_;
+  bool pad_to_capacity_;
   int64_t last_received_rows_ = 0;
 };
 
@@ -60,10 +70,10 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
 /// through `groups.ep`. Builds only this rank's experts (model/causal_lm.h: each expert's
 /// initialisation depends on (seed, layer, expert id) alone).
 model::CausalLM make_expert_parallel_model(const model::ModelConfig& config, const ParallelGroups& groups,
-                                           uint64_t seed);
+                                           uint64_t seed, bool pad_to_capacity = false);
 
 /// Installs ExpertParallelExecutors on a model built with groups.topology.local_experts() (none
 /// with ep_size 1: the layers' own local executors then run every expert).
-void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups);
+void attach_expert_parallel(model::CausalLM& lm, const ParallelGroups& groups, bool pad_to_capacity = false);
 
 }  // namespace moe::parallel

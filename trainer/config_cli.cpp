@@ -83,7 +83,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
        "batch-level aux loss over the global batch (with model.seq_aux = false)")
       ("parallel.overlap_grad_sync", bound(c.parallel.overlap_grad_sync),
        "start gradient all-reduces during backward (MPI: in the background)")
-      ("parallel.bucket_mb", bound(c.parallel.bucket_mb), "gradient bucket size in MiB");
+      ("parallel.bucket_mb", bound(c.parallel.bucket_mb), "gradient bucket size in MiB")
+      ("parallel.pad_to_capacity", bound(c.parallel.pad_to_capacity),
+       "with model.capacity_factor: expert parallelism sends capacity rows per expert, padded (no count exchange, "
+       "no host sync, fixed shapes)");
   po::options_description data("data");
   data.add_options()
       ("data.dir", bound(c.data.dir), "moe-prepare output directory")

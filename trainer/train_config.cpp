@@ -32,6 +32,8 @@ void TrainConfig::validate() const {
   MOE_CHECK(finite(p.bucket_mb) && p.bucket_mb > 0, "--parallel.bucket_mb must be a finite positive number, got ",
             p.bucket_mb);
   MOE_CHECK(!p.global_batch_aux || !model.seq_aux, "--parallel.global_batch_aux needs --model.seq_aux false");
+  MOE_CHECK(!p.pad_to_capacity || model.capacity_factor > 0,
+            "--parallel.pad_to_capacity needs --model.capacity_factor > 0 (the rows per expert it pads to)");
   MOE_CHECK(!data.dir.empty(), "--data.dir is not set (the directory moe-prepare wrote)");
   MOE_CHECK(data.seq_len > 0 && data.seq_len <= model.max_position_embeddings, "--data.seq_len ", data.seq_len,
             " must be in [1, model.max_position_embeddings = ", model.max_position_embeddings, "]");

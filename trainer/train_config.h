@@ -16,6 +16,10 @@ struct ParallelOptions {
   bool global_batch_aux = false;  // with model.seq_aux = false: aux loss shares over the global batch
   bool overlap_grad_sync = false;  // start each gradient bucket's all-reduce during backward
   double bucket_mb = 32;           // gradient bucket size
+  // With model.capacity_factor: expert parallelism sends `capacity` rows per expert, the kept copies
+  // padded with zeros (parallel/expert_dispatch.h): no count exchange or host synchronisation, the
+  // same shapes every step, for more all-to-all and expert products (the padding).
+  bool pad_to_capacity = false;
 };
 
 struct DataOptions {

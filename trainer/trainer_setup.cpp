@@ -68,7 +68,7 @@ Trainer::Trainer(TrainConfig config, parallel::ParallelGroups groups)
                                                  topo.world_size);
   tokenizer_files_ = tokenizer_files(config_.data.dir);
 
-  lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed);
+  lm_ = parallel::make_expert_parallel_model(config_.model, groups_, t.seed, config_.parallel.pad_to_capacity);
   if (config_.parallel.global_batch_aux) parallel::use_global_batch_aux_loss(lm_, groups_.world);
   model::set_recompute(*lm_, model::parse_recompute(t.recompute));
   model::set_fused_kernels_enabled(t.fused_kernels);  // process-wide: one model per process

@@ -140,10 +140,10 @@ TEST(MoEFeedForward, ExecutorReceivesSlicesByExpert) {
     torch::Tensor seen;
     explicit Recording(torch::nn::ModuleDict e) : local(std::move(e)) {}
     bool all_counted = false;
-    torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, bool all_rows_counted) override {
+    torch::Tensor run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) override {
       seen = counts;
-      all_counted = all_rows_counted;
-      return local.run(grouped, counts, all_rows_counted);
+      all_counted = capacity == 0;
+      return local.run(grouped, counts, capacity);
     }
   };
   test::DtypeAndSeed guard;

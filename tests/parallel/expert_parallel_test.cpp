@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -168,9 +169,12 @@ TEST(ExpertParallel, ExpertParametersAreShardedAcrossEp) {
   EXPECT_EQ(expert_numel(lm) * g.topology.ep_size, expert_numel(single));
 }
 
-// The capacity limit applies to each rank's own batch: the EP layer with capacity equals the full
-// layer run on the same rows, kept and dropped copies alike.
-TEST(ExpertParallel, LayerWithCapacityEqualsSingleProcessOnTheSameRows) {
+// The capacity limit applies to each rank's own batch: the EP layer with capacity, its copies
+// sent as counted or padded to the capacity (every rank sending `capacity` rows per expert),
+// equals the full layer run on the same rows, kept and dropped copies alike: output, input
+// gradient, and every parameter's gradient summed over the ranks (experts' over their edp group
+// on the EP side).
+void expect_capacity_layer_equal(bool pad_to_capacity) {
   test::DtypeAndSeed guard;
   auto cfg = layer_config();
   cfg.capacity_factor = 0.6;
@@ -183,16 +187,34 @@ TEST(ExpertParallel, LayerWithCapacityEqualsSingleProcessOnTheSameRows) {
     const auto full_params = full->named_parameters();
     for (auto& p : local->named_parameters()) p.value().copy_(full_params[p.key()]);
   }
-  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, g.topology, local->experts));
+  local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, g.topology, local->experts,
+                                                               model::ExpertCompute::kAuto, pad_to_capacity));
   const auto x = torch::randn({g.world->size() * 3, 4, cfg.hidden_size});
   const auto mine = x.narrow(0, g.world->rank() * 3, 3);
+  const auto upstream = torch::randn(mine.sizes());
   full->train();
   local->train();
-  const auto want = full(mine), got = local(mine);
-  EXPECT_TRUE(all_close(got.hidden, want.hidden, 1e-12, 1e-10)) << "rank " << g.world->rank();
+  const auto x_full = mine.clone().requires_grad_(true), x_local = mine.clone().requires_grad_(true);
+  const auto want = full(x_full), got = local(x_local);
+  want.hidden.backward(upstream);
+  got.hidden.backward(upstream);
+  const auto where = "rank " + std::to_string(g.world->rank()) + (pad_to_capacity ? ", padded" : ", counted");
+  EXPECT_TRUE(all_close(got.hidden, want.hidden, 1e-12, 1e-10)) << where;
+  EXPECT_TRUE(all_close(x_local.grad(), x_full.grad(), 1e-12, 1e-10)) << "input gradient, " << where;
   EXPECT_TRUE(torch::equal(got.load.dropped, want.load.dropped));
   EXPECT_GT(all_reduced(got.load.dropped.sum(), *g.world).item<int64_t>(), 0) << "the test must drop copies";
+  std::map<std::string, torch::Tensor> full_sums;  // every rank sums the same parameters, in one order
+  for (auto& p : full->named_parameters()) full_sums[p.key()] = all_reduced(grad_or_zeros(p.value()).clone(), *g.world);
+  for (auto& p : local->named_parameters()) {
+    auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
+    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).clone(), comm), full_sums.at(p.key()), 1e-12, 1e-10))
+        << "gradient of " << p.key() << ", " << where;
+  }
 }
+
+TEST(ExpertParallel, LayerWithCapacityEqualsSingleProcessOnTheSameRows) { expect_capacity_layer_equal(false); }
+
+TEST(ExpertParallel, LayerPaddedToCapacityEqualsSingleProcessOnTheSameRows) { expect_capacity_layer_equal(true); }
 
 namespace {
 
@@ -230,7 +252,7 @@ class LoggingCommunicator : public Communicator {
   }
   void all_to_all(at::Tensor& out, const at::Tensor& in, const std::vector<int64_t>& out_splits,
                   const std::vector<int64_t>& in_splits) override {
-    if (in.scalar_type() != torch::kLong) log_.events.push_back("all_to_all");
+    log_.events.push_back(in.scalar_type() == torch::kLong ? "count exchange" : "all_to_all");
     inner_->all_to_all(out, in, out_splits, in_splits);
   }
   std::unique_ptr<PendingCollective> all_to_all_async(at::Tensor& out, const at::Tensor& in,
@@ -279,6 +301,33 @@ TEST(ExpertParallel, SharedExpertsRunWhileTheDispatchIsInFlight) {
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got, want);
   EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+}
+
+// Padded to the capacity the ranks exchange no counts: each all-to-all has the same fixed size,
+// the dispatch still in flight while the shared experts run. Counted, they do.
+TEST(ExpertParallel, PaddedDispatchExchangesNoCounts) {
+  test::DtypeAndSeed guard;
+  auto cfg = layer_config();
+  cfg.capacity_factor = 1.0;
+  auto g = groups_for(cfg.n_routed_experts);
+  EventLog log;
+  model::MoEFeedForward layer(cfg, g.topology.local_experts());
+  auto logged = std::make_shared<LoggingCommunicator>(g.ep, log);
+  auto executor = std::make_shared<ExpertParallelExecutor>(logged, g.topology, layer->experts,
+                                                           model::ExpertCompute::kAuto, /*pad_to_capacity=*/true);
+  layer->set_executor(executor);
+  layer->train();
+  const auto x = torch::randn({2, 5, cfg.hidden_size}).requires_grad_(true);
+  layer(x).hidden.sum().backward();
+  const auto count_of = [&](const std::string& e) { return std::count(log.events.begin(), log.events.end(), e); };
+  EXPECT_EQ(count_of("count exchange"), 0);
+  EXPECT_EQ(count_of("all_to_all started"), 1);  // the dispatch
+  EXPECT_EQ(count_of("all_to_all"), 3);          // the combine, and both backward
+  const int64_t capacity = model::expert_capacity(1.0, 10, cfg.num_experts_per_tok, cfg.n_routed_experts);
+  EXPECT_EQ(executor->last_received_rows(), capacity * cfg.n_routed_experts);  // per_rank x capacity from each of ep
+  layer->set_executor(std::make_shared<ExpertParallelExecutor>(logged, g.topology, layer->experts));
+  layer(x).hidden.sum().backward();
+  EXPECT_EQ(count_of("count exchange"), 1);
 }
 
 namespace {

@@ -106,6 +106,8 @@ TEST(ConfigCli, EveryDocumentedErrorNamesTheKeyAndValue) {
             "--data.seq_len 100000 must be in [1, model.max_position_embeddings = 32768]");
   EXPECT_EQ(error_of(with_data({"--parallel.global_batch_aux", "true"})),
             "--parallel.global_batch_aux needs --model.seq_aux false");
+  EXPECT_EQ(error_of(with_data({"--parallel.pad_to_capacity", "true"})),
+            "--parallel.pad_to_capacity needs --model.capacity_factor > 0 (the rows per expert it pads to)");
   // The distributed optimizer's options go together.
   EXPECT_EQ(error_of(with_data({"--optim.shard_grads", "true"})), "--optim.shard_grads needs --optim.shard_state true");
   EXPECT_EQ(error_of(with_data({"--optim.state_dtype", "bf16"})),
