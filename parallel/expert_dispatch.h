@@ -40,7 +40,7 @@ class ExpertParallelExecutor : public model::ExpertExecutor {
   std::unique_ptr<model::ExpertsInFlight> start(const torch::Tensor& grouped, const torch::Tensor& counts,
                                                 int64_t capacity) override;
 
-  /// Rows received from other ranks in the last run (for statistics and tests).
+  /// Rows received from other ranks in the last run, padding included (for statistics and tests).
   int64_t last_received_rows() const { return last_received_rows_; }
 
  private:
