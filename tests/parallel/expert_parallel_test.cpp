@@ -174,7 +174,10 @@ TEST(ExpertParallel, ExpertParametersAreShardedAcrossEp) {
 // equals the full layer run on the same rows, kept and dropped copies alike: output, input
 // gradient, and every parameter's gradient summed over the ranks (experts' over their edp group
 // on the EP side).
+// With --device=cuda the EP layer runs on the GPU, the reference on the CPU (as expect_layer_equal).
 void expect_capacity_layer_equal(bool pad_to_capacity) {
+  const torch::Device device(test::mpi_test_device());
+  if (device.is_cuda() && !torch::cuda::is_available()) GTEST_SKIP() << "--device=cuda: no CUDA device visible";
   test::DtypeAndSeed guard;
   auto cfg = layer_config();
   cfg.capacity_factor = 0.6;
@@ -189,25 +192,28 @@ void expect_capacity_layer_equal(bool pad_to_capacity) {
   }
   local->set_executor(std::make_shared<ExpertParallelExecutor>(g.ep, g.topology, local->experts,
                                                                model::ExpertCompute::kAuto, pad_to_capacity));
+  local->to(device);
   const auto x = torch::randn({g.world->size() * 3, 4, cfg.hidden_size});
   const auto mine = x.narrow(0, g.world->rank() * 3, 3);
   const auto upstream = torch::randn(mine.sizes());
   full->train();
   local->train();
-  const auto x_full = mine.clone().requires_grad_(true), x_local = mine.clone().requires_grad_(true);
+  const auto x_full = mine.clone().requires_grad_(true), x_local = mine.to(device).requires_grad_(true);
   const auto want = full(x_full), got = local(x_local);
   want.hidden.backward(upstream);
-  got.hidden.backward(upstream);
-  const auto where = "rank " + std::to_string(g.world->rank()) + (pad_to_capacity ? ", padded" : ", counted");
+  got.hidden.backward(upstream.to(device));
+  const auto where =
+      "rank " + std::to_string(g.world->rank()) + " on " + device.str() + (pad_to_capacity ? ", padded" : ", counted");
   EXPECT_TRUE(all_close(got.hidden, want.hidden, 1e-12, 1e-10)) << where;
   EXPECT_TRUE(all_close(x_local.grad(), x_full.grad(), 1e-12, 1e-10)) << "input gradient, " << where;
-  EXPECT_TRUE(torch::equal(got.load.dropped, want.load.dropped));
-  EXPECT_GT(all_reduced(got.load.dropped.sum(), *g.world).item<int64_t>(), 0) << "the test must drop copies";
+  EXPECT_TRUE(torch::equal(got.load.dropped.cpu(), want.load.dropped));
+  EXPECT_GT(all_reduced(got.load.dropped.sum().cpu(), *g.world).item<int64_t>(), 0) << "the test must drop copies";
   std::map<std::string, torch::Tensor> full_sums;  // every rank sums the same parameters, in one order
   for (auto& p : full->named_parameters()) full_sums[p.key()] = all_reduced(grad_or_zeros(p.value()).clone(), *g.world);
   for (auto& p : local->named_parameters()) {
     auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
-    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).clone(), comm), full_sums.at(p.key()), 1e-12, 1e-10))
+    EXPECT_TRUE(
+        all_close(all_reduced(grad_or_zeros(p.value()).cpu().clone(), comm), full_sums.at(p.key()), 1e-12, 1e-10))
         << "gradient of " << p.key() << ", " << where;
   }
 }
