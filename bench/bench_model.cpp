@@ -355,8 +355,8 @@ int main(int argc, char** argv) try {
       ("seq-len", po::value(&o.seq)->default_value(0), "tokens per sequence (0: the config's)")
       ("expert-compute", po::value(&o.expert_compute)->default_value(o.expert_compute), "auto, grouped or loop")
       ("recompute", po::value(&o.recompute)->default_value(o.recompute),
-       "none, act, weights or act,weights: what the backward recomputes instead of keeping "
-       "(train.recompute): act(gate) * up of each feed-forward, the routed experts' bf16 weights")
+       "none, act, weights, act,weights or block: what the backward recomputes instead of keeping "
+       "(train.recompute): act(gate) * up of each feed-forward, the routed experts' bf16 weights, whole blocks")
       ("unfused-adamw", po::bool_switch(&o.unfused_adamw), "LibTorch's torch::optim::AdamW instead of the fused one")
       ("unfused-kernels", po::bool_switch(&o.unfused_kernels),
        "ATen's operators instead of our fused CUDA kernels (SwiGLU, RoPE, combine, RMSNorm, router, grouping, aux loss, cross entropy; model/fused_kernels.h)")

@@ -17,8 +17,8 @@ peer=.devbundle/peers/torch_grouped_moe.py
 # ~2 min build (16 cores) with the baseline compiling beside it, ~1 min graph, ~1 min baseline
 # (caches warm), the graph without our fused kernels (~1 min), the kernels alone (~20 s), the graph
 # with --recompute act (~1 min), the GPU tests (~2 min), the least memory (act,weights, expandable
-# segments), eager with breakdown,
+# segments), eager with breakdown, whole blocks recomputed (~1 min),
 # then the rest as time allows.
 timeout 560 bench/gpu_check.sh "$out/l" report peer-during-build "$peer" build graph peer "$peer" graph-unfused kernels graph-act \
-  test graph-lean bench train .devbundle/data profile proxies layer ckpt alltests 2>&1 | tee "$out/console.log"
+  test graph-lean bench graph-block train .devbundle/data profile proxies layer ckpt alltests 2>&1 | tee "$out/console.log"
 (cd "$out" && tar czf logs.tgz l && rm -rf l)

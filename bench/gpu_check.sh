@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU bring-up and benchmark procedure, in stages, logs under LOG_DIR:
-#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-unfused] [kernels] [graph-act] [graph-lean] [proxies]
+#   bench/gpu_check.sh LOG_DIR [report] [build] [peer-during-build PEER.py] [test] [bench] [graph] [graph-unfused] [kernels] [graph-act] [graph-lean] [graph-block] [proxies]
 #                      [profile] [layer] [peer PEER.py] [ckpt] [shard] [train DATA_DIR] [alltests]
 # On the lent GPU machine, what it lacks comes from the device bundle (bench/gpu_machine_env.sh says
 # what was found and what was taken from the bundle):
@@ -23,6 +23,8 @@
 #   graph-lean  the least memory: --recompute act,weights (the experts' bf16 weight stacks cast
 #           again in the backward too) and the caching allocator's expandable segments
 #           (PYTORCH_CUDA_ALLOC_CONF: reserved memory closer to allocated), the figure the goal compares
+#   graph-block  the graph with --recompute block (every block recomputed from its input: the
+#           least activation memory, for one more forward per step)
 #   proxies the step's proxies (launches, syncs, bytes) on the GPU, beside the CPU's prediction
 #   profile kineto traces of configs a and c, summarised by bench/trace_summary.py (kernels by time)
 #   layer   one Mixtral-shaped MoE layer, grouped and loop experts
@@ -83,6 +85,9 @@ while [ $# -gt 0 ]; do
     graph-lean) stage graph-lean; wait_background
            PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bounded "$bin/moe-bench-model" --device cuda --cuda-graph \
              --recompute act,weights 2>&1 | tee "$log_dir/bench_graph_lean.log" | grep -v '^{' ;;
+    graph-block) stage graph-block; wait_background
+           bounded "$bin/moe-bench-model" --device cuda --cuda-graph --recompute block 2>&1 |
+             tee "$log_dir/bench_graph_block.log" | grep -v '^{' ;;
     proxies) stage proxies; wait_background
              bounded "$bin/moe-bench-model" --device cuda --proxies --configs tiny,a,b,c 2>&1 |
                tee "$log_dir/proxies.log" | grep -v '^{' ;;

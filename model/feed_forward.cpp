@@ -48,9 +48,5 @@ void set_weight_recast(torch::nn::Module& root, bool on) {
   for_each_feed_forward(root, [on](FeedForwardImpl& ff) { ff.set_recast_weights(on); });
 }
 
-void set_recompute(torch::nn::Module& root, const RecomputeChoice& choice) {
-  set_activation_recompute(root, choice.activation);
-  set_weight_recast(root, choice.weights);
-}
 
 }  // namespace moe::model

@@ -8,7 +8,6 @@
 #include <string>
 
 #include "model/model_config.h"
-#include "model/recompute_choice.h"
 
 namespace moe::model {
 
@@ -41,8 +40,5 @@ TORCH_MODULE(FeedForward);
 void set_activation_recompute(torch::nn::Module& root, bool on);
 /// Sets recast_weights on every FeedForward in `root` (the grouped experts read it).
 void set_weight_recast(torch::nn::Module& root, bool on);
-
-/// Both switches above on every FeedForward in `root`.
-void set_recompute(torch::nn::Module& root, const RecomputeChoice& choice);
 
 }  // namespace moe::model

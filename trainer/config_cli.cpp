@@ -125,9 +125,10 @@ std::vector<po::options_description> option_groups(TrainConfig& c) {
       ("train.cuda_graph", bound(c.train.cuda_graph),
        "forward+backward replayed as one CUDA graph (GPU, one rank, grad_accum 1)")
       ("train.recompute", bound(c.train.recompute),
-       "none | act | weights | act,weights: what the backward recomputes instead of keeping: act, each "
-       "feed-forward's act(gate) * up; weights, the routed experts' bf16 weight stacks (cast again). Less "
-       "memory for some time, same values")
+       "none | act | weights | act,weights | block: what the backward recomputes instead of keeping: act, "
+       "each feed-forward's act(gate) * up; weights, the routed experts' bf16 weight stacks (cast again); "
+       "block, every block from its input (one more forward per step; needs model.dropout 0). Less memory "
+       "for some time, same values")
       ("train.fused_kernels", bound(c.train.fused_kernels),
        "our fused kernels for SwiGLU, RoPE, the MoE combine, RMSNorm, the router, the grouping, the aux loss and the cross entropy (model/fused_kernels.h); false runs ATen's operators instead "
        "(same values; to compare or to diagnose)");

@@ -70,6 +70,8 @@ void TrainConfig::validate() const {
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(std::string("--train.") + e.what());
   }
+  MOE_CHECK(!model::parse_recompute(t.recompute).block || model.dropout == 0.0, "--train.recompute block needs "
+            "--model.dropout 0 (the recomputed forward would draw other dropout masks), got ", model.dropout);
   MOE_CHECK(!(t.cuda_graph && o.shard_state), "--train.cuda_graph runs one rank, which has no replicas to shard the "
             "optimizer over: leave --optim.shard_state false");
   MOE_CHECK(t.max_bad_steps > 0, "--train.max_bad_steps must be positive, got ", t.max_bad_steps);

@@ -1,7 +1,8 @@
 // The recomputed activation (model/recomputed_activation.h, train.recompute act): the same values
 // and gradients as the plain composition bit for bit (the same operators run, in the backward
 // instead of the forward), against a float64 per-expert reference, through a whole model under
-// bf16 autocast, and with less memory kept from the forward for the backward.
+// bf16 autocast, and with less memory kept from the forward for the backward. The same for the
+// experts' weight stacks (recompute weights) and whole blocks (recompute block).
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -142,14 +143,14 @@ TEST(RecomputedActivation, NamesWhatItCannotTake) {
 
 // Loss and every parameter gradient of a small MoE model (routed experts grouped or in a loop, a
 // shared expert) with and without recomputation (of the activation, of the experts' bf16 weights,
-// of both), under bf16 autocast as on a GPU: bit for bit.
+// of both, of whole blocks), under bf16 autocast as on a GPU: bit for bit.
 TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
   test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
   for (const std::string compute : {"grouped", "loop"}) {
     auto cfg = test::small_moe_config(64);
     cfg.expert_compute = compute;
     std::vector<std::vector<torch::Tensor>> runs;
-    const std::vector<std::string> choices{"none", "act", "weights", "act,weights"};
+    const std::vector<std::string> choices{"none", "act", "weights", "act,weights", "block"};
     for (const auto& choice : choices) {
       torch::manual_seed(7);
       CausalLM lm(cfg);
@@ -242,7 +243,58 @@ TEST(RecomputedWeights, ParsesTheChoicesAndNamesAnyOther) {
   EXPECT_TRUE(parse_recompute("act").activation && !parse_recompute("act").weights);
   EXPECT_TRUE(!parse_recompute("weights").activation && parse_recompute("weights").weights);
   EXPECT_TRUE(parse_recompute("act,weights").activation && parse_recompute("act,weights").weights);
-  test::expect_refusal([] { parse_recompute("weight"); }, {"recompute 'weight'", "none, act, weights, act,weights"});
+  EXPECT_TRUE(parse_recompute("block").block && !parse_recompute("act,weights").block);
+  test::expect_refusal([] { parse_recompute("weight"); },
+                       {"recompute 'weight'", "none, act, weights, act,weights, block"});
+}
+
+// Whole blocks recomputed (model/recomputed_block.h): the forward keeps each block's input only, so
+// its peak stays about one block's activations however many blocks there are, where without it the
+// activations of every block add up; a float32 model of 6 blocks against 1.
+TEST(RecomputedBlock, KeepsOnlyEachBlocksInput) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  auto peak_of = [](int64_t layers, const char* choice) {
+    auto cfg = test::small_moe_config(64);
+    cfg.num_hidden_layers = layers;
+    torch::manual_seed(7);
+    CausalLM lm(cfg);
+    set_recompute(*lm, parse_recompute(choice));
+    const auto ids = torch::randint(0, 64, {4, 32});
+    bench::ProxyRecorder recorder(torch::kCPU);
+    const auto out = lm(ids, ids);
+    return recorder.result().peak_bytes;
+  };
+  const auto kept_one = peak_of(1, "none"), kept_six = peak_of(6, "none");
+  const auto block_one = peak_of(1, "block"), block_six = peak_of(6, "block");
+  const auto per_block_kept = (kept_six - kept_one) / 5, per_block_recomputed = (block_six - block_one) / 5;
+  EXPECT_GT(per_block_kept, 0);
+  // What each further block adds: its output residual ([4 x 32, hidden] float32, two tensors) and
+  // the losses, against every activation it would keep.
+  EXPECT_LT(per_block_recomputed * 4, per_block_kept)
+      << "per block: kept " << per_block_kept << " B, recomputed " << per_block_recomputed << " B";
+}
+
+// The recomputation outside training (evaluation, generation) is off: no graph to recompute for;
+// and it is refused where the recomputed forward could not equal the first (dropout).
+TEST(RecomputedBlock, OnlyInTrainingAndNeverWithDropout) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  auto cfg = test::small_moe_config(64);
+  torch::manual_seed(7);
+  CausalLM lm(cfg);
+  const auto ids = torch::randint(0, 64, {2, 8});
+  lm->eval();
+  const auto plain = lm(ids).logits;
+  set_recompute(*lm, parse_recompute("block"));
+  EXPECT_TRUE(torch::equal(lm(ids).logits, plain));
+  {
+    torch::NoGradGuard no_grad;
+    lm->train();
+    EXPECT_FALSE(lm(ids, ids).loss.requires_grad());
+  }
+  cfg.dropout = 0.1;
+  CausalLM with_dropout(cfg);
+  test::expect_refusal([&] { set_recompute(*with_dropout, parse_recompute("block")); },
+                       {"recompute block needs model.dropout 0", "0.1"});
 }
 
 }  // namespace

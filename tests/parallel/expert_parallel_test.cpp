@@ -341,7 +341,9 @@ namespace {
 // 10 AdamW steps on each rank's share of the global batch equal one process on the whole of it.
 // global_batch_aux: seq_aux off, the batch-level aux loss over the global batch on the ranks.
 // overlap: gradient buckets (small, so there are many) start their all-reduce during backward.
-void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap = false) {
+// recompute: the EP ranks' training recomputation (e.g. "block": the all-to-alls run again in the backward).
+void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap = false,
+                                           const std::string& recompute = "none") {
   test::DtypeAndSeed guard;
   auto cfg = test::small_moe_config(50);
   cfg.seq_aux = !global_batch_aux;
@@ -371,6 +373,7 @@ void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap =
 
   // Every rank its share of the global batch.
   auto lm = make_expert_parallel_model(cfg, g, seed);
+  model::set_recompute(*lm, model::parse_recompute(recompute));
   if (global_batch_aux) use_global_batch_aux_loss(lm, g.world);
   GradientSync sync(lm, g, overlap ? 4096 : 32 << 20, overlap);
   auto opt = adamw(lm->parameters());
@@ -402,6 +405,13 @@ void expect_ten_steps_equal_single_process(bool global_batch_aux, bool overlap =
 }  // namespace
 
 TEST(ExpertParallel, TenOptimizerStepsEqualSingleProcess) { expect_ten_steps_equal_single_process(false); }
+
+// Whole blocks recomputed on the ranks (their dispatch and combine run again in the backward, and
+// with the global-batch aux loss its all-reduce of the counts), overlapped gradient sync.
+TEST(ExpertParallel, TenOptimizerStepsWithRecomputedBlocksEqualSingleProcess) {
+  expect_ten_steps_equal_single_process(false, true, "block");
+  expect_ten_steps_equal_single_process(true, false, "block");
+}
 
 TEST(ExpertParallel, GlobalBatchAuxLossEqualsSingleProcessBatchAuxLoss) { expect_ten_steps_equal_single_process(true); }
 

@@ -117,8 +117,11 @@ TEST(ConfigCli, EveryDocumentedErrorNamesTheKeyAndValue) {
   EXPECT_EQ(error_of(with_data({"--optim.shard_state", "true", "--train.cuda_graph", "true"})),
             "--train.cuda_graph runs one rank, which has no replicas to shard the optimizer over: leave "
             "--optim.shard_state false");
-  EXPECT_EQ(error_of(with_data({"--train.recompute", "block"})),
-            "--train.recompute 'block' is not one of none, act, weights, act,weights");
+  EXPECT_EQ(error_of(with_data({"--train.recompute", "blocks"})),
+            "--train.recompute 'blocks' is not one of none, act, weights, act,weights, block");
+  EXPECT_EQ(error_of(with_data({"--train.recompute", "block", "--model.dropout", "0.1"})),
+            "--train.recompute block needs --model.dropout 0 (the recomputed forward would draw other dropout "
+            "masks), got 0.1");
   // Every floating-point option is finite and in its range.
   EXPECT_EQ(error_of(with_data({"--optim.lr", "inf"})), "--optim.lr must be a finite positive number, got inf");
   EXPECT_EQ(error_of(with_data({"--optim.lr", "nan"})), "--optim.lr must be a finite positive number, got nan");
