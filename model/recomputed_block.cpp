@@ -98,14 +98,18 @@ struct RecomputedBlock : torch::autograd::Function<RecomputedBlock> {
         used_grads.push_back(grads[i]);
       }
     }
+    // Gradients for the residual and every trainable parameter (a frozen one gets none).
     const auto params = block->parameters();
     variable_list inputs = {stream};
     if (has_pending) inputs.push_back(pending);
-    inputs.insert(inputs.end(), params.begin(), params.end());
+    for (const auto& p : params) {
+      if (p.requires_grad()) inputs.push_back(p);
+    }
     const auto input_grads = torch::autograd::grad(used_outputs, inputs, used_grads, /*retain_graph=*/false,
                                                    /*create_graph=*/false, /*allow_unused=*/true);
-    variable_list result = {input_grads[0], has_pending ? input_grads[1] : torch::Tensor()};
-    result.insert(result.end(), input_grads.begin() + (has_pending ? 2 : 1), input_grads.end());
+    auto next = input_grads.begin();
+    variable_list result = {*next++, has_pending ? *next++ : torch::Tensor()};
+    for (const auto& p : params) result.push_back(p.requires_grad() ? *next++ : torch::Tensor());
     result.resize(result.size() + 3);  // block, context, load: no gradient
     return result;
   }

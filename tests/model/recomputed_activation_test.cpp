@@ -3,15 +3,19 @@
 // instead of the forward), against a float64 per-expert reference, through a whole model under
 // bf16 autocast, and with less memory kept from the forward for the backward. The same for the
 // experts' weight stacks (recompute weights) and whole blocks (recompute block).
+#include "model/recomputed_activation.h"
+
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <map>
+#include <string>
 
 #include "bench/step_proxies.h"
 #include "model/causal_lm.h"
 #include "model/feed_forward.h"
 #include "model/functional.h"
-#include "model/recomputed_activation.h"
 #include "tests/support.h"
 #include "trainer/device.h"
 
@@ -91,7 +95,9 @@ TEST(RecomputedActivation, GroupedGatedLinearEqualsTheCompositionBitForBit) {
           },
           c.leaves, grad);
       const auto recomputed = value_and_grads(
-          [&](const auto& t) { return torch::where(valid, recomputed_grouped_gated_linear(t[0], t[1], c.ends, act), 0); },
+          [&](const auto& t) {
+            return torch::where(valid, recomputed_grouped_gated_linear(t[0], t[1], c.ends, act), 0);
+          },
           c.leaves, grad);
       EXPECT_TRUE(torch::equal(recomputed[0], plain[0])) << "value, " << act << ", " << dtype;
       EXPECT_TRUE(torch::equal(recomputed[1].narrow(0, 0, c.rows), plain[1].narrow(0, 0, c.rows)))
@@ -162,7 +168,8 @@ TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
       }();
       out.loss.backward();
       std::vector<torch::Tensor> r{out.loss.detach()};
-      for (const auto& p : lm->named_parameters()) r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
+      for (const auto& p : lm->named_parameters())
+        r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
       runs.push_back(r);
     }
     const auto names = CausalLM(cfg)->named_parameters().keys();
@@ -207,7 +214,8 @@ TEST(RecomputedActivation, KeepsTwoFewerActivationsPerLayer) {
     y.sum().backward();  // the graph holds what it saved until here
   }
   const int64_t per_layer = 2 * tokens * width * 4;
-  EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer) << "peaks without and with: " << peaks[0] << ", " << peaks[1];
+  EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer)
+      << "peaks without and with: " << peaks[0] << ", " << peaks[1];
 }
 
 // The grouped experts' bf16 weight stacks recast in the backward (recompute weights): what the
@@ -272,6 +280,31 @@ TEST(RecomputedBlock, KeepsOnlyEachBlocksInput) {
   // the losses, against every activation it would keep.
   EXPECT_LT(per_block_recomputed * 4, per_block_kept)
       << "per block: kept " << per_block_kept << " B, recomputed " << per_block_recomputed << " B";
+}
+
+// A frozen parameter inside a recomputed block gets no gradient, the others theirs as without the
+// recomputation.
+TEST(RecomputedBlock, FrozenParametersGetNoGradient) {
+  test::DtypeAndSeed guard(caffe2::TypeMeta::Make<float>());
+  const auto cfg = test::small_moe_config(64);
+  const auto ids = torch::randint(0, 64, {2, 8});
+  const std::string frozen = "model.layers.0.input_layernorm.weight";
+  std::vector<std::map<std::string, torch::Tensor>> runs;
+  for (const auto* choice : {"none", "block"}) {
+    torch::manual_seed(7);
+    CausalLM lm(cfg);
+    set_recompute(*lm, parse_recompute(choice));
+    lm->named_parameters()[frozen].requires_grad_(false);
+    lm(ids, ids).loss.backward();
+    std::map<std::string, torch::Tensor> grads;
+    for (const auto& p : lm->named_parameters()) grads[p.key()] = p.value().grad();
+    runs.push_back(grads);
+  }
+  EXPECT_FALSE(runs[1].at(frozen).defined());
+  for (const auto& [name, grad] : runs[0]) {
+    ASSERT_EQ(runs[1].at(name).defined(), grad.defined()) << name;
+    if (grad.defined()) EXPECT_TRUE(torch::allclose(runs[1].at(name), grad, 1e-6, 1e-7)) << name;
+  }
 }
 
 // The recomputation outside training (evaluation, generation) is off: no graph to recompute for;
