@@ -44,7 +44,7 @@ class BlockImpl : public torch::nn::Module {
 
   Attention self_attn = nullptr;
   RMSNorm input_layernorm = nullptr, post_attention_layernorm = nullptr;
-  FeedForward dense_mlp = nullptr;   // registered as "mlp" when !use_moe
+  FeedForward dense_mlp = nullptr;  // registered as "mlp" when !use_moe
   MoEFeedForward moe_mlp = nullptr;  // registered as "mlp" when use_moe
 
   int64_t layer_id;

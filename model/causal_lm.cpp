@@ -1,7 +1,8 @@
 #include "model/causal_lm.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <map>
@@ -27,7 +28,7 @@ torch::Tensor attention_mask_for(const torch::Tensor& padding, int64_t past, int
   const auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
   const auto query_pos = torch::arange(past, past + t, opts).unsqueeze(1);  // [T, 1]
   const auto key_pos = torch::arange(past + t, opts).unsqueeze(0);          // [1, past + T]
-  auto allowed = (key_pos <= query_pos).unsqueeze(0);                       // [1, T, past + T]
+  auto allowed = (key_pos <= query_pos).unsqueeze(0);                        // [1, T, past + T]
   if (padding.defined()) {
     // A padded query may see itself, so that no softmax row is empty (its output is never used).
     allowed = allowed.logical_and(padding.to(torch::kBool).unsqueeze(1)).logical_or(key_pos == query_pos);
@@ -43,8 +44,7 @@ MiniMindModelImpl::MiniMindModelImpl(const ModelConfig& c, ExpertRange local_exp
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Block(c, i, local_experts));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  auto rope =
-      rope_tables(c.head_dim(), c.max_position_embeddings, c.rope_theta, torch::get_default_dtype_as_scalartype());
+  auto rope = rope_tables(c.head_dim(), c.max_position_embeddings, c.rope_theta, torch::get_default_dtype_as_scalartype());
   freqs_cos = register_buffer("freqs_cos", rope.cos);
   freqs_signed_sin = register_buffer("freqs_signed_sin", rope.signed_sin);
 }
@@ -60,8 +60,8 @@ MiniMindModelImpl::Output MiniMindModelImpl::forward(const torch::Tensor& input_
     // The cache remembers the padding of past positions; new tokens default to real.
     if (!padding.defined()) padding = torch::ones({b, t}, input_ids.options());
     if (padding.size(1) == t && past > 0) {
-      const auto past_mask =
-          cache->attention_mask.defined() ? cache->attention_mask : torch::ones({b, past}, input_ids.options());
+      const auto past_mask = cache->attention_mask.defined() ? cache->attention_mask
+                                                             : torch::ones({b, past}, input_ids.options());
       padding = torch::cat({past_mask.to(padding.scalar_type()), padding}, 1);
     }
     cache->attention_mask = padding;
@@ -129,9 +129,8 @@ void initialize_parameters(torch::nn::Module& lm, const ModelConfig& c, uint64_t
     if (const auto id = routed_expert_of(name)) {
       auto it = expert_generators.find(*id);
       if (it == expert_generators.end()) {
-        it = expert_generators
-                 .emplace(*id, at::make_generator<at::CPUGeneratorImpl>(expert_seed(seed, id->first, id->second)))
-                 .first;
+        it = expert_generators.emplace(*id, at::make_generator<at::CPUGeneratorImpl>(expert_seed(seed, id->first,
+                                                                                                  id->second))).first;
       }
       gen = &it->second;
     }

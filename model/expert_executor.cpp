@@ -51,8 +51,8 @@ LocalExpertExecutor::LocalExpertExecutor(torch::nn::ModuleDict experts, ExpertCo
 }
 
 torch::Tensor LocalExpertExecutor::run(const torch::Tensor& grouped, const torch::Tensor& counts, int64_t capacity) {
-  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(), " experts got ",
-            counts.numel(), " counts");
+  MOE_CHECK(counts.numel() == static_cast<int64_t>(experts_.size()), "executor of ", experts_.size(),
+            " experts got ", counts.numel(), " counts");
   const auto dtype = matmul_dtype(grouped);
   if (runs_grouped(compute_, grouped.is_cuda(), dtype)) {
     // Without a capacity every row is counted: no masks for rows past the groups.

@@ -4,14 +4,14 @@
 // to the rank that holds the expert and runs the received rows with a local executor.
 #pragma once
 #include <torch/nn/modules/container/moduledict.h>
+
+#include "model/feed_forward.h"
 #include <torch/types.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include "model/feed_forward.h"
 
 namespace moe::model {
 

@@ -56,7 +56,7 @@ std::unique_ptr<PendingCollective> Communicator::all_reduce_async(at::Tensor& te
 }
 
 std::unique_ptr<PendingCollective> Communicator::reduce_scatter_async(at::Tensor& output, const at::Tensor& input,
-                                                                      ReduceOp op) {
+                                                                   ReduceOp op) {
   reduce_scatter(output, input, op);
   return std::make_unique<CompletedCollective>();
 }
@@ -100,8 +100,8 @@ class SingleCommunicator : public Communicator {
 std::shared_ptr<Communicator> make_single_communicator() { return std::make_shared<SingleCommunicator>(); }
 
 std::shared_ptr<Communicator> make_communicator(const std::string& backend, double timeout_s) {
-  MOE_CHECK(backend == "auto" || backend == "mpi" || backend == "nccl" || backend == "single", "--parallel.backend '",
-            backend, "' is not one of auto, mpi, nccl, single");
+  MOE_CHECK(backend == "auto" || backend == "mpi" || backend == "nccl" || backend == "single",
+            "--parallel.backend '", backend, "' is not one of auto, mpi, nccl, single");
   MOE_CHECK(timeout_s > 0, "--parallel.comm_timeout must be positive, got ", timeout_s);
   if (backend == "single") return make_single_communicator();
   ensure_mpi_initialized();

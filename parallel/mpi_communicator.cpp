@@ -25,16 +25,11 @@ int to_int(int64_t v, const char* what) {
 // MPI has no bfloat16/float16 reduction: those are reduced in float32.
 MPI_Datatype reduce_type(c10::ScalarType t) {
   switch (t) {
-    case torch::kFloat32:
-      return MPI_FLOAT;
-    case torch::kFloat64:
-      return MPI_DOUBLE;
-    case torch::kInt32:
-      return MPI_INT32_T;
-    case torch::kInt64:
-      return MPI_INT64_T;
-    default:
-      MOE_CHECK(false, "all_reduce: unsupported dtype ", t);
+    case torch::kFloat32: return MPI_FLOAT;
+    case torch::kFloat64: return MPI_DOUBLE;
+    case torch::kInt32: return MPI_INT32_T;
+    case torch::kInt64: return MPI_INT64_T;
+    default: MOE_CHECK(false, "all_reduce: unsupported dtype ", t);
   }
   return MPI_DATATYPE_NULL;
 }
@@ -57,9 +52,7 @@ void ensure_mpi_initialized() {
   // SERIALIZED: on GPUs, autograd runs backward (and so the dispatch's and the overlapped gradient
   // sync's MPI calls) on its device thread while the main thread waits.
   MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
-  if (provided < MPI_THREAD_SERIALIZED)
-    log("comm", "warning: this MPI provides thread level " + std::to_string(provided) +
-                    " < MPI_THREAD_SERIALIZED; keep GPU runs on NCCL");
+  if (provided < MPI_THREAD_SERIALIZED) log("comm", "warning: this MPI provides thread level " + std::to_string(provided) + " < MPI_THREAD_SERIALIZED; keep GPU runs on NCCL");
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   g_we_initialized = true;
 }
@@ -169,8 +162,8 @@ class MpiPendingReduceScatter : public PendingCollective {
                 ? output
                 : torch::empty(output.sizes(), output.options().device(torch::kCPU).dtype(send_.scalar_type()));
     MPI_CHECK(MPI_Ireduce_scatter_block(send_.data_ptr(), recv_.data_ptr(),
-                                        to_int(recv_.numel(), "reduce_scatter numel"), reduce_type(send_.scalar_type()),
-                                        MPI_SUM, comm_.comm_, &request_));
+                                        to_int(recv_.numel(), "reduce_scatter numel"),
+                                        reduce_type(send_.scalar_type()), MPI_SUM, comm_.comm_, &request_));
   }
   void wait() override {
     comm_.wait(request_, "reduce_scatter");
@@ -247,11 +240,9 @@ std::unique_ptr<PendingCollective> MpiCommunicator::all_to_all_async(at::Tensor&
 
 void MpiCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
   MOE_CHECK(output.numel() == input.numel() * size_ && output.scalar_type() == input.scalar_type(),
-            "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_, " x ",
-            input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
-  auto recv = output.is_cpu() && output.is_contiguous()
-                  ? output
-                  : torch::empty(output.sizes(), output.options().device(torch::kCPU));
+            "all_gather: output of ", output.numel(), " elements (", output.scalar_type(), ") must hold ", size_,
+            " x ", input.numel(), " (", input.scalar_type(), ") on rank ", rank_);
+  auto recv = output.is_cpu() && output.is_contiguous() ? output : torch::empty(output.sizes(), output.options().device(torch::kCPU));
   const int bytes = to_int(input.nbytes(), "all_gather bytes");
   // In place (MPI_IN_PLACE) when the input already is this rank's block of the output.
   const bool in_place = recv.data_ptr() == output.data_ptr() && input.is_contiguous() &&

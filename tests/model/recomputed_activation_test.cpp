@@ -3,8 +3,6 @@
 // instead of the forward), against a float64 per-expert reference, through a whole model under
 // bf16 autocast, and with less memory kept from the forward for the backward. The same for the
 // experts' weight stacks (recompute weights) and whole blocks (recompute block).
-#include "model/recomputed_activation.h"
-
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -16,6 +14,7 @@
 #include "model/causal_lm.h"
 #include "model/feed_forward.h"
 #include "model/functional.h"
+#include "model/recomputed_activation.h"
 #include "tests/support.h"
 #include "trainer/device.h"
 
@@ -95,9 +94,7 @@ TEST(RecomputedActivation, GroupedGatedLinearEqualsTheCompositionBitForBit) {
           },
           c.leaves, grad);
       const auto recomputed = value_and_grads(
-          [&](const auto& t) {
-            return torch::where(valid, recomputed_grouped_gated_linear(t[0], t[1], c.ends, act), 0);
-          },
+          [&](const auto& t) { return torch::where(valid, recomputed_grouped_gated_linear(t[0], t[1], c.ends, act), 0); },
           c.leaves, grad);
       EXPECT_TRUE(torch::equal(recomputed[0], plain[0])) << "value, " << act << ", " << dtype;
       EXPECT_TRUE(torch::equal(recomputed[1].narrow(0, 0, c.rows), plain[1].narrow(0, 0, c.rows)))
@@ -168,8 +165,7 @@ TEST(RecomputedActivation, WholeModelUnchangedBitForBit) {
       }();
       out.loss.backward();
       std::vector<torch::Tensor> r{out.loss.detach()};
-      for (const auto& p : lm->named_parameters())
-        r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
+      for (const auto& p : lm->named_parameters()) r.push_back(p.value().grad().defined() ? p.value().grad() : torch::Tensor());
       runs.push_back(r);
     }
     const auto names = CausalLM(cfg)->named_parameters().keys();
@@ -214,8 +210,7 @@ TEST(RecomputedActivation, KeepsTwoFewerActivationsPerLayer) {
     y.sum().backward();  // the graph holds what it saved until here
   }
   const int64_t per_layer = 2 * tokens * width * 4;
-  EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer)
-      << "peaks without and with: " << peaks[0] << ", " << peaks[1];
+  EXPECT_GE(peaks[0] - peaks[1], (layers - 1) * per_layer) << "peaks without and with: " << peaks[0] << ", " << peaks[1];
 }
 
 // The grouped experts' bf16 weight stacks recast in the backward (recompute weights): what the

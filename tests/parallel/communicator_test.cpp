@@ -1,11 +1,10 @@
 // Communicator operations on rank-valued payloads (a misrouted row names its source), with
 // unequal and zero splits, for every dtype the trainer uses; run on 1, 2 and 4 ranks.
-#include "parallel/communicator.h"
-
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "common/check.h"
+#include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/parallel/rank_rows.h"
 #include "tests/support.h"
@@ -59,8 +58,7 @@ TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
         comm->reduce_scatter(out, in, ReduceOp::kSum);
       }
       const double tol = dtype == torch::kBFloat16 ? 1e-2 : 1e-12;
-      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat64), want_sum, tol, 0))
-          << dtype << " async " << async << ": " << out;
+      EXPECT_TRUE(torch::allclose(out.to(torch::kFloat64), want_sum, tol, 0)) << dtype << " async " << async << ": " << out;
       auto avg = torch::empty({block}, dtype);
       comm->reduce_scatter(avg, in, ReduceOp::kAverage);
       EXPECT_TRUE(torch::allclose(avg.to(torch::kFloat64), want_sum / w, tol, 0)) << dtype << ": " << avg;
@@ -119,8 +117,7 @@ TEST(Communicator, AllGatherBroadcastBarrier) {
     auto out = torch::zeros({w * 2, 3}, dtype);
     comm->all_gather(out, torch::full({2, 3}, double(r), dtype));
     for (int s = 0; s < w; ++s) {
-      EXPECT_TRUE(torch::equal(out.slice(0, 2 * s, 2 * s + 2), torch::full({2, 3}, double(s), dtype)))
-          << "source " << s;
+      EXPECT_TRUE(torch::equal(out.slice(0, 2 * s, 2 * s + 2), torch::full({2, 3}, double(s), dtype))) << "source " << s;
     }
     auto b = torch::full({4}, double(r + 10), dtype);
     comm->broadcast(b, w - 1);
@@ -168,10 +165,8 @@ TEST(Communicator, BadSplitsAreRefusedWithValuesOnEveryRank) {
     comm->all_to_all(out, torch::zeros({w + 1, 2}), std::vector<int64_t>(w, 1), std::vector<int64_t>(w, 1));
     ADD_FAILURE() << "accepted in_splits that do not cover the input";
   } catch (const moe::InvalidArgument& e) {
-    EXPECT_NE(
-        std::string(e.what()).find("in_splits sum " + std::to_string(w) + " != input rows " + std::to_string(w + 1)),
-        std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("in_splits sum " + std::to_string(w) + " != input rows " +
+                                         std::to_string(w + 1)), std::string::npos) << e.what();
   }
   EXPECT_THROW(comm->all_to_all(out, torch::zeros({w, 2}), {1}, {1, 2, 3, 4, 5}), moe::InvalidArgument);
 }

@@ -76,8 +76,7 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   local->to(device);
 
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
-  const auto x =
-      one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
+  const auto x = one_expert ? torch::rand({total, 5, cfg.hidden_size}) + 1.0 : torch::randn({total, 5, cfg.hidden_size});
   const auto grad_out = torch::randn(x.sizes());
   const auto [first, count] = my_rows(rows, topo.rank);
 
@@ -100,8 +99,7 @@ void expect_layer_equal(const model::ModelConfig& cfg, const std::vector<int64_t
   for (auto& p : local->named_parameters()) {
     // Loss = sum over the global batch: dense grads sum over the world, expert grads over edp.
     auto& comm = is_expert_parameter("layers.0.mlp." + p.key()) ? *g.edp : *g.world;
-    EXPECT_TRUE(
-        all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), atol, rtol))
+    EXPECT_TRUE(all_close(all_reduced(grad_or_zeros(p.value()).cpu(), comm), grad_or_zeros(full_params[p.key()]), atol, rtol))
         << "gradient of " << p.key() << ", " << where;
   }
 }

@@ -19,21 +19,20 @@ using namespace moe::parallel;
 
 namespace {
 
-bool gpu_per_rank() { return torch::cuda::is_available() && node_local_size() <= int(torch::cuda::device_count()); }
+bool gpu_per_rank() {
+  return torch::cuda::is_available() && node_local_size() <= int(torch::cuda::device_count());
+}
 
-#define SKIP_WITHOUT_GPU_PER_RANK()                                               \
-  if (!gpu_per_rank())                                                            \
-  GTEST_SKIP() << "NCCL needs one GPU per rank; none (or too few) visible here: " \
-                  "tested on the GPU machine"
+#define SKIP_WITHOUT_GPU_PER_RANK()                                                                  \
+  if (!gpu_per_rank()) GTEST_SKIP() << "NCCL needs one GPU per rank; none (or too few) visible here: " \
+                                       "tested on the GPU machine"
 
 std::shared_ptr<Communicator> nccl_world() {
   static auto comm = make_communicator("nccl", 60.0);
   return comm;
 }
 
-torch::Device my_gpu() {
-  return {torch::kCUDA, static_cast<c10::DeviceIndex>(node_local_rank() % torch::cuda::device_count())};
-}
+torch::Device my_gpu() { return {torch::kCUDA, static_cast<c10::DeviceIndex>(node_local_rank() % torch::cuda::device_count())}; }
 
 const std::vector<c10::ScalarType> kDtypes = {torch::kFloat32, torch::kFloat64, torch::kBFloat16, torch::kInt64};
 
