@@ -22,22 +22,14 @@ namespace {
 
 ncclDataType_t nccl_type(c10::ScalarType t) {
   switch (t) {
-    case torch::kFloat32:
-      return ncclFloat32;
-    case torch::kFloat64:
-      return ncclFloat64;
-    case torch::kBFloat16:
-      return ncclBfloat16;
-    case torch::kHalf:
-      return ncclFloat16;
-    case torch::kInt32:
-      return ncclInt32;
-    case torch::kInt64:
-      return ncclInt64;
-    case torch::kUInt8:
-      return ncclUint8;
-    default:
-      MOE_CHECK(false, "NCCL: unsupported dtype ", t);
+    case torch::kFloat32: return ncclFloat32;
+    case torch::kFloat64: return ncclFloat64;
+    case torch::kBFloat16: return ncclBfloat16;
+    case torch::kHalf: return ncclFloat16;
+    case torch::kInt32: return ncclInt32;
+    case torch::kInt64: return ncclInt64;
+    case torch::kUInt8: return ncclUint8;
+    default: MOE_CHECK(false, "NCCL: unsupported dtype ", t);
   }
   return ncclFloat32;
 }
@@ -98,9 +90,7 @@ class NcclPendingOnSideStream : public PendingCollective {
  public:
   NcclPendingOnSideStream(NcclCommunicator& comm, const char* op, std::vector<at::Tensor> keep,
                           const std::function<void(cudaStream_t)>& enqueue)
-      : comm_(comm),
-        op_(op),
-        keep_(std::move(keep)),
+      : comm_(comm), op_(op), keep_(std::move(keep)),
         side_(c10::cuda::getStreamFromPool(false, keep_.front().device().index())) {
     cudaEvent_t ready;
     CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
@@ -121,11 +111,11 @@ class NcclPendingOnSideStream : public PendingCollective {
 
 std::unique_ptr<PendingCollective> NcclCommunicator::all_reduce_async(at::Tensor& tensor, ReduceOp op) {
   check_cuda(tensor, "all_reduce");
-  return std::make_unique<NcclPendingOnSideStream>(
-      *this, "all_reduce", std::vector<at::Tensor>{tensor}, [&](cudaStream_t stream) {
-        NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
-                                 op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, stream));
-      });
+  return std::make_unique<NcclPendingOnSideStream>(*this, "all_reduce", std::vector<at::Tensor>{tensor},
+                                                   [&](cudaStream_t stream) {
+    NCCL_CHECK(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.scalar_type()),
+                             op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, stream));
+  });
 }
 
 void NcclCommunicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) {
@@ -142,22 +132,26 @@ std::unique_ptr<PendingCollective> NcclCommunicator::reduce_scatter_async(at::Te
   check_reduce_scatter_args(*this, output, input);
   check_cuda(input, "reduce_scatter");
   check_cuda(output, "reduce_scatter");
-  return std::make_unique<NcclPendingOnSideStream>(
-      *this, "reduce_scatter", std::vector<at::Tensor>{output, input}, [&](cudaStream_t stream) {
-        NCCL_CHECK(ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(),
-                                     nccl_type(input.scalar_type()), op == ReduceOp::kAverage ? ncclAvg : ncclSum,
-                                     comm_, stream));
-      });
+  return std::make_unique<NcclPendingOnSideStream>(*this, "reduce_scatter", std::vector<at::Tensor>{output, input},
+                                                   [&](cudaStream_t stream) {
+    NCCL_CHECK(ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), nccl_type(input.scalar_type()),
+                                 op == ReduceOp::kAverage ? ncclAvg : ncclSum, comm_, stream));
+  });
+}
+
+void NcclCommunicator::check_all_to_all(const at::Tensor& output, const at::Tensor& input,
+                                        const std::vector<int64_t>& out_splits,
+                                        const std::vector<int64_t>& in_splits) const {
+  check_all_to_all_args(*this, output, input, out_splits, in_splits);
+  check_cuda(input, "all_to_all");
+  check_cuda(output, "all_to_all");
 }
 
 void NcclCommunicator::enqueue_all_to_all(at::Tensor& output, const at::Tensor& input,
                                           const std::vector<int64_t>& out_splits, const std::vector<int64_t>& in_splits,
                                           cudaStream_t stream) {
-  check_all_to_all_args(*this, output, input, out_splits, in_splits);
-  check_cuda(input, "all_to_all");
-  check_cuda(output, "all_to_all");
-  const int64_t row_bytes =
-      input.numel() > 0 ? input.nbytes() / input.size(0) : (output.numel() > 0 ? output.nbytes() / output.size(0) : 0);
+  const int64_t row_bytes = input.numel() > 0 ? input.nbytes() / input.size(0)
+                                              : (output.numel() > 0 ? output.nbytes() / output.size(0) : 0);
   auto* send = static_cast<char*>(input.data_ptr());
   auto* recv = static_cast<char*>(output.data_ptr());
   NCCL_CHECK(ncclGroupStart());
@@ -172,6 +166,7 @@ void NcclCommunicator::enqueue_all_to_all(at::Tensor& output, const at::Tensor& 
 
 void NcclCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                   const std::vector<int64_t>& in_splits) {
+  check_all_to_all(output, input, out_splits, in_splits);
   enqueue_all_to_all(output, input, out_splits, in_splits, current_stream());
   wait("all_to_all");
 }
@@ -179,8 +174,7 @@ void NcclCommunicator::all_to_all(at::Tensor& output, const at::Tensor& input, c
 std::unique_ptr<PendingCollective> NcclCommunicator::all_to_all_async(at::Tensor& output, const at::Tensor& input,
                                                                       const std::vector<int64_t>& out_splits,
                                                                       const std::vector<int64_t>& in_splits) {
-  check_cuda(input, "all_to_all");
-  check_cuda(output, "all_to_all");
+  check_all_to_all(output, input, out_splits, in_splits);  // before anything is enqueued
   return std::make_unique<NcclPendingOnSideStream>(
       *this, "all_to_all", std::vector<at::Tensor>{output, input},
       [&](cudaStream_t stream) { enqueue_all_to_all(output, input, out_splits, in_splits, stream); });
@@ -189,16 +183,16 @@ std::unique_ptr<PendingCollective> NcclCommunicator::all_to_all_async(at::Tensor
 void NcclCommunicator::all_gather(at::Tensor& output, const at::Tensor& input) {
   check_cuda(input, "all_gather");
   check_cuda(output, "all_gather");
-  MOE_CHECK(output.numel() == input.numel() * size_, "all_gather: output of ", output.numel(), " elements for ", size_,
-            " x ", input.numel(), " on rank ", rank_);
+  MOE_CHECK(output.numel() == input.numel() * size_, "all_gather: output of ", output.numel(), " elements for ",
+            size_, " x ", input.numel(), " on rank ", rank_);
   NCCL_CHECK(ncclAllGather(input.data_ptr(), output.data_ptr(), input.nbytes(), ncclUint8, comm_, current_stream()));
   wait("all_gather");
 }
 
 void NcclCommunicator::broadcast(at::Tensor& tensor, int root) {
   check_cuda(tensor, "broadcast");
-  NCCL_CHECK(
-      ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.nbytes(), ncclUint8, root, comm_, current_stream()));
+  NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.nbytes(), ncclUint8, root, comm_,
+                           current_stream()));
   wait("broadcast");
 }
 

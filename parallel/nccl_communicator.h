@@ -44,7 +44,10 @@ class NcclCommunicator : public Communicator {
   friend class NcclPendingOnSideStream;
   // Waits until `stream` has finished the last collective, polling ncclCommGetAsyncError.
   void wait(const char* op, cudaStream_t stream);
-  // The all_to_all's grouped sends and receives on `stream` (checked first).
+  // The all_to_all's sizes, dtypes and devices; throws naming them.
+  void check_all_to_all(const at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
+                        const std::vector<int64_t>& in_splits) const;
+  // The all_to_all's grouped sends and receives on `stream` (checked before).
   void enqueue_all_to_all(at::Tensor& output, const at::Tensor& input, const std::vector<int64_t>& out_splits,
                           const std::vector<int64_t>& in_splits, cudaStream_t stream);
   void wait(const char* op);
